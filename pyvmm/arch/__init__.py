@@ -1,0 +1,1 @@
+"""Architecture-specific pieces of pyvmm."""

@@ -1,0 +1,1 @@
+"""x86-64: the guest-physical map, CPU state, and boot protocols."""

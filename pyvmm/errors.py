@@ -1,0 +1,50 @@
+"""The one exception tree of pyvmm: user and host errors that print as one line."""
+
+from __future__ import annotations
+
+import errno as _errno
+import os
+
+
+class PyvmmError(Exception):
+    """An error the user can act on; the CLI prints it as one line and exits non-zero."""
+
+    exit_code = 1
+
+
+class ConfigError(PyvmmError):
+    """A bad option or value given by the user."""
+
+    exit_code = 2
+
+
+class LoaderError(PyvmmError):
+    """A kernel, firmware or initrd file that cannot be loaded."""
+
+
+class GuestMemoryError(PyvmmError):
+    """An access to guest-physical memory outside guest RAM."""
+
+    def __init__(self, gpa: int, length: int, what: str = "access") -> None:
+        super().__init__(f"guest memory {what} of {length} bytes at gpa {gpa:#x} is outside guest RAM")
+        self.gpa = gpa
+        self.length = length
+
+
+class KvmError(PyvmmError):
+    """A KVM ioctl that failed; names the ioctl and the errno."""
+
+    def __init__(self, ioctl: str, errno: int, hint: str = "") -> None:
+        name = _errno.errorcode.get(errno, str(errno))
+        msg = f"{ioctl} failed: {name} ({os.strerror(errno)})"
+        if hint:
+            msg += f"; {hint}"
+        super().__init__(msg)
+        self.ioctl = ioctl
+        self.errno = errno
+
+
+class GuestCrash(PyvmmError):
+    """The guest stopped in a way it cannot recover from (triple fault, entry failure, emulation error)."""
+
+    exit_code = 3
