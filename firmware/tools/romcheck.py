@@ -143,7 +143,7 @@ def _ioctl(fd: int, request: int, arg: int | ctypes.Structure = 0) -> int:
 
 
 def run_rom(image: bytes, *, start_info_magic: int = HVM_START_MAGIC) -> RomRun:
-    """Map image (64 KiB, hand-off already patched) at 4 GiB - 64 KiB read-only and run the vCPU from reset."""
+    """Map image (64 KiB, hand-off patched) read-only at 4 GiB - 64 KiB and run one vCPU from reset."""
     kvm = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
     vm = vcpu = -1
     try:

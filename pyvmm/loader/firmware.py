@@ -1,4 +1,4 @@
-"""Load the boot ROM from its ELF: the 64 KiB image pyvmm maps below 4 GiB, its symbols and its hand-off words."""
+"""Load the boot ROM from its ELF: the 64 KiB image mapped below 4 GiB, its symbols and its hand-off words."""
 
 from __future__ import annotations
 
@@ -81,7 +81,7 @@ class FirmwareImage:
 
 
 def load_firmware(path: str | os.PathLike[str]) -> FirmwareImage:
-    """Read the ROM's ELF and lay its loadable segments out as the 64 KiB image; one-line LoaderError if unfit."""
+    """Read the ROM's ELF and lay its segments out as the 64 KiB image; a one-line LoaderError if unfit."""
     path = Path(path)
     where = f"firmware {path}"
     try:
@@ -100,7 +100,7 @@ def load_firmware(path: str | os.PathLike[str]) -> FirmwareImage:
         image = _lay_out(elf, where)
         symbols = _symbols(elf, where)
     except ELFError as exc:
-        raise LoaderError(f"{where}: corrupt ELF: {exc}") from None
+        raise LoaderError(f"{where}: corrupt or truncated ELF: {exc}") from None
     _check_handoff(image, symbols, where)
     return FirmwareImage(image=image, symbols=symbols, path=path)
 
@@ -123,8 +123,11 @@ def _lay_out(elf: ELFFile, where: str) -> bytes:
         if seg["p_filesz"] != size:
             raise LoaderError(f"{where}: segment at {gpa:#x} has {size - seg['p_filesz']} bytes of .bss; a "
                               "read-only ROM cannot hold writable data")
+        data = seg.data()
+        if len(data) != size:
+            raise LoaderError(f"{where}: truncated: segment at {gpa:#x} has {len(data)} of its {size} bytes")
         offset = gpa - FIRMWARE_BASE
-        image[offset:offset + size] = seg.data()
+        image[offset:offset + size] = data
     if not any(seg["p_paddr"] <= RESET_VECTOR < seg["p_paddr"] + seg["p_memsz"] for seg in loads):
         raise LoaderError(f"{where}: nothing is loaded at the reset vector {RESET_VECTOR:#x}")
     return bytes(image)
@@ -133,7 +136,7 @@ def _lay_out(elf: ELFFile, where: str) -> bytes:
 def _symbols(elf: ELFFile, where: str) -> dict[str, int]:
     symtab = elf.get_section_by_name(".symtab")
     if symtab is None:
-        raise LoaderError(f"{where}: no symbol table (was it stripped?); pyvmm finds the hand-off block by name")
+        raise LoaderError(f"{where}: no symbol table (was it stripped?); pyvmm finds the hand-off by name")
     return {
         sym.name: sym["st_value"]
         for sym in symtab.iter_symbols()
@@ -149,7 +152,7 @@ def _check_handoff(image: bytes, symbols: dict[str, int], where: str) -> None:
     for name in HANDOFF_SYMBOLS:
         gpa = symbols[name]
         if not FIRMWARE_BASE <= gpa <= _WINDOW_END - 4 or gpa % 4:
-            raise LoaderError(f"{where}: hand-off symbol {name} at {gpa:#x} is not an aligned word in the ROM")
+            raise LoaderError(f"{where}: hand-off symbol {name} at {gpa:#x} is not an aligned ROM word")
 
     def word(name: str) -> int:
         return struct.unpack_from("<I", image, symbols[name] - FIRMWARE_BASE)[0]
