@@ -3,7 +3,7 @@
 
 # Standalone on purpose: it checks the ROM without the rest of pyvmm (only the loader's hand-off patch),
 # so a ROM bug and a VMM bug can be told apart. Usage:
-#   python firmware/tools/romcheck.py [firmware/build/firmware.elf] [--no-magic] [--no-handoff]
+#   python firmware/tools/romcheck.py [firmware/build/firmware.elf] [--no-magic] [--no-handoff] [--json]
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import json
 import mmap
 import os
 import sys
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -124,6 +125,8 @@ class RomRun:
     ebx_at_entry: int | None = None
     entry_state: dict[str, int] = field(default_factory=dict)
     mmio_writes: list[int] = field(default_factory=list)
+    exits: int = 0
+    run_ns: int = 0                 # wall time from the first KVM_RUN to the last exit, host loop included
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -174,8 +177,11 @@ def run_rom(image: bytes, *, start_info_magic: int = HVM_START_MAGIC) -> RomRun:
         run = mmap.mmap(vcpu, run_size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         result = RomRun()
         sregs, regs = kvm_sregs(), kvm_regs()
+        t0 = time.perf_counter_ns()
         for _ in range(MAX_EXITS):
             _ioctl(vcpu, KVM_RUN)
+            result.exits += 1
+            result.run_ns = time.perf_counter_ns() - t0
             reason = int.from_bytes(run[RUN_EXIT_REASON:RUN_EXIT_REASON + 4], "little")
             if reason == KVM_EXIT_IO:
                 direction, size = run[RUN_UNION], run[RUN_UNION + 1]
@@ -220,20 +226,39 @@ def _entry_state(sregs: kvm_sregs, regs: kvm_regs) -> dict[str, int]:
     return state
 
 
+def format_run(run: RomRun, names: dict[int, str]) -> str:
+    """The run as text: one line per stage with CR0 and CS, then the outcome."""
+    lines = []
+    for st in run.stages:
+        mode = "32-bit" if st.cs_db else "16-bit"
+        pe = "PE=1" if st.cr0 & 1 else "PE=0"
+        lines.append(f"post {st.code:#04x} {names.get(st.code, '?'):<18} cr0={st.cr0:#010x} {pe} "
+                     f"cs={st.cs_selector:#06x} base={st.cs_base:#010x} {mode}")
+    if run.outcome == "entry":
+        lines.append(f"entry eip={run.entry_state['rip'] - 4:#x} ebx={run.ebx_at_entry:#x} "
+                     f"cr0={run.entry_state['cr0']:#x} cr4={run.entry_state['cr4']:#x} "
+                     f"eflags={run.entry_state['rflags']:#x}")
+    else:
+        why = {"shutdown": "KVM_EXIT_SHUTDOWN (triple fault)", "hlt": "KVM_EXIT_HLT (the ROM gave up)"}
+        lines.append(f"stopped: {why.get(run.outcome, run.outcome)}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     here = Path(__file__).resolve().parent
     sys.path.insert(0, str(here.parent.parent))
-    from pyvmm.loader.firmware import load_firmware
+    from pyvmm.loader.firmware import BOOT_STAGES, load_firmware
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("elf", nargs="?", default=str(here.parent / "build" / "firmware.elf"))
     parser.add_argument("--no-magic", action="store_true", help="put a wrong hvm_start_info magic")
     parser.add_argument("--no-handoff", action="store_true", help="leave the hand-off block empty")
+    parser.add_argument("--json", action="store_true", help="print the whole run as JSON")
     args = parser.parse_args(argv)
     fw = load_firmware(args.elf)
     image = fw.image if args.no_handoff else fw.with_handoff(ENTRY_GPA + 0, START_INFO_GPA)
     result = run_rom(image, start_info_magic=0 if args.no_magic else HVM_START_MAGIC)
-    print(json.dumps(asdict(result), indent=1))
+    print(json.dumps(asdict(result), indent=1) if args.json else format_run(result, BOOT_STAGES))
     return 0 if result.outcome == "entry" else 1
 
 

@@ -299,3 +299,26 @@ def test_bad_gdt_variant_triple_faults_before_protected_mode(built: Path, romche
     run = romcheck.run_rom(bad.with_handoff(romcheck.ENTRY_GPA, romcheck.START_INFO_GPA))
     assert [s.code for s in run.stages] == [0x01, 0x02]
     assert run.outcome == "shutdown"                       # KVM_EXIT_SHUTDOWN: the triple fault
+
+
+# ----------------------------------------------------------------------------------------------- docs
+
+DOC = ROOT / "docs" / "firmware.md"
+
+
+def test_the_documented_stage_table_is_the_loaders() -> None:
+    rows = re.findall(r"^\| `0x([0-9A-F]{2})` \| (.+?) \|$", DOC.read_text(), re.MULTILINE)
+    assert {int(code, 16): name for code, name in rows} == BOOT_STAGES
+
+
+def _captured(rom: str) -> str:
+    text = DOC.read_text()
+    block = text.split(f"<!-- romcheck: {rom} -->\n```\n", 1)[1].split("\n```", 1)[0]
+    return block.split("\n", 1)[1]                  # drop the "$ python ..." line
+
+
+@pytest.mark.kvm
+@pytest.mark.parametrize("elf", [ELF, BAD_GDT_ELF], ids=lambda p: p.name)
+def test_the_documented_romcheck_runs_are_true(built: Path, romcheck, elf: Path) -> None:
+    image = load_firmware(elf).with_handoff(romcheck.ENTRY_GPA, romcheck.START_INFO_GPA)
+    assert romcheck.format_run(romcheck.run_rom(image), BOOT_STAGES) == _captured(elf.name)
