@@ -1,0 +1,62 @@
+# pyvmm: `make run` boots the demo guest and shows the balloon at work; `make test` runs the whole suite.
+# Everything they need is installed here: a venv with the Python dependencies, the guest and the
+# firmware built with gcc/ld, and Debian's qemu-system-x86 (the reference device the tests compare with).
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+CACHE  ?= $(HOME)/.cache/pyvmm
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: all build run test clean guest firmware host-deps bench fuzz soak linux-guest lint
+
+all: build
+
+$(VENV)/.stamp: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[test]'
+	touch $@
+
+guest:
+	$(MAKE) -s -C guest
+
+firmware:
+	$(MAKE) -s -C firmware
+
+build: $(VENV)/.stamp guest firmware
+
+# Host tools from Debian: QEMU (reference device and benchmark peer), iasl (checks our ACPI tables).
+host-deps:
+	@command -v qemu-system-x86_64 >/dev/null && command -v iasl >/dev/null || { \
+	  echo "installing qemu-system-x86 and acpica-tools from Debian"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
+	    qemu-system-x86 acpica-tools >/dev/null; }
+
+run: build
+	$(PY) -m pyvmm run --demo
+
+test: build host-deps
+	$(PY) -m pytest -q -ra
+
+bench: build host-deps
+	$(MAKE) -s -C bench
+	$(PY) bench/run_all.py
+
+fuzz: build
+	$(PY) -m tests.fuzz.long
+
+soak: build
+	PYVMM_SOAK_CYCLES=1000 $(PY) -m pytest -q -ra tests/e2e/test_soak.py
+
+linux-guest:
+	bash linux/build.sh
+
+lint: build
+	$(VENV)/bin/ruff check pyvmm tests bench || true
+
+clean:
+	$(MAKE) -s -C guest clean || true
+	$(MAKE) -s -C firmware clean || true
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,7 @@
+"""`python -m pyvmm`: the command line."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,151 @@
+"""x86 CPU state: the PVH 32-bit entry state, the CPUID handed to each vCPU, and register dumps."""
+
+from __future__ import annotations
+
+import struct
+
+from ...kvm import abi
+from . import layout
+
+X86_CR0_PE = 1 << 0
+X86_CR0_ET = 1 << 4
+X86_CR0_PG = 1 << 31
+EFER_LME = 1 << 8
+EFER_LMA = 1 << 10
+
+# GDT used by the direct (firmware-less) entry: null, null, 32-bit code (0x10), data (0x18), TSS (0x20).
+BOOT_CS = 0x10
+BOOT_DS = 0x18
+BOOT_TSS = 0x20
+_GDT = [0, 0, 0x00CF9B000000FFFF, 0x00CF93000000FFFF, 0x00008B0000000067]
+
+
+def write_boot_gdt(mem) -> None:
+    mem.write(layout.BOOT_GDT, struct.pack(f"<{len(_GDT)}Q", *_GDT))
+
+
+def _flat(selector: int, type_: int, *, db: int = 1) -> abi.kvm_segment:
+    return abi.kvm_segment(base=0, limit=0xFFFFFFFF, selector=selector, type=type_, present=1, dpl=0,
+                           db=db, s=1, l=0, g=1)
+
+
+def set_pvh_entry_state(vcpu, entry: int, start_info: int) -> None:
+    """The state the PVH ABI promises at the 32-bit entry: protected mode, paging off, flat 4 GiB
+    segments, EBX = hvm_start_info, interrupts off (Xen's docs/misc/pvh.pandoc)."""
+    sregs = vcpu.get_sregs()
+    code = _flat(BOOT_CS, 0xB)
+    data = _flat(BOOT_DS, 0x3)
+    sregs.cs = code
+    sregs.ds = sregs.es = sregs.fs = sregs.gs = sregs.ss = data
+    sregs.tr = abi.kvm_segment(base=0, limit=0x67, selector=BOOT_TSS, type=0xB, present=1, s=0)
+    sregs.gdt.base = layout.BOOT_GDT
+    sregs.gdt.limit = len(_GDT) * 8 - 1
+    sregs.cr0 = X86_CR0_PE | X86_CR0_ET
+    sregs.cr4 = 0
+    sregs.efer = 0
+    vcpu.set_sregs(sregs)
+    regs = abi.kvm_regs(rip=entry, rbx=start_info, rflags=0x2)
+    vcpu.set_regs(regs)
+
+
+def setup_cpuid(kvm, vcpu, index: int, num_cpus: int) -> None:
+    """KVM_SET_CPUID2 from what KVM supports, with this vCPU's APIC ID and the CPU count filled in."""
+    cpuid = kvm.get_supported_cpuid()
+    for i in range(cpuid.nent):
+        e = cpuid.entries[i]
+        if e.function == 1:
+            e.ebx = (e.ebx & 0x0000FFFF) | (index << 24) | (max(num_cpus, 1) << 16)
+            if num_cpus > 1:
+                e.edx |= 1 << 28     # HTT: the count in EBX[23:16] is valid
+        elif e.function in (0xB, 0x1F):
+            e.edx = index
+    vcpu.set_cpuid2(cpuid)
+
+
+# ---- register dumps ---------------------------------------------------------------------------
+
+_RFLAGS = [(0, "CF"), (2, "PF"), (4, "AF"), (6, "ZF"), (7, "SF"), (8, "TF"), (9, "IF"), (10, "DF"),
+           (11, "OF")]
+
+
+def _mode(sregs) -> str:
+    if not sregs.cr0 & X86_CR0_PE:
+        return "real mode"
+    if sregs.efer & EFER_LMA:
+        return "64-bit long mode" if sregs.cs.l else "compatibility mode"
+    return "32-bit protected mode" + (" with paging" if sregs.cr0 & X86_CR0_PG else "") if sregs.cs.db \
+        else "16-bit protected mode"
+
+
+def _seg(name: str, s, real: bool) -> str:
+    if real:
+        return f"{name:<3}={s.selector:04x} base={s.base:08x} limit={s.limit:05x}"
+    kind = ("code" if s.type & 8 else "data") if s.s else "system"
+    return (f"{name:<3}={s.selector:04x} base={s.base:016x} limit={s.limit:08x} type={s.type:x}({kind}) "
+            f"dpl={s.dpl} {'P' if s.present else 'np'}{' L' if s.l else ''}{' D' if s.db else ''}"
+            f"{' G' if s.g else ''}{' unusable' if s.unusable else ''}")
+
+
+def format_registers(regs, sregs) -> str:
+    """A register dump in the spirit of QEMU's `info registers` and kvmtool's crash dump."""
+    r = regs
+    flags = " ".join(n for bit, n in _RFLAGS if r.rflags >> bit & 1)
+    real = not sregs.cr0 & X86_CR0_PE
+    lines = [
+        f"mode: {_mode(sregs)}",
+        f"RAX={r.rax:016x} RBX={r.rbx:016x} RCX={r.rcx:016x} RDX={r.rdx:016x}",
+        f"RSI={r.rsi:016x} RDI={r.rdi:016x} RBP={r.rbp:016x} RSP={r.rsp:016x}",
+        f"R8 ={r.r8:016x} R9 ={r.r9:016x} R10={r.r10:016x} R11={r.r11:016x}",
+        f"R12={r.r12:016x} R13={r.r13:016x} R14={r.r14:016x} R15={r.r15:016x}",
+        f"RIP={r.rip:016x} RFLAGS={r.rflags:08x} [{flags}]",
+        f"CR0={sregs.cr0:08x} CR2={sregs.cr2:016x} CR3={sregs.cr3:016x} CR4={sregs.cr4:08x} "
+        f"EFER={sregs.efer:08x}",
+    ]
+    for name in ("cs", "ds", "es", "ss", "fs", "gs"):
+        lines.append(_seg(name.upper(), getattr(sregs, name), real))
+    lines.append(_seg("TR", sregs.tr, False))
+    lines.append(f"GDT=base {sregs.gdt.base:016x} limit {sregs.gdt.limit:04x}  "
+                 f"IDT=base {sregs.idt.base:016x} limit {sregs.idt.limit:04x}")
+    return "\n".join(lines)
+
+
+def linear_rip(regs, sregs) -> int:
+    """The linear address of the next instruction (CS.base + RIP outside long mode)."""
+    if sregs.efer & EFER_LMA and sregs.cs.l:
+        return regs.rip
+    return (sregs.cs.base + regs.rip) & 0xFFFFFFFF
+
+
+def translate(mem, sregs, linear: int) -> int | None:
+    """Walk the guest's page tables (none, 32-bit, PAE or 4-level) to a gpa; None if unmapped."""
+    if not sregs.cr0 & X86_CR0_PG:
+        return linear & 0xFFFFFFFF
+    try:
+        if sregs.cr4 & (1 << 5):   # PAE (and long mode)
+            levels = [(39, 0x1FF), (30, 0x1FF), (21, 0x1FF), (12, 0x1FF)]
+            table = sregs.cr3 & 0x000FFFFFFFFFF000
+            if not sregs.efer & EFER_LMA:
+                pdpte = mem.read_u64((sregs.cr3 & 0xFFFFFFE0) + ((linear >> 30) & 3) * 8)
+                if not pdpte & 1:
+                    return None
+                table = pdpte & 0x000FFFFFFFFFF000
+                levels = levels[2:]
+            for shift, mask in levels:
+                entry = mem.read_u64(table + ((linear >> shift) & mask) * 8)
+                if not entry & 1:
+                    return None
+                if shift in (30, 21) and entry & 0x80:
+                    return (entry & 0x000FFFFFFFFFF000 & ~((1 << shift) - 1)) | (linear & ((1 << shift) - 1))
+                table = entry & 0x000FFFFFFFFFF000
+            return table | (linear & 0xFFF)
+        pde = mem.read_u32((sregs.cr3 & 0xFFFFF000) + ((linear >> 22) & 0x3FF) * 4)
+        if not pde & 1:
+            return None
+        if pde & 0x80 and sregs.cr4 & (1 << 4):
+            return (pde & 0xFFC00000) | (linear & 0x3FFFFF)
+        pte = mem.read_u32((pde & 0xFFFFF000) + ((linear >> 12) & 0x3FF) * 4)
+        if not pte & 1:
+            return None
+        return (pte & 0xFFFFF000) | (linear & 0xFFF)
+    except Exception:
+        return None

@@ -1,0 +1,218 @@
+"""build_vm: the one place that wires KVM, guest memory, boot loaders, buses and devices together."""
+
+from __future__ import annotations
+
+import mmap
+import os
+import sys
+from pathlib import Path
+
+from .arch.x86 import cpu, layout, pvh
+from .bus import Bus
+from .config import VmConfig
+from .devices.exit import DebugExit
+from .devices.serial import Serial16550
+from .errors import ConfigError, LoaderError, PyvmmError
+from .irq import IrqfdLine, KvmIrqLine
+from .kvm.abi import KvmCap
+from .kvm.system import Kvm
+from .memory import GuestMemory
+from .vcpu import Vcpu
+
+TSS_ADDR = 0xFFFB_D000   # three pages KVM needs for real mode on VMX hosts; below the ROM
+
+
+class PostPort:
+    """Port 0x80: the firmware writes its boot-stage codes here (the PC's POST code port)."""
+
+    def __init__(self, machine) -> None:
+        self.machine = machine
+        self.active = machine.firmware_image is not None
+
+    def read(self, offset: int, size: int) -> int:
+        return 0xFF
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        if self.active:
+            self.machine._boot_stage(value & 0xFF)
+
+
+def build_vm(m, cfg: VmConfig) -> None:
+    """Fill the Machine ``m`` from ``cfg``, top to bottom, in plain sight."""
+    kvm = Kvm()
+    m._closers.append(kvm.close)
+    kvm.require(KvmCap.IRQCHIP, KvmCap.USER_MEMORY, KvmCap.SET_TSS_ADDR, KvmCap.EXT_CPUID, KvmCap.PIT2,
+                KvmCap.IMMEDIATE_EXIT)
+    cfg.validate(max_vcpus=kvm.max_vcpus)
+    m.kvm = kvm
+
+    from .trace import Tracer
+
+    m.tracer = Tracer(set(cfg.trace), stream=sys.stderr,
+                      json_path=str(cfg.trace_file) if cfg.trace_file else None)
+    m._closers.append(m.tracer.close)
+
+    # The VM, its interrupt controllers and timer.
+    vm = kvm.create_vm()
+    m._closers.append(vm.close)
+    m.vmfd = vm
+    vm.set_tss_addr(TSS_ADDR)
+    vm.create_irqchip()
+    vm.create_pit2()
+
+    # Guest RAM.
+    try:
+        mem = GuestMemory.anonymous(layout.ram_layout(cfg.memory))
+    except (OSError, OverflowError) as e:
+        raise ConfigError(f"cannot map {cfg.memory >> 20} MiB of guest RAM: {e}") from None
+    m.memory = mem
+    m._closers.append(mem.close)
+    for r in mem.regions:
+        vm.set_user_memory_region(r.gpa, r.size, r.hva)
+
+    # Buses and platform devices.
+    m.pio_bus = Bus("pio")
+    m.mmio_bus = Bus("mmio")
+    m.serial = Serial16550(KvmIrqLine(vm, layout.SERIAL_IRQ), m._console_write)
+    m.pio_bus.insert(m.serial, layout.SERIAL_COM1, 8, "serial (16550A)")
+    m.pio_bus.insert(DebugExit(m._guest_exit), layout.DEBUG_EXIT_PORT, 4, "debug-exit")
+
+    # virtio-mmio devices, announced on the command line as Linux expects.
+    cmdline_devices = []
+    if cfg.balloon is not None:
+        from .virtio.balloon import BalloonOptions, VirtioBalloon
+        from .virtio.mmio import VirtioMmio
+
+        opts = BalloonOptions() if cfg.balloon == "default" else cfg.balloon
+        base, gsi = layout.virtio_mmio_slot(len(m.virtio_devices))
+        balloon = VirtioBalloon(mem, opts, discard=mem.discard)
+        m._closers.append(balloon.close)
+        if cfg.irqfd:
+            holder = {}
+            irq = IrqfdLine(vm, gsi, lambda: holder["t"].read(0x60, 4) != 0)
+            m.event_loop.add(irq.resample_fd, irq.on_resample)
+        else:
+            irq = KvmIrqLine(vm, gsi)
+        transport = VirtioMmio(balloon, mem, irq, version=cfg.virtio_version, name="balloon0",
+                               tracer=m.tracer)
+        if cfg.irqfd:
+            holder["t"] = transport
+        transport.base = base
+        transport.irq_gsi = gsi
+        m.mmio_bus.insert(transport, base, VirtioMmio.WINDOW_SIZE, "virtio-mmio balloon0")
+        m.virtio_devices.append(transport)
+        m.balloon, m.balloon_transport = balloon, transport
+        cmdline_devices.append(f"virtio_mmio.device={VirtioMmio.WINDOW_SIZE:#x}@{base:#x}:{gsi}")
+        if cfg.ioeventfd:
+            _wire_ioeventfds(m, vm, transport, base)
+
+    # The kernel.
+    kernel = cfg.kernel_path
+    if not kernel.exists():
+        hint = " (run `make build` to build the demo guest)" if cfg.kernel is None else ""
+        raise LoaderError(f"kernel {kernel}: no such file{hint}")
+    from .loader.elf import is_elf, load_elf, place_segments
+
+    if not is_elf(kernel):
+        raise LoaderError(f"kernel {kernel}: not an ELF file (pyvmm boots PVH ELF kernels such as "
+                          f"guest/build/guest.elf)")
+    image = load_elf(kernel)
+    if image.pvh_entry is None:
+        raise LoaderError(f"kernel {kernel}: no PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY); "
+                          "build it with a PVH note (Linux: CONFIG_PVH=y)")
+    place_segments(image, mem)
+    initrd = None
+    if cfg.initrd is not None:
+        initrd = _load_initrd(mem, cfg.initrd, image.highest, cfg.memory)
+    cmdline = " ".join(x for x in [cfg.append.strip(), *cmdline_devices] if x).encode()
+    if len(cmdline) >= layout.BOOT_CMDLINE_MAX:
+        raise ConfigError(f"kernel command line is {len(cmdline)} bytes; at most "
+                          f"{layout.BOOT_CMDLINE_MAX - 1} fit")
+    m.cmdline = cmdline.decode()
+    start_info = pvh.write_start_info(mem, cfg.memory, cmdline, initrd=initrd)
+    m.kernel_image = image
+
+    # vCPUs: the BSP enters through the firmware at the reset vector, or directly at the PVH entry.
+    for i in range(cfg.smp):
+        fd = vm.create_vcpu(i)
+        m._closers.append(fd.close)
+        cpu.setup_cpuid(kvm, fd, i, cfg.smp)
+        m.vcpus.append(Vcpu(m, fd, i))
+    bsp = m.vcpus[0].fd
+    if cfg.firmware is not None:
+        from .loader.firmware import load_firmware
+
+        fw = load_firmware(cfg.firmware)
+        rom = fw.with_handoff(image.pvh_entry, start_info)
+        buf = mmap.mmap(-1, len(rom), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        buf[:] = rom
+        from .memory import MemoryRegion
+
+        region = MemoryRegion(layout.FIRMWARE_BASE, len(rom), buf, name="firmware")
+        vm.set_user_memory_region(layout.FIRMWARE_BASE, len(rom), region.hva, readonly=True)
+        m._firmware_region = region
+        m.firmware_image = bytes(rom)
+        m.firmware_base = layout.FIRMWARE_BASE
+        m.firmware = fw
+    else:
+        cpu.write_boot_gdt(mem)
+        cpu.set_pvh_entry_state(bsp, image.pvh_entry, start_info)
+        if m.tracer.wants("boot"):
+            m.tracer.emit("boot", f"direct PVH entry (no firmware): pyvmm set 32-bit protected mode, "
+                          f"CR0=0x11 (PE|ET), CS=0x10 flat, EIP={image.pvh_entry:#x}, EBX={start_info:#x}",
+                          stage="direct-entry", cr0=0x11, rip=image.pvh_entry, rbx=start_info)
+    m.post_port = PostPort(m)
+    m.pio_bus.insert(m.post_port, layout.POST_PORT, 1, "post (boot stages)")
+    m.pio_ports = {port: (r.device, r.base) for r in m.pio_bus.ranges for port in range(r.base, r.end)}
+
+    # The console: guest output to stdout; keyboard input when stdin is a terminal.
+    if cfg.console == "stdio":
+        m.console_out = _stdout_writer()
+
+
+def _stdout_writer():
+    fd = sys.stdout.fileno() if hasattr(sys.stdout, "fileno") else 1
+
+    def write(data: bytes) -> None:
+        try:
+            os.write(fd, data)
+        except OSError:
+            pass
+
+    return write
+
+
+def _load_initrd(mem, path: Path, kernel_end: int, ram_size: int) -> tuple[int, int]:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise LoaderError(f"initrd {path}: {e.strerror}") from None
+    top = min(ram_size, layout.RAM_LOW_END)
+    gpa = (top - len(data)) & ~0xFFF
+    if gpa <= kernel_end:
+        raise LoaderError(f"initrd {path}: {len(data)} bytes do not fit in guest RAM above the kernel")
+    mem.write(gpa, data)
+    return gpa, len(data)
+
+
+def _wire_ioeventfds(m, vm, transport, base: int) -> None:
+    """QueueNotify through KVM_IOEVENTFD: one eventfd per queue index (datamatch), served by the
+    event loop, so a notify does not return to Python on the vCPU thread."""
+    notify = base + transport.QUEUE_NOTIFY_OFFSET
+    for index in range(getattr(transport, "MAX_QUEUES", 5)):
+        efd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        try:
+            vm.ioeventfd(efd, notify, 4, datamatch=index)
+        except PyvmmError:
+            os.close(efd)
+            return
+
+        def handler(efd=efd, index=index) -> None:
+            try:
+                os.eventfd_read(efd)
+            except BlockingIOError:
+                return
+            transport.queue_notify(index)
+
+        m.event_loop.add(efd, handler)
+        m._closers.append(lambda efd=efd: os.close(efd))

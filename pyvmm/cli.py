@@ -1,0 +1,126 @@
+"""The pyvmm command line: verbs over the Python API; a PyvmmError becomes one line and an exit code."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import ConfigError, PyvmmError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2, as argparse does, but with our prefix
+        self.exit(2, f"pyvmm: {message} (see pyvmm {self.prog.split()[-1]} --help)\n"
+                  if " " in self.prog else f"pyvmm: {message} (see pyvmm --help)\n")
+
+
+def _add_run_parser(sub) -> None:
+    p = sub.add_parser("run", help="boot a kernel (default: the bundled demo guest)",
+                       description="Boot a PVH ELF kernel in a new VM. With no KERNEL, boots the bundled "
+                       "tiny guest, whose balloon follows the host's target.")
+    p.add_argument("kernel", nargs="?", type=Path, help="PVH ELF kernel (default: guest/build/guest.elf)")
+    p.add_argument("-kernel", dest="kernel_opt", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("-m", "--memory", default="256M", help="guest RAM, e.g. 256M or 1G (default 256M)")
+    p.add_argument("--smp", type=int, default=1, help="number of vCPUs (default 1)")
+    p.add_argument("--append", "-append", default="", help="kernel command line")
+    p.add_argument("--initrd", "-initrd", type=Path, help="initial ramdisk (PVH module 0)")
+    fw = p.add_mutually_exclusive_group()
+    fw.add_argument("--firmware", type=Path, help="boot ROM ELF (default: firmware/build/firmware.elf)")
+    fw.add_argument("--no-firmware", action="store_true",
+                    help="enter the kernel's 32-bit PVH entry directly instead of from the reset vector")
+    p.add_argument("--balloon", default="on", metavar="off|on|OPTS",
+                   help="virtio balloon: off, on, or options such as "
+                        "deflate-on-oom=on,stats-interval=2,free-page-reporting=on,must-tell-host=on")
+    p.add_argument("--virtio-version", type=int, default=2, choices=(1, 2),
+                   help="virtio-mmio version: 2 (modern, default) or 1 (legacy)")
+    p.add_argument("--trace", default="", metavar="CATS",
+                   help="comma-separated trace categories: virtio, boot, irq, balloon, exits")
+    p.add_argument("--trace-file", type=Path, help="also write trace events as JSON lines to this file")
+    p.add_argument("--qmp", action="append", default=[], metavar="ADDR",
+                   help="QMP server: unix:PATH[,server,wait=off] or tcp:127.0.0.1:PORT (repeatable)")
+    p.add_argument("--no-ioeventfd", action="store_true", help="handle QueueNotify in the vCPU thread")
+    p.add_argument("--irqfd", action="store_true", help="raise virtio interrupts through KVM_IRQFD")
+    p.add_argument("--no-monitor", action="store_true", help="no Ctrl-A c human monitor on the console")
+    p.add_argument("--demo", action="store_true",
+                   help="drive the make-run demo: dirty memory, balloon to 64M and back, show a table")
+    p.add_argument("-v", "--verbose", action="store_true", help="log guest errors and device events")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="pyvmm", description="A virtual machine monitor in pure Python on Linux KVM, "
+                     "with a virtio-mmio memory balloon.")
+    parser.add_argument("--version", action="version", version=f"pyvmm {__version__}")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=_Parser)
+    _add_run_parser(sub)
+    try:
+        from .cli_control import add_control_parsers
+    except ImportError:
+        pass
+    else:
+        add_control_parsers(sub)
+    return parser
+
+
+def config_from_args(args):
+    from .config import VmConfig, parse_size
+
+    kernel = args.kernel_opt or args.kernel
+    memory = parse_size(args.memory, what="memory size (-m)")
+    balloon: object
+    text = args.balloon.strip()
+    if text in ("off", "none", "no"):
+        balloon = None
+    elif text in ("on", "", "default"):
+        balloon = "default"
+    else:
+        from .virtio.balloon import BalloonOptions
+
+        balloon = BalloonOptions.parse(text)
+    trace = frozenset(t.strip() for t in args.trace.split(",") if t.strip())
+    from .config import DEFAULT_FIRMWARE
+
+    firmware = None if args.no_firmware else (args.firmware or DEFAULT_FIRMWARE)
+    return VmConfig(
+        kernel=kernel, memory=memory, smp=args.smp, append=args.append, initrd=args.initrd,
+        firmware=firmware, balloon=balloon, virtio_version=args.virtio_version, trace=trace,
+        trace_file=args.trace_file, ioeventfd=not args.no_ioeventfd, irqfd=args.irqfd,
+        qmp=tuple(args.qmp), monitor=not args.no_monitor,
+    )
+
+
+def cmd_run(args) -> int:
+    from .console import run_machine
+
+    cfg = config_from_args(args)
+    cfg.validate()
+    return run_machine(cfg, demo=args.demo)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
+                        format="pyvmm: %(name)s: %(message)s")
+    if args.verb is None:
+        parser.print_help()
+        return 2
+    try:
+        if args.verb == "run":
+            return cmd_run(args)
+        return args.func(args)
+    except PyvmmError as e:
+        sys.stderr.write(f"pyvmm: {e}\n")
+        return e.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("pyvmm: interrupted\n")
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""The validated, frozen description of a VM, and the parsing of sizes such as "256M"."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+PAGE_SIZE = 4096
+_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_GUEST = _ROOT / "guest" / "build" / "guest.elf"
+DEFAULT_FIRMWARE = _ROOT / "firmware" / "build" / "firmware.elf"
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)(i?[bB])?\s*$")
+_UNITS = {"": 1 << 20, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(text: str, *, what: str = "size", default_unit: str = "M") -> int:
+    """"256M", "1G", "512" (MiB by default, as QEMU's -m), "64k" -> bytes."""
+    m = _SIZE_RE.match(str(text))
+    if not m:
+        raise ConfigError(f"{what} {text!r} is not a size (use e.g. 256M or 1G)")
+    number, unit, suffix = m.groups()
+    if not unit and suffix:      # "4096B": plain bytes
+        mult = 1
+    else:
+        mult = _UNITS[(unit or default_unit).lower()] if unit or default_unit else 1
+    value = float(number) * mult
+    if value != int(value):
+        raise ConfigError(f"{what} {text!r} is not a whole number of bytes")
+    return int(value)
+
+
+def format_size(n: int) -> str:
+    for unit, shift in (("G", 30), ("M", 20), ("K", 10)):
+        if n >= 1 << shift and n % (1 << shift) == 0:
+            return f"{n >> shift}{unit}"
+    return f"{n}B"
+
+
+def host_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return 1 << 40
+
+
+@dataclass(frozen=True)
+class VmConfig:
+    """Everything needed to build a machine; validate() gives one-line errors for bad values."""
+
+    kernel: Path | None = None            # None: the bundled demo guest
+    memory: int = 256 << 20
+    smp: int = 1
+    append: str = ""
+    initrd: Path | None = None
+    firmware: Path | None = DEFAULT_FIRMWARE   # None: enter the kernel directly (--no-firmware)
+    balloon: Any = "default"             # BalloonOptions, None (off), or "default"
+    virtio_version: int = 2
+    trace: frozenset[str] = frozenset()
+    trace_file: Path | None = None
+    ioeventfd: bool = True
+    irqfd: bool = False
+    console: str = "stdio"               # "stdio" (interactive when a terminal), "none" (captured only)
+    qmp: tuple[str, ...] = ()
+    monitor: bool = True                 # Ctrl-A c human monitor on an interactive console
+    extra: dict = field(default_factory=dict)
+
+    def validate(self, max_vcpus: int | None = None) -> "VmConfig":
+        if self.memory <= 0:
+            raise ConfigError("memory size (-m) must be greater than zero")
+        if self.memory % PAGE_SIZE:
+            raise ConfigError(f"memory size (-m) {self.memory} is not a multiple of the 4 KiB page size")
+        if self.memory < 2 << 20:
+            raise ConfigError("memory size (-m) must be at least 2M")
+        if self.memory > host_memory():
+            raise ConfigError(f"memory size (-m) {format_size(self.memory)} is more than this host has "
+                              f"({format_size(host_memory())})")
+        if self.smp < 1:
+            raise ConfigError("--smp must be at least 1")
+        if max_vcpus is not None and self.smp > max_vcpus:
+            raise ConfigError(f"--smp {self.smp} is more than this host's KVM allows ({max_vcpus})")
+        if self.virtio_version not in (1, 2):
+            raise ConfigError("--virtio-version must be 1 (legacy) or 2 (modern)")
+        unknown = set(self.trace) - TRACE_CATEGORIES
+        if unknown:
+            raise ConfigError(f"unknown trace category {sorted(unknown)[0]!r} "
+                              f"(choose from {', '.join(sorted(TRACE_CATEGORIES))})")
+        return self
+
+    @property
+    def kernel_path(self) -> Path:
+        return self.kernel if self.kernel is not None else DEFAULT_GUEST
+
+
+TRACE_CATEGORIES = frozenset({"virtio", "boot", "irq", "balloon", "exits"})

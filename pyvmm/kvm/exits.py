@@ -1,0 +1,142 @@
+"""Decoding of kvm_run after KVM_RUN returns: typed exits, and the byte layouts the hot loop reads."""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from .abi import KvmExit, KvmInternalError, KvmSystemEvent, kvm_run
+
+# Byte layouts of the kvm_run members, read straight from the shared page.  The vCPU loop uses
+# these for the frequent exits (I/O and MMIO) so that decoding allocates nothing but a tuple.
+EXIT_REASON = struct.Struct("<I")
+EXIT_REASON_OFFSET = kvm_run.exit_reason.offset
+EXIT_UNION_OFFSET = kvm_run.u.offset
+IO = struct.Struct("<BBHIQ")        # direction, size, port, count, data_offset
+MMIO = struct.Struct("<Q8sIB")      # phys_addr, data[8], len, is_write
+MMIO_DATA_OFFSET = EXIT_UNION_OFFSET + 8
+
+
+@dataclass(frozen=True, slots=True)
+class IoExit:
+    port: int
+    size: int
+    count: int
+    is_write: bool
+    data_offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class MmioExit:
+    gpa: int
+    length: int
+    is_write: bool
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class HltExit:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class ShutdownExit:
+    """The guest triple-faulted (or otherwise requested a shutdown the CPU cannot survive)."""
+
+
+@dataclass(frozen=True, slots=True)
+class FailEntryExit:
+    hardware_entry_failure_reason: int
+    cpu: int
+
+
+@dataclass(frozen=True, slots=True)
+class InternalErrorExit:
+    suberror: int
+    data: tuple[int, ...]
+
+    @property
+    def suberror_name(self) -> str:
+        try:
+            return KvmInternalError(self.suberror).name
+        except ValueError:
+            return str(self.suberror)
+
+    @property
+    def insn_bytes(self) -> bytes:
+        """For an emulation failure with instruction bytes (KVM_INTERNAL_ERROR_EMULATION and
+        KVM_INTERNAL_ERROR_FLAG_EMULATION_FAILURE_INSN_BYTES): data[0] flags, data[1] length,
+        data[2..3] the bytes."""
+        if self.suberror != KvmInternalError.EMULATION or len(self.data) < 4 or not (self.data[0] & 1):
+            return b""
+        n = min(self.data[1] & 0xFF, 16)
+        return struct.pack("<QQ", self.data[2], self.data[3])[:n]
+
+
+@dataclass(frozen=True, slots=True)
+class SystemEventExit:
+    type: int
+    data: tuple[int, ...]
+
+    @property
+    def type_name(self) -> str:
+        try:
+            return KvmSystemEvent(self.type).name
+        except ValueError:
+            return str(self.type)
+
+
+@dataclass(frozen=True, slots=True)
+class DebugExit:
+    exception: int
+    pc: int
+    dr6: int
+    dr7: int
+
+
+@dataclass(frozen=True, slots=True)
+class OtherExit:
+    reason: int
+
+    @property
+    def reason_name(self) -> str:
+        try:
+            return KvmExit(self.reason).name
+        except ValueError:
+            return f"exit {self.reason}"
+
+
+Exit = (IoExit | MmioExit | HltExit | ShutdownExit | FailEntryExit | InternalErrorExit
+        | SystemEventExit | DebugExit | OtherExit)
+
+
+def decode(run: kvm_run) -> Exit:
+    """The exit KVM reported in ``run``, as one typed value."""
+    reason = run.exit_reason
+    match reason:
+        case KvmExit.IO:
+            io = run.io
+            return IoExit(io.port, io.size, io.count, bool(io.direction), io.data_offset)
+        case KvmExit.MMIO:
+            m = run.mmio
+            return MmioExit(m.phys_addr, m.len, bool(m.is_write), bytes(m.data)[: m.len])
+        case KvmExit.HLT:
+            return HltExit()
+        case KvmExit.SHUTDOWN:
+            return ShutdownExit()
+        case KvmExit.FAIL_ENTRY:
+            f = run.fail_entry
+            return FailEntryExit(f.hardware_entry_failure_reason, f.cpu)
+        case KvmExit.INTERNAL_ERROR:
+            i = run.internal
+            n = min(i.ndata, 16)
+            return InternalErrorExit(i.suberror, tuple(i.data[:n]))
+        case KvmExit.SYSTEM_EVENT:
+            s = run.system_event
+            n = min(s.ndata, 16)
+            return SystemEventExit(s.type, tuple(s.data[:n]))
+        case KvmExit.DEBUG:
+            d = run.debug
+            return DebugExit(d.exception, d.pc, d.dr6, d.dr7)
+        case _:
+            return OtherExit(reason)

@@ -1,0 +1,205 @@
+"""The vCPU thread: KVM_RUN, one decode of each exit, one dispatch to the buses, and the crash dump."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import signal
+import threading
+from typing import TYPE_CHECKING
+
+from . import trace
+from .arch.x86 import cpu
+from .errors import GuestCrash, KvmError
+from .kvm import abi, exits
+from .kvm.abi import KvmExit, KvmSystemEvent
+
+if TYPE_CHECKING:
+    from .vm import Machine
+
+log = logging.getLogger("pyvmm.vcpu")
+guest_log = logging.getLogger("pyvmm.guest")
+
+KICK_SIGNAL = signal.SIGUSR1
+_current = threading.local()
+
+
+def current_vcpu() -> "Vcpu | None":
+    """The vCPU whose exit is being handled on this thread (devices use it for the boot trace)."""
+    return getattr(_current, "vcpu", None)
+
+
+class Vcpu:
+    """One virtual CPU and the thread that runs it."""
+
+    def __init__(self, machine: "Machine", fd, index: int) -> None:
+        self.machine = machine
+        self.fd = fd
+        self.index = index
+        self.thread: threading.Thread | None = None
+        self.exits = 0
+        self.unhandled_io = 0
+        self.paused = threading.Event()        # set by this thread while it waits in pause
+
+    # --- control from other threads -----------------------------------------------------------
+
+    def start(self) -> None:
+        self.thread = threading.Thread(target=self._thread_main, name=f"vcpu{self.index}", daemon=True)
+        self.thread.start()
+
+    def kick(self) -> None:
+        """Make KVM_RUN return: immediate_exit covers the window before entry, the signal the rest."""
+        self.fd.kvm_run.immediate_exit = 1
+        t = self.thread
+        if t is not None and t.is_alive() and t.ident is not None:
+            try:
+                signal.pthread_kill(t.ident, KICK_SIGNAL)
+            except ProcessLookupError:
+                pass
+
+    # --- the thread ----------------------------------------------------------------------------
+
+    def _thread_main(self) -> None:
+        _current.vcpu = self
+        trace.set_current_vcpu(self.index)
+        try:
+            self._loop()
+        except BaseException as exc:  # a pyvmm bug on a vCPU thread: dump, stop, re-raise in main
+            self.machine._vcpu_failed(self, exc)
+
+    def _loop(self) -> None:
+        m = self.machine
+        fd = self.fd.fd
+        buf = self.fd.run_mmap
+        run = fcntl.ioctl
+        KVM_RUN = abi.KVM_RUN
+        reason_of = exits.EXIT_REASON.unpack_from
+        io_of = exits.IO.unpack_from
+        mmio_of = exits.MMIO.unpack_from
+        union = exits.EXIT_UNION_OFFSET
+        mmio_data = exits.MMIO_DATA_OFFSET
+        pio_ports = m.pio_ports            # port -> (device, base): a dict is the cheapest lookup
+        mmio_find = m.mmio_bus.find
+        EXIT_IO, EXIT_MMIO = int(KvmExit.IO), int(KvmExit.MMIO)
+        while True:
+            try:
+                run(fd, KVM_RUN)
+            except OSError as e:
+                if e.errno in (errno.EINTR, errno.EAGAIN):
+                    self.fd.kvm_run.immediate_exit = 0
+                    if m._should_stop():
+                        return
+                    if m._pause_requested:
+                        self._wait_while_paused()
+                        if m._should_stop():
+                            return
+                    continue
+                raise KvmError("KVM_RUN", e.errno) from None
+            self.exits += 1
+            reason = reason_of(buf, 8)[0]
+            if reason == EXIT_IO:
+                direction, size, port, count, off = io_of(buf, union)
+                entry = pio_ports.get(port)
+                if entry is None:
+                    self.unhandled_io += 1
+                    if direction == abi.KVM_EXIT_IO_IN:
+                        buf[off : off + size * count] = b"\xff" * (size * count)
+                elif direction == abi.KVM_EXIT_IO_OUT:
+                    dev, base = entry
+                    for i in range(count):
+                        p = off + i * size
+                        dev.write(port - base, size, int.from_bytes(buf[p : p + size], "little"))
+                else:
+                    dev, base = entry
+                    for i in range(count):
+                        p = off + i * size
+                        buf[p : p + size] = (dev.read(port - base, size) & ((1 << (8 * size)) - 1)).to_bytes(
+                            size, "little")
+            elif reason == EXIT_MMIO:
+                gpa, data, length, is_write = mmio_of(buf, union)
+                r = mmio_find(gpa)
+                if r is None:
+                    self.unhandled_io += 1
+                    if not is_write:
+                        buf[mmio_data : mmio_data + length] = b"\xff" * length
+                    elif m.guest_error_log:
+                        guest_log.debug("write of %d bytes to unmapped gpa %#x", length, gpa)
+                elif is_write:
+                    r.device.write(gpa - r.base, length, int.from_bytes(data[:length], "little"))
+                else:
+                    value = r.device.read(gpa - r.base, length) & ((1 << (8 * length)) - 1)
+                    buf[mmio_data : mmio_data + length] = value.to_bytes(length, "little")
+            else:
+                if self._slow_exit(exits.decode(self.fd.kvm_run)):
+                    return
+            if m._stop_requested:
+                return
+
+    def _wait_while_paused(self) -> None:
+        m = self.machine
+        self.paused.set()
+        with m._pause_cond:
+            while m._pause_requested and not m._should_stop():
+                m._pause_cond.wait(0.5)
+        self.paused.clear()
+
+    def _slow_exit(self, ex: exits.Exit) -> bool:
+        """The rare exits; True when the VM must stop."""
+        m = self.machine
+        match ex:
+            case exits.HltExit():
+                # Only without an in-kernel irqchip; pyvmm always has one, so a halt here is final.
+                m._guest_stopped(self, "the guest halted", exit_code=0)
+                return True
+            case exits.ShutdownExit():
+                m._guest_crashed(self, "guest triple fault (KVM_EXIT_SHUTDOWN)")
+                return True
+            case exits.FailEntryExit(reason, cpu_):
+                m._guest_crashed(self, f"KVM_EXIT_FAIL_ENTRY: hardware entry failure reason {reason:#x} on cpu {cpu_}")
+                return True
+            case exits.InternalErrorExit():
+                detail = f"KVM_EXIT_INTERNAL_ERROR ({ex.suberror_name})"
+                if ex.insn_bytes:
+                    detail += f", instruction bytes {ex.insn_bytes.hex(' ')}"
+                m._guest_crashed(self, detail)
+                return True
+            case exits.SystemEventExit(type=t):
+                if t == KvmSystemEvent.SHUTDOWN:
+                    m._guest_stopped(self, "the guest powered off", exit_code=0)
+                elif t == KvmSystemEvent.RESET:
+                    m._guest_stopped(self, "the guest requested a reset; pyvmm does not reboot, stopping",
+                                     exit_code=0)
+                else:
+                    m._guest_crashed(self, f"KVM_EXIT_SYSTEM_EVENT {ex.type_name}")
+                return True
+            case exits.IoExit() | exits.MmioExit():
+                return False
+            case _:
+                m._guest_crashed(self, f"unexpected exit {ex}")
+                return True
+
+    # --- inspection ---------------------------------------------------------------------------
+
+    def register_dump(self) -> str:
+        """Registers and the code bytes at RIP, for crash reports and `info registers`."""
+        regs = self.fd.get_regs()
+        sregs = self.fd.get_sregs()
+        text = cpu.format_registers(regs, sregs)
+        gpa = cpu.translate(self.machine.memory, sregs, cpu.linear_rip(regs, sregs))
+        if gpa is not None and self.machine.memory.contains(gpa, 16):
+            text += f"\ncode at RIP (gpa {gpa:#x}): {self.machine.memory.read(gpa, 16).hex(' ')}"
+        elif gpa is not None and self.machine.firmware_image is not None and gpa >= self.machine.firmware_base:
+            off = gpa - self.machine.firmware_base
+            code = self.machine.firmware_image[off : off + 16]
+            text += f"\ncode at RIP (firmware ROM, gpa {gpa:#x}): {code.hex(' ')}"
+        return text
+
+
+def install_kick_handler() -> None:
+    """A no-op handler, so the kick signal interrupts KVM_RUN instead of killing the process."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(KICK_SIGNAL, lambda signum, frame: None)
+
+
+__all__ = ["Vcpu", "current_vcpu", "install_kick_handler", "GuestCrash"]

@@ -1,0 +1,29 @@
+"""Test-suite policy: KVM tests run wherever /dev/kvm exists and fail loudly under PYVMM_REQUIRE_KVM=1."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+HAVE_KVM = os.access("/dev/kvm", os.R_OK | os.W_OK)
+REQUIRE_KVM = os.environ.get("PYVMM_REQUIRE_KVM") == "1"
+
+
+def pytest_configure(config):
+    if REQUIRE_KVM and not HAVE_KVM:
+        raise pytest.UsageError("PYVMM_REQUIRE_KVM=1 but /dev/kvm is missing or not accessible: "
+                                "the KVM tests cannot run on this machine")
+
+
+def pytest_collection_modifyitems(config, items):
+    no_kvm = pytest.mark.skip(reason="no /dev/kvm on this machine (set PYVMM_REQUIRE_KVM=1 to fail instead)")
+    no_qemu = pytest.mark.skip(reason="qemu-system-x86_64 not installed (make test installs it)")
+    have_qemu = shutil.which("qemu-system-x86_64") is not None
+    for item in items:
+        if "kvm" in item.keywords and not HAVE_KVM:
+            item.add_marker(no_kvm)
+        if "qemu" in item.keywords and not have_qemu:
+            if not REQUIRE_KVM:  # under CI a missing QEMU makes these tests fail, not skip
+                item.add_marker(no_qemu)
