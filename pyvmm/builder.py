@@ -113,6 +113,10 @@ def build_vm(m, cfg: VmConfig) -> None:
         raise LoaderError(f"kernel {kernel}: no such file{hint}")
     from .loader.elf import is_elf, load_elf, place_segments
 
+    if kernel.is_dir():
+        raise LoaderError(f"kernel {kernel}: is a directory, not a kernel file")
+    if not os.access(kernel, os.R_OK):
+        raise LoaderError(f"kernel {kernel}: permission denied")
     if not is_elf(kernel):
         raise LoaderError(f"kernel {kernel}: not an ELF file (pyvmm boots PVH ELF kernels such as "
                           f"guest/build/guest.elf)")

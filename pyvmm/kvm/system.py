@@ -15,7 +15,8 @@ from .ioctl import close_fd, ioctl
 class Kvm:
     """An open /dev/kvm."""
 
-    def __init__(self, path: str = "/dev/kvm") -> None:
+    def __init__(self, path: str | None = None) -> None:
+        path = path or os.environ.get("PYVMM_KVM_DEVICE", "/dev/kvm")
         try:
             self.fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
         except FileNotFoundError:

@@ -1,0 +1,108 @@
+"""Bad input to `pyvmm run`: each a one-line error with a non-zero exit, never a traceback."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.support.elfs import build_pvh_elf, with_machine
+
+pytestmark = pytest.mark.kvm
+
+
+def pyvmm(*args, env=None):
+    e = dict(os.environ, **(env or {}))
+    return subprocess.run([sys.executable, "-m", "pyvmm", *args], capture_output=True, text=True, timeout=60,
+                          env=e, stdin=subprocess.DEVNULL)
+
+
+def assert_one_line_error(res, *words):
+    assert res.returncode != 0, res
+    assert "Traceback" not in res.stderr, res.stderr
+    lines = [x for x in res.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1, res.stderr
+    assert lines[0].startswith("pyvmm: "), lines
+    for w in words:
+        assert w in lines[0], (w, lines[0])
+
+
+@pytest.fixture(scope="module")
+def hello(tmp_path_factory):
+    return build_pvh_elf(tmp_path_factory.mktemp("elf"))
+
+
+def test_kernel_missing(tmp_path):
+    assert_one_line_error(pyvmm("run", str(tmp_path / "nope.elf")), "no such file")
+
+
+def test_kernel_unreadable_directory(tmp_path):
+    assert_one_line_error(pyvmm("run", str(tmp_path)), "directory")
+
+
+def test_kernel_not_elf(tmp_path):
+    f = tmp_path / "k"
+    f.write_text("not a kernel")
+    assert_one_line_error(pyvmm("run", str(f)), "not an ELF")
+
+
+def test_kernel_not_x86(hello, tmp_path):
+    assert_one_line_error(pyvmm("run", str(with_machine(hello, tmp_path / "arm.elf", 183))), "not x86-64")
+
+
+def test_kernel_without_pvh_note(tmp_path):
+    assert_one_line_error(pyvmm("run", str(build_pvh_elf(tmp_path, note=False))), "PVH")
+
+
+@pytest.mark.parametrize("mem,words", [
+    ("lots", ["not a size"]),
+    ("0", ["greater than zero"]),
+    ("1000001B", ["multiple of the 4 KiB"]),
+    ("100T", ["more than this host has"]),
+])
+def test_bad_memory(hello, mem, words):
+    assert_one_line_error(pyvmm("run", str(hello), "-m", mem), *words)
+
+
+def test_smp_zero(hello):
+    assert_one_line_error(pyvmm("run", str(hello), "--smp", "0"), "--smp")
+
+
+def test_smp_above_kvm_limit(hello):
+    assert_one_line_error(pyvmm("run", str(hello), "--smp", "100000"), "--smp", "KVM allows")
+
+
+def test_bad_option():
+    assert_one_line_error(pyvmm("run", "--frobnicate"), "unrecognized")
+
+
+def test_kvm_device_missing(hello, tmp_path):
+    res = pyvmm("run", str(hello), env={"PYVMM_KVM_DEVICE": str(tmp_path / "kvm")})
+    assert_one_line_error(res, "does not exist")
+
+
+def test_bad_balloon_options(hello):
+    res = pyvmm("run", str(hello), "--balloon", "frobnicate=on")
+    assert_one_line_error(res, "frobnicate")
+
+
+def test_bad_trace_category(hello):
+    assert_one_line_error(pyvmm("run", str(hello), "--trace", "nonsense"), "trace category")
+
+
+def test_runs_and_exits_with_guest_code(hello, tmp_path):
+    res = pyvmm("run", str(hello), "--balloon", "off", "-m", "64M")
+    assert res.returncode == 0, res.stderr
+    assert "hello from pvh" in res.stdout
+    seven = build_pvh_elf(tmp_path, exit_code=7, name="seven")
+    res = pyvmm("run", str(seven), "-m", "64M")
+    assert res.returncode == 7
+
+
+def test_version_and_help():
+    from pyvmm import __version__
+
+    res = pyvmm("--version")
+    assert res.returncode == 0 and __version__ in res.stdout
+    res = pyvmm("run", "--help")
+    assert res.returncode == 0 and "--no-firmware" in res.stdout and "--balloon" in res.stdout
