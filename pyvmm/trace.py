@@ -1,0 +1,142 @@
+"""The developer trace: one line per register access or boot step, to a stream and as JSON lines.
+
+Tracing off must cost one attribute check on the exit path, so each known category is a plain bool
+attribute (``tracer.virtio``) that callers test before formatting anything.  The JSON-lines schema is
+documented in docs/trace.md.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from typing import Any, Callable, TextIO
+
+# Categories that get a bool attribute of their own; emit() takes any other name as well.
+KNOWN_CATEGORIES = ("virtio", "balloon", "boot", "exits", "irq", "monitor", "pio", "mmio")
+
+_local = threading.local()
+
+
+def set_current_vcpu(index: int | None) -> None:
+    """Called by a vCPU thread once at start: trace lines from this thread carry its index."""
+    _local.vcpu = index
+
+
+def current_vcpu() -> int | None:
+    return getattr(_local, "vcpu", None)
+
+
+class Tracer:
+    """Writes trace events of the enabled categories as text lines and, optionally, JSON lines."""
+
+    # Attributes of the known categories; set in __init__ (declared for type checkers).
+    virtio: bool
+    balloon: bool
+    boot: bool
+    exits: bool
+    irq: bool
+    monitor: bool
+    pio: bool
+    mmio: bool
+
+    def __init__(
+        self,
+        categories: set[str] | frozenset[str] | tuple[str, ...] = frozenset(),
+        stream: TextIO | None = sys.stderr,
+        json_path: str | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        cats = set(categories)
+        if "all" in cats:
+            cats = (cats - {"all"}) | set(KNOWN_CATEGORIES)
+        self.categories = frozenset(cats)
+        for name in KNOWN_CATEGORIES:
+            setattr(self, name, name in self.categories)
+        self.enabled = bool(self.categories)
+        self._stream = stream
+        self._json = open(json_path, "w", encoding="utf-8") if json_path else None  # noqa: SIM115
+        self._clock = clock or time.monotonic
+        self._t0 = self._clock()
+        self._lock = threading.Lock()
+
+    @classmethod
+    def off(cls) -> "Tracer":
+        """A tracer with every category off: the default of every device."""
+        return cls(frozenset(), stream=None)
+
+    def wants(self, category: str) -> bool:
+        return category in self.categories
+
+    # --- sinks ----------------------------------------------------------------------------------------
+
+    def _write(self, line: str, record: dict[str, Any]) -> None:
+        with self._lock:
+            if self._stream is not None:
+                self._stream.write(line + "\n")
+                self._stream.flush()
+            if self._json is not None:
+                self._json.write(json.dumps(record, separators=(",", ":")) + "\n")
+                self._json.flush()
+
+    def _head(self) -> tuple[float, int | None, str]:
+        t = round(self._clock() - self._t0, 6)
+        vcpu = current_vcpu()
+        return t, vcpu, f"{t:11.6f} {'cpu' + str(vcpu) if vcpu is not None else '-':>5}"
+
+    def emit(self, category: str, text: str, **fields: Any) -> None:
+        """A free-form event of category (a boot step, an exit); fields go to the JSON record."""
+        if category not in self.categories:
+            return
+        t, vcpu, head = self._head()
+        record: dict[str, Any] = {"t": t, "vcpu": vcpu, "cat": category, "text": text}
+        record.update(fields)
+        self._write(f"{head} {category}: {text}", record)
+
+    def access(
+        self,
+        device: str,
+        direction: str,
+        register: str,
+        value: int,
+        meaning: str = "",
+        *,
+        shown: str | None = None,
+        offset: int | None = None,
+        size: int | None = None,
+        category: str = "virtio",
+    ) -> None:
+        """One register access or device event of a virtio-mmio device.
+
+        direction is "read" (printed ``->``), "write" (``<-``) or "event" (``!!``: an interrupt, a
+        guest error, or what the device did with a buffer).  shown overrides how value is printed
+        (``0x0b``); the JSON record always carries the integer.
+        """
+        t, vcpu, head = self._head()
+        arrow = _ARROWS.get(direction, "!!")
+        if shown is None:
+            shown = _format_value(value)
+        body = f"{register} {arrow} {shown}" + (f" {meaning}" if meaning else "")
+        record: dict[str, Any] = {
+            "t": t, "vcpu": vcpu, "cat": category, "dev": device, "dir": direction,
+            "reg": register, "value": value, "text": meaning,
+        }
+        if offset is not None:
+            record["offset"] = offset
+        if size is not None:
+            record["size"] = size
+        self._write(f"{head} {device} {body}", record)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._json is not None:
+                self._json.close()
+                self._json = None
+
+
+_ARROWS = {"read": "->", "write": "<-", "event": "!!"}
+
+
+def _format_value(value: int) -> str:
+    return str(value) if 0 <= value < 10 else f"{value:#x}"

@@ -1,0 +1,227 @@
+"""Split virtqueues over GuestMemory: descriptor chains, avail/used rings, notification suppression.
+
+Everything here is read from guest memory the guest controls, so every index, length and address is
+checked before use (spec "Split Virtqueues", device-normative parts of "The Virtqueue Descriptor
+Table" and "Indirect Descriptors").  A ring that breaks a rule raises VirtqueueError, which the
+transport turns into a guest-error line and DEVICE_NEEDS_RESET; it never reaches the VMM.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from ..errors import GuestMemoryError
+from ..memory import GuestMemory
+from .abi import VIRTQ_AVAIL_F_NO_INTERRUPT, VIRTQ_USED_F_NO_NOTIFY, VirtqDescFlag, split_ring_sizes
+
+_DESC = struct.Struct("<QIHH")   # virtq_desc: addr, len, flags, next
+_USED_ELEM = struct.Struct("<II")  # virtq_used_elem: id, len
+_NEXT = int(VirtqDescFlag.VIRTQ_DESC_F_NEXT)
+_WRITE = int(VirtqDescFlag.VIRTQ_DESC_F_WRITE)
+_INDIRECT = int(VirtqDescFlag.VIRTQ_DESC_F_INDIRECT)
+
+
+class VirtqueueError(Exception):
+    """The guest's ring breaks a rule of the spec; the device cannot go on until it is reset."""
+
+
+class DescChain:
+    """One available buffer: the head index and its (gpa, length) pieces, device-readable first."""
+
+    __slots__ = ("head", "readable", "writable")
+
+    def __init__(self, head: int, readable: list[tuple[int, int]], writable: list[tuple[int, int]]) -> None:
+        self.head = head
+        self.readable = readable
+        self.writable = writable
+
+    def read_all(self, mem: GuestMemory) -> bytes:
+        """The device-readable bytes of the chain, concatenated."""
+        if len(self.readable) == 1:
+            gpa, length = self.readable[0]
+            return mem.read(gpa, length)
+        return b"".join(mem.read(gpa, length) for gpa, length in self.readable)
+
+    @property
+    def readable_len(self) -> int:
+        return sum(length for _, length in self.readable)
+
+    @property
+    def writable_len(self) -> int:
+        return sum(length for _, length in self.writable)
+
+
+class SplitQueue:
+    """A split virtqueue: its driver-programmed layout and the device's indices into it."""
+
+    def __init__(self, mem: GuestMemory, index: int, max_size: int) -> None:
+        self.mem = mem
+        self.index = index
+        self.max_size = max_size
+        self.reset()
+
+    def reset(self) -> None:
+        """Back to the state after a device reset (spec "Device Reset"): not ready, nothing seen."""
+        self.size = self.max_size
+        self.ready = False
+        self.desc = 0
+        self.avail = 0
+        self.used = 0
+        self.pfn = 0                  # legacy QueuePFN, kept for read-back
+        self.event_idx = False
+        self.indirect = False
+        self.last_avail = 0           # next avail ring slot the device will read
+        self.next_used = 0            # next used ring slot the device will write
+        self._signalled_used = 0
+        self._signalled_valid = False
+
+    # --- set-up ---------------------------------------------------------------------------------------
+
+    def check_layout(self) -> str | None:
+        """Why this queue cannot be enabled as programmed, or None if it can.
+
+        Spec "Virtqueue Configuration": the size is a power of 2 no larger than QueueSizeMax, and the
+        three areas are aligned (16/2/4) and, here, must lie wholly in guest RAM.
+        """
+        q = self.size
+        if q == 0 or q & (q - 1) or q > self.max_size:
+            return f"queue size {q} is not a power of 2 up to {self.max_size}"
+        desc_len, avail_len, used_len = split_ring_sizes(q)
+        for name, gpa, length, align in (
+            ("descriptor table", self.desc, desc_len, 16),
+            ("driver area", self.avail, avail_len, 2),
+            ("device area", self.used, used_len, 4),
+        ):
+            if gpa % align:
+                return f"{name} at {gpa:#x} is not {align}-byte aligned"
+            if not self.mem.contains(gpa, length):
+                return f"{name} at {gpa:#x}+{length:#x} is outside guest RAM"
+        return None
+
+    def enable(self, features_event_idx: bool, features_indirect: bool) -> None:
+        self.event_idx = features_event_idx
+        self.indirect = features_indirect
+        self.last_avail = 0
+        self.next_used = 0
+        self._signalled_valid = False
+        self.ready = True
+
+    # --- the available ring -----------------------------------------------------------------------
+
+    def avail_idx(self) -> int:
+        return self.mem.read_u16(self.avail + 2)
+
+    def has_available(self) -> bool:
+        return self.avail_idx() != self.last_avail
+
+    def pop(self) -> DescChain | None:
+        """The next available chain, or None; VirtqueueError if the ring is broken."""
+        try:
+            idx = self.mem.read_u16(self.avail + 2)
+            pending = (idx - self.last_avail) & 0xFFFF
+            if pending == 0:
+                if self.event_idx:
+                    # Ask for a notification at the very next buffer (spec "Used Buffer Notification
+                    # Suppression": avail_event), then look again in case one raced in.
+                    self.mem.write_u16(self.used + 4 + 8 * self.size, self.last_avail)
+                    idx = self.mem.read_u16(self.avail + 2)
+                    pending = (idx - self.last_avail) & 0xFFFF
+                if pending == 0:
+                    return None
+            if pending > self.size:
+                raise VirtqueueError(
+                    f"avail idx {idx} is {pending} ahead of the device, more than queue size {self.size}"
+                )
+            head = self.mem.read_u16(self.avail + 4 + 2 * (self.last_avail % self.size))
+            chain = self._walk(head)
+            self.last_avail = (self.last_avail + 1) & 0xFFFF
+            return chain
+        except GuestMemoryError as e:  # only if guest RAM changed under a validated ring
+            raise VirtqueueError(str(e)) from None
+
+    def _walk(self, head: int) -> DescChain:
+        """Follow a descriptor chain from head, checking every field (spec "The Virtqueue Descriptor
+        Table" and "Indirect Descriptors")."""
+        size = self.size
+        if head >= size:
+            raise VirtqueueError(f"head descriptor index {head} >= queue size {size}")
+        mem = self.mem
+        table, table_len = self.desc, size
+        i = head
+        total = 0
+        in_indirect = False
+        readable: list[tuple[int, int]] = []
+        writable: list[tuple[int, int]] = []
+        while True:
+            if i >= table_len:
+                raise VirtqueueError(f"descriptor next {i} is beyond its table of {table_len}")
+            total += 1
+            # "A driver MUST NOT create a descriptor chain longer than the Queue Size of the device";
+            # this bound also ends any loop.
+            if total > size:
+                raise VirtqueueError(f"descriptor chain from head {head} is longer than the queue "
+                                     f"({size}) or loops")
+            addr, length, flags, nxt = _DESC.unpack(mem.read(table + 16 * i, 16))
+            if flags & _INDIRECT:
+                if in_indirect:
+                    raise VirtqueueError("indirect descriptor inside an indirect table")
+                if not self.indirect:
+                    raise VirtqueueError("indirect descriptor without VIRTIO_F_INDIRECT_DESC")
+                if flags & _NEXT:
+                    raise VirtqueueError("descriptor has both INDIRECT and NEXT")
+                if length == 0 or length % 16:
+                    raise VirtqueueError(f"indirect table length {length} is not a multiple of 16")
+                if not mem.contains(addr, length):
+                    raise VirtqueueError(f"indirect table {addr:#x}+{length:#x} is outside guest RAM")
+                table, table_len, i, in_indirect = addr, length // 16, 0, True
+                total -= 1  # the indirect descriptor itself carries no buffer
+                continue
+            if not mem.contains(addr, length):
+                raise VirtqueueError(f"buffer {addr:#x}+{length:#x} is outside guest RAM")
+            if flags & _WRITE:
+                writable.append((addr, length))
+            elif writable:
+                raise VirtqueueError("device-readable descriptor after a device-writable one")
+            else:
+                readable.append((addr, length))
+            if not flags & _NEXT:
+                return DescChain(head, readable, writable)
+            i = nxt
+
+    # --- the used ring ------------------------------------------------------------------------------
+
+    def add_used(self, head: int, length: int) -> None:
+        """Return chain head with length bytes written; the element goes in before the index moves."""
+        slot = self.used + 4 + 8 * (self.next_used % self.size)
+        try:
+            self.mem.write(slot, _USED_ELEM.pack(head, length))
+            self.next_used = (self.next_used + 1) & 0xFFFF
+            self.mem.write_u16(self.used + 2, self.next_used)
+        except GuestMemoryError as e:
+            raise VirtqueueError(str(e)) from None
+
+    def should_notify(self) -> bool:
+        """Whether the driver wants a used-buffer notification for what was added since the last one.
+
+        Spec "Used Buffer Notification Suppression": with VIRTIO_F_EVENT_IDX, notify when used_event
+        lies in [old, new); without it, unless the driver set VIRTQ_AVAIL_F_NO_INTERRUPT.
+        """
+        new = self.next_used
+        try:
+            if self.event_idx:
+                old = self._signalled_used
+                valid = self._signalled_valid
+                self._signalled_used = new
+                self._signalled_valid = True
+                if not valid:
+                    return True
+                used_event = self.mem.read_u16(self.avail + 4 + 2 * self.size)
+                return ((new - used_event - 1) & 0xFFFF) < ((new - old) & 0xFFFF)
+            return not self.mem.read_u16(self.avail) & VIRTQ_AVAIL_F_NO_INTERRUPT
+        except GuestMemoryError:
+            return True
+
+    def set_no_notify(self, suppress: bool) -> None:
+        """Tell the driver whether to skip notifications (VIRTQ_USED_F_NO_NOTIFY; without EVENT_IDX)."""
+        if not self.event_idx:
+            self.mem.write_u16(self.used, VIRTQ_USED_F_NO_NOTIFY if suppress else 0)
