@@ -95,6 +95,8 @@ def config_from_args(args):
 def cmd_run(args) -> int:
     from .console import run_machine
 
+    if args.demo and not args.append:
+        args.append = "scenario=demo dirty=192M"
     cfg = config_from_args(args)
     cfg.validate()
     return run_machine(cfg, demo=args.demo)
