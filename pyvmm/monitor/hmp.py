@@ -1,0 +1,607 @@
+"""The human monitor: text commands for people, and the Ctrl-A console multiplexer that reaches them."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import struct
+import sys
+import threading
+from typing import BinaryIO, Callable, Iterator
+
+from ..errors import GuestMemoryError, PyvmmError
+from . import commands as C
+from .commands import CommandError, MachineControl
+
+MAX_DUMP = 64 * 1024          # bytes one x/ command may show
+MAX_TABLE_ROWS = 32           # descriptor/ring entries `info virtqueue` lists before eliding
+
+HELP = [
+    ("help [command]", "show this help, or one command's"),
+    ("info balloon", "balloon size: actual (MiB), target, pages"),
+    ("info stats", "guest memory statistics from the balloon, and device counters"),
+    ("info status", "whether the VM runs"),
+    ("info virtio", "virtio devices: transport, features negotiated, status, queues"),
+    ("info virtqueue <dev> <queue>", "one virtqueue: rings, indices, descriptors in flight"),
+    ("info registers [cpu]", "a vCPU's registers"),
+    ("info mtree", "the guest-physical memory map"),
+    ("balloon <size>", "set the guest's target size (MiB, or 64M, 1G)"),
+    ("x/<n><fmt><size> <gpa>", "dump guest memory: fmt x d u o c i, size b h w g (xp is the same)"),
+    ("stop", "pause the vCPUs"),
+    ("cont | c", "resume the vCPUs"),
+    ("system_reset", "reset the machine (if it can)"),
+    ("trace on|off [category]", "switch register-level tracing (default category: all)"),
+    ("quit | q", "stop the VM and exit"),
+]
+
+
+def _err(text: str) -> str:
+    return f"Error: {text}\n"
+
+
+def run_hmp(machine: MachineControl, line: str, cpu: int = 0) -> str:
+    """Run one human-monitor command line; returns its output ("" when there is none), never raises."""
+    words = line.split()
+    if not words:
+        return ""
+    cmd, args = words[0], words[1:]
+    try:
+        if cmd.startswith(("x/", "xp/")) or cmd in ("x", "xp"):
+            return _memory_dump(machine, cmd, args)
+        handler = _COMMANDS.get(cmd)
+        if handler is None:
+            return f"unknown command: '{cmd}'\n"
+        return handler(machine, args, cpu)
+    except CommandError as e:
+        return _err(e.desc)
+    except PyvmmError as e:
+        return _err(str(e))
+    except (ValueError, IndexError, NotImplementedError) as e:
+        return _err(str(e) or type(e).__name__)
+
+
+# --- commands ---------------------------------------------------------------------------------------
+
+
+def _help(machine: MachineControl, args: list[str], cpu: int) -> str:
+    width = max(len(u) for u, _ in HELP)
+    rows = HELP
+    if args:
+        rows = [(u, d) for u, d in HELP if u.split()[0].split("/")[0] == args[0].split("/")[0]
+                or (args[0] in ("c", "q") and args[0] in u.split())]
+        if not rows:
+            return f"unknown command: '{args[0]}'\n"
+    return "".join(f"{u:<{width}} -- {d}\n" for u, d in rows)
+
+
+def _info(machine: MachineControl, args: list[str], cpu: int) -> str:
+    if not args:
+        return "".join(f"{u:<30} -- {d}\n" for u, d in HELP if u.startswith("info "))
+    sub, rest = args[0], args[1:]
+    handler = _INFO.get(sub)
+    if handler is None:
+        return f"unknown info subcommand: '{sub}' (try 'info' alone)\n"
+    return handler(machine, rest, cpu)
+
+
+def _info_balloon(machine: MachineControl, args: list[str], cpu: int) -> str:
+    actual = C.query_balloon(machine)["actual"]
+    out = [f"balloon: actual={actual >> 20}"]   # QEMU's exact first line, for scripts that parse it
+    rows = C.balloon_details(machine)
+    width = max((len(n) for n, _ in rows), default=0)
+    out += [f"  {n:<{width}}  {v}" for n, v in rows]
+    return "\n".join(out) + "\n"
+
+
+def _info_stats(machine: MachineControl, args: list[str], cpu: int) -> str:
+    gs = C.guest_stats(machine)
+    dev = C.require_balloon(machine)
+    age = C.stats_age(machine)
+    interval = int(dev.stats_interval)
+    when = "never received" if age is None else f"last update {age:.1f} s ago"
+    poll = f"polling every {interval} s" if interval else "polling off"
+    out = [f"guest stats ({when}, {poll}):"]
+    for name, value in gs["stats"].items():
+        if value == C.STAT_NEVER:
+            text = "-"
+        elif name.endswith("memory") or name.endswith(("swap-in", "swap-out", "caches")):
+            text = f"{value} ({C.format_size(value)})"
+        else:
+            text = str(value)
+        out.append(f"  {name:<22} {text}")
+    counters = C.balloon_counters(machine)
+    if counters:
+        out.append("device counters:")
+        width = max(len(n) for n, _ in counters)
+        out += [f"  {n:<{width}}  {v}" for n, v in counters]
+    return "\n".join(out) + "\n"
+
+
+def _info_status(machine: MachineControl, args: list[str], cpu: int) -> str:
+    return f"VM status: {machine.status()}\n"
+
+
+def _info_virtio(machine: MachineControl, args: list[str], cpu: int) -> str:
+    transports = list(machine.virtio_devices)
+    if not transports:
+        return "no virtio devices\n"
+    out = []
+    for t in transports:
+        d = C.describe_device(t)
+        out.append(f"{d.name}: {d.device_name} at {d.base_gpa:#x} irq {d.irq}, virtio-mmio version {d.version}")
+        out.append(f"  status:   {'|'.join(d.status) or '0 (reset)'}")
+        out.append(f"  features: {' '.join(d.features) or '(none negotiated)'}")
+        queues = []
+        for i in range(d.num_queues):
+            q = C.describe_queue(t, i)
+            queues.append(f"{q.index} {q.name} (size {q.size}, {'ready' if q.ready else 'not ready'})")
+        out.append(f"  queues:   {', '.join(queues) or '(none)'}")
+    return "\n".join(out) + "\n"
+
+
+def _find_device(machine: MachineControl, key: str) -> C.VirtioTransportView:
+    transports = list(machine.virtio_devices)
+    for t in transports:
+        if key == t.name or key == C.describe_device(t).device_name:
+            return t
+    if key.isdigit() and int(key) < len(transports):
+        return transports[int(key)]
+    names = ", ".join(t.name for t in transports) or "none"
+    raise CommandError("GenericError", f"no virtio device '{key}' (devices: {names})")
+
+
+_DESC = struct.Struct("<QIHH")
+_DESC_FLAGS = ((1, "NEXT"), (2, "WRITE"), (4, "INDIRECT"))
+
+
+def _flags(value: int) -> str:
+    names = [n for bit, n in _DESC_FLAGS if value & bit]
+    rest = value & ~7
+    if rest:
+        names.append(f"{rest:#x}")
+    return "|".join(names) or "-"
+
+
+def _info_virtqueue(machine: MachineControl, args: list[str], cpu: int) -> str:
+    if len(args) != 2:
+        raise CommandError("GenericError", "usage: info virtqueue <dev> <queue>  (e.g. info virtqueue balloon0 0)")
+    t = _find_device(machine, args[0])
+    dev = C.describe_device(t)
+    q = None
+    for i in range(dev.num_queues):
+        cand = C.describe_queue(t, i)
+        if args[1] in (str(cand.index), cand.name):
+            q = cand
+            break
+    if q is None:
+        raise CommandError("GenericError", f"{dev.name} has no queue '{args[1]}' ({dev.num_queues} queues)")
+    out = [f"{dev.name} queue {q.index} ({q.name}): size {q.size} (max {q.max_size}), "
+           f"{'ready' if q.ready else 'not ready'}"]
+    out.append(f"  desc table {q.desc_gpa:#x}  avail ring {q.avail_gpa:#x}  used ring {q.used_gpa:#x}")
+    if not q.ready or q.size == 0:
+        out.append("  (not set up by the driver)")
+        return "\n".join(out) + "\n"
+    pending = 0 if q.avail_idx is None else (q.avail_idx - q.last_avail_idx) & 0xFFFF
+    avail = "unreadable" if q.avail_idx is None else str(q.avail_idx)
+    out.append(f"  avail.idx {avail}  used.idx {q.used_idx}  last_avail {q.last_avail_idx}  "
+               f"pending {pending}  in flight {q.in_flight}")
+    # The chains in flight are the last ones taken, avail slots [last_avail - in_flight, last_avail),
+    # as long as chains are returned in the order taken (pyvmm's devices do; the balloon holds at most
+    # its latest stats buffer).
+    heads = set()
+    try:
+        ring = machine.read_memory(q.avail_gpa + 4, 2 * q.size)
+        for k in range(q.in_flight):
+            heads.add(struct.unpack_from("<H", ring, 2 * ((q.last_avail_idx - 1 - k) % q.size))[0])
+    except GuestMemoryError:
+        pass
+    if heads:
+        out.append(f"  in flight, head descriptors: {' '.join(map(str, sorted(heads)))}")
+    size = q.size
+    try:
+        table = machine.read_memory(q.desc_gpa, 16 * size)
+    except GuestMemoryError as e:
+        out.append(f"  descriptor table: cannot read ({e})")
+    else:
+        listed = 0
+        out.append("  descriptor table (non-empty entries):")
+        for i in range(size):
+            addr, length, flags, nxt = _DESC.unpack_from(table, 16 * i)
+            if not (addr or length or flags or nxt):
+                continue
+            if listed == MAX_TABLE_ROWS:
+                out.append("    ...")
+                break
+            listed += 1
+            chain = f" next {nxt}" if flags & 1 else ""
+            mark = "  <- in flight" if i in heads else ""
+            out.append(f"    [{i:4}] addr {addr:#018x} len {length:6} {_flags(flags)}{chain}{mark}")
+        if not listed:
+            out.append("    (all zero)")
+    try:
+        ring = machine.read_memory(q.avail_gpa + 4, 2 * size)
+        entries = [struct.unpack_from("<H", ring, 2 * ((q.last_avail_idx + k) % size))[0]
+                   for k in range(min(pending, MAX_TABLE_ROWS))]
+        out.append(f"  avail ring, not yet taken: {' '.join(map(str, entries)) or '(none)'}")
+    except GuestMemoryError as e:
+        out.append(f"  avail ring: cannot read ({e})")
+    try:
+        ring = machine.read_memory(q.used_gpa + 4, 8 * size)
+        last = []
+        for k in range(min(4, q.used_idx)):
+            slot = (q.used_idx - 1 - k) % size
+            uid, ulen = struct.unpack_from("<II", ring, 8 * slot)
+            last.append(f"id {uid} len {ulen}")
+        out.append(f"  used ring, latest first: {'; '.join(last) or '(none)'}")
+    except GuestMemoryError as e:
+        out.append(f"  used ring: cannot read ({e})")
+    return "\n".join(out) + "\n"
+
+
+def _info_registers(machine: MachineControl, args: list[str], cpu: int) -> str:
+    if args:
+        if not args[0].isdigit():
+            raise CommandError("GenericError", f"cpu index must be a number, not '{args[0]}'")
+        cpu = int(args[0])
+    try:
+        text = machine.vcpu_registers(cpu)
+    except IndexError:
+        raise CommandError("GenericError", f"no vCPU {cpu}") from None
+    return text if text.endswith("\n") else text + "\n"
+
+
+def _info_mtree(machine: MachineControl, args: list[str], cpu: int) -> str:
+    out = ["address-space: guest-physical"]
+    for first, last, name in sorted(machine.memory_map()):
+        out.append(f"  {first:016x}-{last:016x}: {name}")
+    return "\n".join(out) + "\n"
+
+
+def _balloon(machine: MachineControl, args: list[str], cpu: int) -> str:
+    if len(args) != 1:
+        raise CommandError("GenericError", "usage: balloon <size>  (MiB, or with a suffix: 64M, 1G)")
+    value = C.parse_size(args[0], what="balloon size")
+    target = C.balloon(machine, value)
+    if target != value:
+        return f"balloon: target clamped to guest RAM ({C.format_size(target)})\n"
+    return ""
+
+
+def _stop(machine: MachineControl, args: list[str], cpu: int) -> str:
+    C.stop(machine)
+    return ""
+
+
+def _cont(machine: MachineControl, args: list[str], cpu: int) -> str:
+    C.cont(machine)
+    return ""
+
+
+def _reset(machine: MachineControl, args: list[str], cpu: int) -> str:
+    C.system_reset(machine)
+    return ""
+
+
+def _quit(machine: MachineControl, args: list[str], cpu: int) -> str:
+    machine.quit()
+    return ""
+
+
+def _trace(machine: MachineControl, args: list[str], cpu: int) -> str:
+    if not args or args[0] not in ("on", "off") or len(args) > 2:
+        raise CommandError("GenericError", "usage: trace on|off [category]")
+    category = args[1] if len(args) == 2 else "all"
+    machine.set_trace(category, args[0] == "on")
+    return f"trace {category}: {args[0]}\n"
+
+
+_INFO: dict[str, Callable[[MachineControl, list[str], int], str]] = {
+    "balloon": _info_balloon,
+    "stats": _info_stats,
+    "status": _info_status,
+    "virtio": _info_virtio,
+    "virtqueue": _info_virtqueue,
+    "registers": _info_registers,
+    "mtree": _info_mtree,
+}
+
+_COMMANDS: dict[str, Callable[[MachineControl, list[str], int], str]] = {
+    "help": _help,
+    "?": _help,
+    "info": _info,
+    "balloon": _balloon,
+    "stop": _stop,
+    "cont": _cont,
+    "c": _cont,
+    "system_reset": _reset,
+    "quit": _quit,
+    "q": _quit,
+    "trace": _trace,
+}
+
+
+# --- x/<n><fmt><size> ---------------------------------------------------------------------------------
+
+_SIZES = {"b": 1, "h": 2, "w": 4, "g": 8}
+_FMT_RE = re.compile(r"^(\d*)([xduocibhwg]*)$")
+
+
+def _parse_gpa(text: str) -> int:
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise CommandError("GenericError", f"invalid address '{text}' (use 0x1000 or 4096)") from None
+    if value < 0:
+        raise CommandError("GenericError", f"invalid address '{text}'")
+    return value
+
+
+def _printc(v: int) -> str:
+    # QEMU's monitor_printc spelling.
+    special = {ord("'"): "\\'", ord("\\"): "\\\\", ord("\n"): "\\n", ord("\r"): "\\r"}
+    if v in special:
+        return f"'{special[v]}'"
+    return f"'{chr(v)}'" if 32 <= v <= 126 else f"'\\x{v:02x}'"
+
+
+def _memory_dump(machine: MachineControl, cmd: str, args: list[str]) -> str:
+    """QEMU's x/xp output (monitor/hmp-cmds memory_dump); addresses are guest-physical for both."""
+    spec = cmd.split("/", 1)[1] if "/" in cmd else ""
+    m = _FMT_RE.match(spec)
+    if not m or len(args) != 1:
+        raise CommandError("GenericError", "usage: x/<count><format><size> <gpa>  e.g. x/16xb 0x1000")
+    count = int(m.group(1) or 1)
+    fmt, size = "x", 4
+    for ch in m.group(2):
+        if ch in _SIZES:
+            size = _SIZES[ch]
+        else:
+            fmt = ch
+    if fmt in ("c", "i"):
+        size = 1
+    gpa = _parse_gpa(args[0])
+    if fmt == "i":
+        return _disassemble(machine, gpa, count)
+    total = count * size
+    if total > MAX_DUMP:
+        raise CommandError("GenericError", f"x/ shows at most {MAX_DUMP} bytes at once, not {total}")
+    line_size = 8 if size == 1 else 16
+    bits = size * 8
+    digits = {"x": bits // 4, "o": -(-bits // 3), "u": -(-bits * 10 // 33), "d": -(-bits * 10 // 33)}.get(fmt, 0)
+    out = []
+    addr = gpa
+    while total > 0:
+        n = min(total, line_size)
+        try:
+            data = machine.read_memory(addr, n)
+        except GuestMemoryError:
+            out.append(f"{addr:016x}: Cannot access memory")
+            break
+        parts = []
+        for i in range(0, n, size):
+            v = int.from_bytes(data[i : i + size], "little")
+            if fmt == "x":
+                parts.append(f"0x{v:0{digits}x}")
+            elif fmt == "o":
+                parts.append(f"{('0' + format(v, 'o')) if v else '0':>{digits}}")
+            elif fmt == "u":
+                parts.append(f"{v:>{digits}}")
+            elif fmt == "d":
+                if v >= 1 << (bits - 1):
+                    v -= 1 << bits
+                parts.append(f"{v:>{digits}}")
+            else:
+                parts.append(_printc(v))
+        out.append(f"{addr:016x}: " + " ".join(parts))
+        addr += n
+        total -= n
+    return "\n".join(out) + "\n"
+
+
+def _disassemble(machine: MachineControl, gpa: int, count: int) -> str:
+    try:
+        import capstone
+    except ImportError:
+        raise CommandError("GenericError", "x/i needs capstone (pip install capstone)") from None
+    length = min(count * 15, MAX_DUMP)
+    data = b""
+    while length > 0 and not data:     # near the end of RAM, read what there is
+        try:
+            data = machine.read_memory(gpa, length)
+        except GuestMemoryError:
+            length //= 2
+    if not data:
+        return f"{gpa:016x}: Cannot access memory\n"
+    md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+    out = []
+    for insn in md.disasm(data, gpa, count):
+        out.append(f"0x{insn.address:016x}:  {insn.mnemonic} {insn.op_str}".rstrip())
+    if len(out) < count:
+        out.append(f"(stopped after {len(out)} instructions: undecodable bytes follow)")
+    return "\n".join(out) + "\n"
+
+
+# --- the console multiplexer ---------------------------------------------------------------------------
+
+CTRL_A = 0x01
+PROMPT = b"(pyvmm) "
+MAX_HELD_OUTPUT = 64 * 1024   # guest output kept while the monitor is shown; older bytes are dropped
+
+MUX_HELP = (
+    b"\r\nC-a h    print this help\r\n"
+    b"C-a x    exit the VM\r\n"
+    b"C-a c    switch between console and monitor\r\n"
+    b"C-a C-a  send C-a\r\n"
+)
+
+
+class ConsoleMux:
+    """One terminal shared by the guest's serial console and the human monitor, as `-serial mon:stdio`.
+
+    Bytes typed by the user arrive through feed() (a stdin reader thread); in console mode they go to
+    the guest's serial input, in monitor mode they edit a command line.  Guest output arrives through
+    guest_output() (a vCPU thread); while the monitor is shown it is held back, bounded, and replayed
+    when the console returns, so the prompt is not scribbled over.  Commands run outside the lock:
+    `stop` waits for vCPUs that may be writing guest output at that moment.
+    """
+
+    def __init__(
+        self,
+        machine: MachineControl,
+        serial_input: Callable[[bytes], None],
+        output: BinaryIO,
+        run_command: Callable[[MachineControl, str], str] = run_hmp,
+    ) -> None:
+        self.machine = machine
+        self.serial_input = serial_input
+        self.output = output
+        self.run_command = run_command
+        self.monitor = False
+        self.quitting = False
+        self._escape = False
+        self._line = bytearray()
+        self._held = bytearray()
+        self._held_dropped = 0
+        self._lock = threading.Lock()
+
+    def _write(self, data: bytes) -> None:
+        try:
+            self.output.write(data)
+            self.output.flush()
+        except (OSError, ValueError):
+            pass  # the terminal went away; the VM goes on
+
+    # --- guest side -------------------------------------------------------------------------------
+
+    def guest_output(self, data: bytes) -> None:
+        """Bytes the guest wrote to its serial port."""
+        with self._lock:
+            if not self.monitor:
+                self._write(data)
+                return
+            self._held += data
+            excess = len(self._held) - MAX_HELD_OUTPUT
+            if excess > 0:
+                del self._held[:excess]
+                self._held_dropped += excess
+
+    # --- user side --------------------------------------------------------------------------------
+
+    def feed(self, data: bytes) -> None:
+        """Bytes the user typed."""
+        to_guest = bytearray()
+        for b in data:
+            if self.quitting:
+                break
+            if self._escape:
+                self._escape = False
+                if b == CTRL_A:
+                    if not self.monitor:
+                        to_guest.append(CTRL_A)
+                    continue
+                self._flush_guest(to_guest)
+                self._escape_command(b)
+                continue
+            if b == CTRL_A:
+                self._escape = True
+                continue
+            if self.monitor:
+                self._edit(b)
+            else:
+                to_guest.append(b)
+        self._flush_guest(to_guest)
+
+    def _flush_guest(self, buf: bytearray) -> None:
+        if buf:
+            self.serial_input(bytes(buf))
+            buf.clear()
+
+    def _escape_command(self, b: int) -> None:
+        if b in (ord("h"), ord("?")):
+            with self._lock:
+                self._write(MUX_HELP + (b"\r\n" + PROMPT + bytes(self._line) if self.monitor else b""))
+        elif b == ord("x"):
+            with self._lock:
+                self._write(b"\r\npyvmm: terminating on C-a x\r\n")
+            self.quitting = True
+            self.machine.quit()
+        elif b == ord("c"):
+            self._toggle()
+        # other escapes are ignored, as QEMU's mux does
+
+    def _toggle(self) -> None:
+        with self._lock:
+            if not self.monitor:
+                self.monitor = True
+                self._line.clear()
+                self._write(b"\r\npyvmm monitor - type 'help' for more information, C-a c to return\r\n" + PROMPT)
+            else:
+                self.monitor = False
+                self._write(b"\r\n")
+                if self._held_dropped:
+                    self._write(f"[pyvmm: {self._held_dropped} bytes of guest output dropped]\r\n".encode())
+                self._write(bytes(self._held))
+                self._held.clear()
+                self._held_dropped = 0
+
+    def _edit(self, b: int) -> None:
+        if b in (0x0D, 0x0A):
+            line = self._line.decode("utf-8", "replace")
+            self._line.clear()
+            with self._lock:
+                self._write(b"\r\n")
+            if line.strip():
+                out = self.run_command(self.machine, line)
+                if out:
+                    with self._lock:
+                        self._write(out.replace("\r\n", "\n").replace("\n", "\r\n").encode())
+            if self.monitor and not self.quitting:
+                with self._lock:
+                    self._write(PROMPT)
+        elif b in (0x7F, 0x08):
+            if self._line:
+                # drop one whole UTF-8 character, not a byte of it
+                del self._line[-1]
+                while self._line and (self._line[-1] & 0xC0) == 0x80:
+                    del self._line[-1]
+                with self._lock:
+                    self._write(b"\b \b")
+        elif b == 0x03:          # Ctrl-C: abandon the line
+            self._line.clear()
+            with self._lock:
+                self._write(b"^C\r\n" + PROMPT)
+        elif b >= 0x20 or b == 0x09:
+            self._line.append(b)
+            with self._lock:
+                self._write(bytes([b]))
+
+
+@contextlib.contextmanager
+def stdio_console(mux: ConsoleMux, stdin_fd: int | None = None) -> Iterator[threading.Thread]:
+    """Put the terminal in raw mode and feed the mux from a stdin reader thread; restore on exit."""
+    import termios
+    import tty
+
+    fd = sys.stdin.fileno() if stdin_fd is None else stdin_fd
+    saved = termios.tcgetattr(fd) if os.isatty(fd) else None
+    if saved is not None:
+        tty.setraw(fd)
+
+    def reader() -> None:
+        while not mux.quitting:
+            try:
+                data = os.read(fd, 1024)
+            except OSError:
+                return
+            if not data:
+                return
+            mux.feed(data)
+
+    t = threading.Thread(target=reader, name="console-stdin", daemon=True)
+    t.start()
+    try:
+        yield t
+    finally:
+        if saved is not None:
+            termios.tcsetattr(fd, termios.TCSADRAIN, saved)
