@@ -11,7 +11,7 @@ from __future__ import annotations
 import struct
 from typing import Iterable
 
-from pyvmm.memory import GuestMemory
+from pyvmm.memory import GuestMemory, MemoryRegion
 from pyvmm.virtio.abi import (
     VIRTIO_MMIO_CONFIG,
     VIRTIO_MMIO_MAGIC_VALUE,
@@ -434,3 +434,33 @@ class BalloonDriver:
 def encode_stats(entries: list[tuple[int, int]]) -> bytes:
     """Packed 10-byte {le16 tag, le64 val} entries."""
     return b"".join(struct.pack("<HQ", tag, val) for tag, val in entries)
+
+
+class Rig:
+    """A balloon behind a virtio-mmio window on test memory, with a recording IRQ line and the driver."""
+
+    def __init__(self, version: int = 2, ram: int = 16 << 20, options=None, anonymous: bool = False,
+                 tracer=None, discard=None, host_page_size: int = 4096, layout=None) -> None:
+        from pyvmm.irq import RecordingIrqLine
+        from pyvmm.virtio.balloon import VirtioBalloon
+        from pyvmm.virtio.mmio import VirtioMmio
+
+        if layout is not None:
+            self.mem = GuestMemory.anonymous(layout) if anonymous else GuestMemory(
+                [MemoryRegion(gpa, size, bytearray(size)) for gpa, size in layout])
+        else:
+            self.mem = GuestMemory.anonymous([(0, ram)]) if anonymous else GuestMemory.from_bytearray(ram)
+        self.discards: list[tuple[int, int]] = []
+
+        def recording_discard(gpa: int, length: int) -> None:
+            self.discards.append((gpa, length))
+            (discard or self.mem.discard)(gpa, length)
+
+        self.irq = RecordingIrqLine()
+        self.balloon = VirtioBalloon(self.mem, options, discard=recording_discard, host_page_size=host_page_size)
+        self.dev = VirtioMmio(self.balloon, self.mem, self.irq, version=version, name="balloon0", tracer=tracer)
+        self.driver = BalloonDriver(self.dev, self.mem)
+        self.drv = self.driver.drv
+
+    def close(self) -> None:
+        self.balloon.close()
