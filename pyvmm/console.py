@@ -80,7 +80,7 @@ def run_machine(cfg: VmConfig, *, demo: bool = False) -> int:
         for s in servers:
             s.close()
         machine.close()
-    if machine.stop_reason and not machine.stop_reason.startswith("the guest exited"):
+    if machine.stop_reason and not machine.crash_report and not machine.stop_reason.startswith("the guest exited"):
         sys.stderr.write(f"pyvmm: {machine.stop_reason}\n")
     return 0 if code is None else code
 
