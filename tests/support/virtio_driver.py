@@ -110,14 +110,19 @@ class VirtioDriver:
         self.w(Reg.DeviceFeaturesSel, 0)
         return (hi << 32) | self.r(Reg.DeviceFeatures)
 
-    def negotiate(self, accept: int | None = None) -> int:
-        """ACKNOWLEDGE, DRIVER, write the accepted features (high word first), FEATURES_OK (v2)."""
+    def negotiate(self, accept: int | None = None, accept_transport: int | None = None) -> int:
+        """ACKNOWLEDGE, DRIVER, write the accepted features (high word first), FEATURES_OK (v2).
+
+        accept masks the device-type bits (0-23), accept_transport the others; None takes all offered.
+        """
         self.add_status(Status.ACKNOWLEDGE)
         self.add_status(Status.DRIVER)
         offered = self.device_features()
         if self.version == 2 and not offered & VERSION_1:
             raise DriverError("version 2 device without VIRTIO_F_VERSION_1")
-        self.features = offered if accept is None else offered & accept
+        device_mask = 0xFF_FFFF if accept is None else accept & 0xFF_FFFF
+        transport_mask = ~0xFF_FFFF if accept_transport is None else accept_transport & ~0xFF_FFFF
+        self.features = offered & (device_mask | transport_mask)
         if self.version == 2:
             self.features |= VERSION_1
         self.w(Reg.DriverFeaturesSel, 1)
@@ -216,7 +221,7 @@ class DriverQueue:
         self.desc = desc
         self.avail = avail
         self.used = used
-        self.free = list(range(size))
+        self.free = list(range(size - 1, -1, -1))   # a stack: the last freed is reused first, as in Linux
         self.avail_idx = 0
         self.last_used = 0
         self.chains: dict[int, list[int]] = {}
@@ -258,7 +263,7 @@ class DriverQueue:
         if n == 0:
             raise ValueError("empty chain")
         pieces: list[tuple[int, int, int]] = []
-        head = self.free.pop(0)
+        head = self.free.pop()
         taken = [head]
         if indirect:
             table = self.buffer(self.size + head, 16 * n)
@@ -274,9 +279,9 @@ class DriverQueue:
             self.write_desc(head, table, 16 * n, INDIRECT)
         else:
             if len(self.free) < n - 1:
-                self.free.insert(0, head)
+                self.free.append(head)
                 raise MemoryError("queue full")
-            taken += [self.free.pop(0) for _ in range(n - 1)]
+            taken += [self.free.pop() for _ in range(n - 1)]
             for k, data in enumerate(out):
                 gpa = self.buffer(taken[k], len(data))
                 self.mem.write(gpa, data)
@@ -319,7 +324,7 @@ class DriverQueue:
             slot = self.used + 4 + 8 * (self.last_used % self.size)
             elem_id, length = struct.unpack("<II", self.mem.read(slot, 8))
             out.append((elem_id, length))
-            self.free.extend(self.chains.pop(elem_id, []))
+            self.free.extend(reversed(self.chains.pop(elem_id, [])))
             self.last_used = (self.last_used + 1) & 0xFFFF
         if self.event_idx:
             self.mem.write_u16(self.avail + 4 + 2 * self.size, self.last_used)  # used_event
@@ -352,12 +357,12 @@ class BalloonDriver:
         self.stats_head: int | None = None
 
     def start(self, accept: int | None = None, stats: list[tuple[int, int]] | None = None,
-              poison_val: int | None = None) -> int:
+              poison_val: int | None = None, accept_transport: int | None = None) -> int:
         drv = self.drv
         if drv.probe() != 5:
             raise DriverError("not a balloon")
         drv.reset()
-        features = drv.negotiate(accept)
+        features = drv.negotiate(accept, accept_transport)
         names = ["inflateq", "deflateq"]
         if features & STATS_VQ:
             names.append("statsq")
@@ -410,7 +415,7 @@ class BalloonDriver:
     def report(self, ranges: list[tuple[int, int]], indirect: bool = False) -> list[tuple[int, int]]:
         """Free page reporting: a scatter-gather list of (gpa, length), device-writable as Linux posts it."""
         q = self.q["reporting_vq"]
-        head = q.free.pop(0)
+        head = q.free.pop()
         taken = [head]
         n = len(ranges)
         if indirect:
@@ -419,7 +424,7 @@ class BalloonDriver:
                 q.write_desc(k, gpa, ln, WRITE | (NEXT if k + 1 < n else 0), k + 1, table=table)
             q.write_desc(head, table, 16 * n, INDIRECT)
         else:
-            taken += [q.free.pop(0) for _ in range(n - 1)]
+            taken += [q.free.pop() for _ in range(n - 1)]
             for k, (gpa, ln) in enumerate(ranges):
                 q.write_desc(taken[k], gpa, ln, WRITE | (NEXT if k + 1 < n else 0),
                              taken[k + 1] if k + 1 < n else 0)
