@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import re
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Protocol, Sequence
@@ -205,19 +204,6 @@ def require_balloon(machine: MachineControl) -> BalloonControl:
 
 
 # --- sizes ------------------------------------------------------------------------------------------
-
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
-_SIZE_UNITS = {"": MiB, "k": 1 << 10, "m": MiB, "g": 1 << 30, "t": 1 << 40}
-
-
-def parse_size(text: str, *, what: str = "size") -> int:
-    """Bytes from "64M", "1.5G", "512K", "2GiB"; a bare number is MiB, as for QEMU's `-m` and `balloon`."""
-    m = _SIZE_RE.match(text)
-    if not m:
-        raise ConfigError(f"invalid {what} {text!r}: use a number with an optional K, M, G or T suffix")
-    value = float(m.group(1)) if "." in m.group(1) else int(m.group(1))
-    return int(value * _SIZE_UNITS[m.group(2).lower()])
-
 
 def format_size(n: int) -> str:
     """"128 MiB", "1.5 GiB", "4096 B": for people."""

@@ -10,6 +10,7 @@ import sys
 import threading
 from typing import BinaryIO, Callable, Iterator
 
+from ..config import parse_size
 from ..errors import GuestMemoryError, PyvmmError
 from . import commands as C
 from .commands import CommandError, MachineControl
@@ -261,7 +262,7 @@ def _info_mtree(machine: MachineControl, args: list[str], cpu: int) -> str:
 def _balloon(machine: MachineControl, args: list[str], cpu: int) -> str:
     if len(args) != 1:
         raise CommandError("GenericError", "usage: balloon <size>  (MiB, or with a suffix: 64M, 1G)")
-    value = C.parse_size(args[0], what="balloon size")
+    value = parse_size(args[0], what="balloon size")
     target = C.balloon(machine, value)
     if target != value:
         return f"balloon: target clamped to guest RAM ({C.format_size(target)})\n"

@@ -167,7 +167,7 @@ class FakeMachine:
         can_reset: bool = True,
         vcpus: int = 1,
     ) -> None:
-        self.mem = GuestMemory.from_bytearray(ram_size)
+        self.mem = GuestMemory.anonymous([(0, ram_size)])   # lazily backed, as the real RAM
         self.ram_size = ram_size
         self.state = "running"
         self.can_reset = can_reset

@@ -1,0 +1,208 @@
+"""CLI verbs that steer a running VM through its QMP socket: `pyvmm balloon` and `pyvmm info balloon`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import sys
+import time
+from typing import Any
+
+from .config import format_size, parse_size
+from .errors import ConfigError, PyvmmError
+from .monitor.commands import BALLOON_QOM_PATH, QEMU_STATS, STAT_NEVER
+from .monitor.qmp import JsonStream, parse_address
+
+
+class QmpConnection:
+    """A small blocking QMP client (the runtime needs no asyncio library): connect, negotiate, execute."""
+
+    def __init__(self, address: str, timeout: float = 10.0) -> None:
+        if address.startswith(("unix:", "tcp:")):
+            addr = parse_address(address)
+        else:
+            addr = parse_address(f"unix:{address}")
+        self.where = str(addr)
+        family = socket.AF_UNIX if addr.kind == "unix" else socket.AF_INET6 if ":" in addr.host else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        try:
+            self.sock.connect(addr.path if addr.kind == "unix" else (addr.host, addr.port))
+        except OSError as e:
+            self.sock.close()
+            raise PyvmmError(f"cannot connect to QMP at {self.where}: {e.strerror or e}; is the VM running "
+                             f"with --qmp {self.where}?") from None
+        self._stream = JsonStream(limit=64 << 20)
+        self._pending: list[Any] = []
+        self.events: list[dict] = []
+        greeting = self._recv()
+        if not isinstance(greeting, dict) or "QMP" not in greeting:
+            raise PyvmmError(f"{self.where} does not speak QMP (got {str(greeting)[:60]!r})")
+        self.execute("qmp_capabilities")
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> "QmpConnection":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _recv(self) -> Any:
+        while not self._pending:
+            try:
+                data = self.sock.recv(65536)
+            except socket.timeout:
+                raise PyvmmError(f"QMP at {self.where} did not answer in time") from None
+            except OSError as e:
+                raise PyvmmError(f"QMP connection to {self.where} failed: {e.strerror or e}") from None
+            if not data:
+                raise PyvmmError(f"QMP at {self.where} closed the connection")
+            for value, err in self._stream.feed(data):
+                if err is None:
+                    self._pending.append(value)
+        return self._pending.pop(0)
+
+    def execute(self, command: str, arguments: dict | None = None) -> Any:
+        """The command's return value; PyvmmError with QMP's error description."""
+        msg: dict[str, Any] = {"execute": command, "id": command}
+        if arguments:
+            msg["arguments"] = arguments
+        try:
+            self.sock.sendall(json.dumps(msg).encode())
+        except OSError as e:
+            raise PyvmmError(f"QMP connection to {self.where} failed: {e.strerror or e}") from None
+        while True:
+            reply = self._recv()
+            if isinstance(reply, dict) and "event" in reply:
+                self.events.append(reply)
+                continue
+            if isinstance(reply, dict) and "error" in reply:
+                raise PyvmmError(f"{command}: {reply['error'].get('desc', reply['error'])}")
+            if isinstance(reply, dict) and "return" in reply:
+                return reply["return"]
+
+    def wait_event(self, name: str, timeout: float) -> dict | None:
+        """The next event called name (already received ones first), or None after timeout seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for i, ev in enumerate(self.events):
+                if ev.get("event") == name:
+                    return self.events.pop(i)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            self.sock.settimeout(left)
+            try:
+                msg = self._recv()
+            except PyvmmError:
+                return None
+            if isinstance(msg, dict) and "event" in msg:
+                self.events.append(msg)
+
+
+# --- verbs ------------------------------------------------------------------------------------------
+
+
+def balloon_main(args: argparse.Namespace) -> int:
+    """`pyvmm balloon --qmp PATH SIZE [--wait]`: set the target guest size; 0 on success."""
+    target = parse_size(args.size, what="balloon size")
+    if target <= 0:
+        raise ConfigError(f"balloon size {args.size!r} must be above zero")
+    with QmpConnection(args.qmp, timeout=args.timeout) as q:
+        q.execute("balloon", {"value": target})
+        if not args.wait:
+            return 0
+        deadline = time.monotonic() + args.timeout
+        actual = q.execute("query-balloon")["actual"]
+        while actual != target:
+            ev = q.wait_event("BALLOON_CHANGE", deadline - time.monotonic())
+            if ev is None:
+                raise PyvmmError(f"the guest reached {format_size(actual)}, not {format_size(target)}, "
+                                 f"within {args.timeout:g} s (is its balloon driver loaded?)")
+            actual = ev["data"]["actual"]
+    return 0
+
+
+def balloon_report(q: QmpConnection) -> dict:
+    """What `pyvmm info balloon` shows, in the --json shape; stats never received are null."""
+    actual = q.execute("query-balloon")["actual"]
+    report: dict[str, Any] = {"actual": actual}
+    try:
+        gs = q.execute("qom-get", {"path": BALLOON_QOM_PATH, "property": "guest-stats"})
+        interval = q.execute("qom-get", {"path": BALLOON_QOM_PATH, "property": "guest-stats-polling-interval"})
+    except PyvmmError:
+        return report  # a balloon without id=balloon0 (QEMU) still answers query-balloon
+    report["stats"] = {k: (None if v == STAT_NEVER else v) for k, v in gs["stats"].items()}
+    report["last-update"] = gs["last-update"]
+    report["polling-interval"] = interval
+    return report
+
+
+def _rows(report: dict) -> list[tuple[str, str]]:
+    rows = [("actual", f"{format_size(report['actual'])} ({report['actual']} bytes)")]
+    if "stats" in report:
+        interval = report["polling-interval"]
+        rows.append(("stats polling", f"every {interval} s" if interval else "off"))
+        last = report["last-update"]
+        rows.append(("stats last update", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last)) if last
+                     else "never"))
+        byte_stats = {name for name, tag, _ in QEMU_STATS if tag in (0, 1, 4, 5, 6, 7)}
+        for name, value in report["stats"].items():
+            if value is None:
+                text = "-"
+            elif name in byte_stats:
+                text = f"{format_size(value)} ({value})"
+            else:
+                text = str(value)
+            rows.append((name, text))
+    return rows
+
+
+def info_main(args: argparse.Namespace) -> int:
+    """`pyvmm info balloon --qmp PATH [--json]`: a table for people, JSON for programs."""
+    with QmpConnection(args.qmp, timeout=args.timeout) as q:
+        report = balloon_report(q)
+    if args.json:
+        sys.stdout.write(json.dumps(report, indent=2) + "\n")
+        return 0
+    rows = _rows(report)
+    if sys.stdout.isatty():
+        try:
+            from rich.console import Console
+            from rich.table import Table
+        except ImportError:
+            pass
+        else:
+            table = Table(title=f"balloon ({args.qmp})", show_header=False)
+            table.add_column("what", style="bold")
+            table.add_column("value", justify="right")
+            for k, v in rows:
+                table.add_row(k, v)
+            Console().print(table)
+            return 0
+    width = max(len(k) for k, _ in rows)
+    sys.stdout.write("".join(f"{k:<{width}}  {v}\n" for k, v in rows))
+    return 0
+
+
+def add_control_parsers(subparsers: Any) -> None:
+    """Add the `balloon` and `info` verbs to the main CLI's subparsers (each sets args.func)."""
+    qmp_help = "the VM's QMP socket: a path, unix:PATH or tcp:HOST:PORT (as given to pyvmm run --qmp)"
+    p = subparsers.add_parser("balloon", help="set a running VM's balloon target (its logical RAM size)",
+                              description="Ask the guest to shrink or grow to SIZE, as QEMU's balloon command.")
+    p.add_argument("--qmp", required=True, metavar="ADDR", help=qmp_help)
+    p.add_argument("size", metavar="SIZE", help="target guest size: 64M, 1G, 512K, or a number of MiB")
+    p.add_argument("--wait", action="store_true", help="wait until the guest has reached SIZE")
+    p.add_argument("--timeout", type=float, default=30.0, metavar="S", help="seconds to wait (default 30)")
+    p.set_defaults(func=balloon_main)
+
+    i = subparsers.add_parser("info", help="show a running VM's state through its QMP socket")
+    what = i.add_subparsers(dest="what", metavar="WHAT", required=True)
+    b = what.add_parser("balloon", help="balloon size and guest memory statistics")
+    b.add_argument("--qmp", required=True, metavar="ADDR", help=qmp_help)
+    b.add_argument("--json", action="store_true", help="print JSON for programs instead of a table")
+    b.add_argument("--timeout", type=float, default=10.0, metavar="S", help="seconds to wait for answers")
+    b.set_defaults(func=info_main)
