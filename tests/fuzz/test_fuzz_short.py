@@ -1,0 +1,45 @@
+"""The short fuzz run of `make test`: hypothesis over the harness, the regression corpus, and atheris."""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.fuzz.harness import run_one
+
+HERE = pathlib.Path(__file__).parent
+ROOT = HERE.parent.parent
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(min_size=1, max_size=1500))
+def test_harness_on_random_programs(data):
+    run_one(data)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from([0x22, 0x26, 0x23, 0x20, 0x3E]), st.binary(max_size=800))
+def test_harness_from_an_initialised_device(head, rest):
+    run_one(bytes([head]) + rest)
+
+
+def test_regression_corpus():
+    files = sorted(p for p in (HERE / "regressions").iterdir() if p.is_file() and p.name != "README.md")
+    assert files, "the regression corpus is empty"
+    for path in files:
+        run_one(path.read_bytes())
+
+
+def test_coverage_guided_short_run(tmp_path):
+    """A few thousand inputs through the fuzzer entry point (atheris if installed, else hypothesis)."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.fuzz.fuzz_virtio", str(tmp_path / "corpus"), "-runs=1500", "-seed=7"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert "fuzz: 1500 inputs ran" in out
