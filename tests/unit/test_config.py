@@ -1,0 +1,42 @@
+"""Sizes and the validated VM configuration."""
+
+import pytest
+
+from pyvmm.config import VmConfig, format_size, parse_size
+from pyvmm.errors import ConfigError
+
+
+@pytest.mark.parametrize("text,value", [
+    ("256M", 256 << 20), ("1G", 1 << 30), ("512", 512 << 20), ("64k", 64 << 10), ("1.5G", 3 << 29),
+    ("4096B", 4096), ("2MiB", 2 << 20),
+])
+def test_parse_size(text, value):
+    assert parse_size(text) == value
+
+
+@pytest.mark.parametrize("text", ["", "lots", "-1M", "1X", "0.3k"])
+def test_parse_size_rejects(text):
+    with pytest.raises(ConfigError):
+        parse_size(text)
+
+
+def test_format_size():
+    assert format_size(256 << 20) == "256M" and format_size(1 << 30) == "1G" and format_size(5) == "5B"
+
+
+@pytest.mark.parametrize("kw,msg", [
+    ({"memory": 0}, "greater than zero"),
+    ({"memory": 4097}, "4 KiB"),
+    ({"memory": 1 << 20}, "at least 2M"),
+    ({"smp": 0}, "at least 1"),
+    ({"virtio_version": 3}, "1 .legacy. or 2"),
+    ({"trace": frozenset({"nope"})}, "unknown trace category"),
+])
+def test_validate(kw, msg):
+    with pytest.raises(ConfigError, match=msg):
+        VmConfig(**kw).validate()
+
+
+def test_smp_above_limit():
+    with pytest.raises(ConfigError, match="KVM allows"):
+        VmConfig(smp=9).validate(max_vcpus=8)
