@@ -295,7 +295,7 @@ class VirtioBalloon:
             if self._transport is not None:
                 if self._transport.tracing:
                     self._transport.trace_event("set_target", self.num_pages,
-                                                f"num_pages for a {target >> 20} MiB guest")
+                                                f"= num_pages for a guest of {target} bytes")
                 self._transport.signal_config_change()
 
     @property
@@ -413,7 +413,7 @@ class VirtioBalloon:
             self._discard_run(start, count)
         if self._transport is not None and self._transport.tracing:
             self._transport.trace_event("inflate", len(pfns),
-                                        f"PFNs: {len(fresh)} new in {len(runs)} runs, {bad} bad, {dup} dup; "
+                                        f"PFNs: {len(fresh)} new in {len(runs)} run(s), {bad} bad, {dup} dup; "
                                         f"{self.ballooned_pages} pages ballooned")
 
     def _deflate(self, pfns: tuple[int, ...]) -> None:

@@ -236,7 +236,8 @@ class VirtioMmio:
         self.interrupt_status |= bit
         if self._tracer.virtio:
             self._tracer.access(self.name, "event", "Interrupt", self.interrupt_status,
-                                f"{flag_names(InterruptBit, bit)} raised ({why})")
+                                f"{flag_names(InterruptBit, bit)} raised ({why})",
+                                shown=f"{self.interrupt_status:#x}")
         # Level = InterruptStatus != 0; set_level(True) on every event so that an edge sees each one.
         self.irq.set_level(True)
 
@@ -514,7 +515,7 @@ class VirtioMmio:
         self.interrupt_status &= ~value
         if was and not self.interrupt_status:
             if self._tracer.virtio:
-                self._tracer.access(self.name, "event", "Interrupt", 0, "line lowered")
+                self._tracer.access(self.name, "event", "Interrupt", 0, "line lowered", shown="0x0")
             self.irq.set_level(False)
 
     def _w_status(self, value: int) -> None:
