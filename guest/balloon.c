@@ -147,6 +147,35 @@ static unsigned balloon_oom(void)
     return got;
 }
 
+const char *balloon_reinit(void)
+{
+    struct virtio_dev *d = &balloon.dev;
+    if (!virtio_begin(d))
+        return "handshake";
+    if (!virtio_negotiate(d, balloon.wanted))
+        return "feature negotiation";
+    /* Queues are numbered densely: inflateq 0, deflateq 1, statsq 2 when STATS_VQ. */
+    if (!vq_setup(d, 0, VQ_MAX_SIZE) || !vq_setup(d, 1, VQ_MAX_SIZE) ||
+        (has_feature(d, VIRTIO_BALLOON_F_STATS_VQ) && !vq_setup(d, 2, VQ_MAX_SIZE))) {
+        vwrite(d, Status, vread(d, Status) | FAILED);
+        return "queue setup";
+    }
+    balloon.inflate = &d->vqs[0];
+    balloon.deflate = &d->vqs[1];
+    balloon.stats = NULL;
+    if (has_feature(d, VIRTIO_BALLOON_F_STATS_VQ)) {
+        /* "Memory Statistics": prime the queue with one buffer, notify only after DRIVER_OK. */
+        balloon.stats = &d->vqs[2];
+        balloon_fill_stats();
+        stats_queue_buffer();
+    }
+    if (!virtio_driver_ok(d))
+        return "DRIVER_OK refused";
+    if (balloon.stats)
+        vq_kick(balloon.stats);
+    return NULL;
+}
+
 void balloon_start(void)
 {
     struct virtio_dev *d = &balloon.dev;
@@ -155,39 +184,23 @@ void balloon_start(void)
         printf("scenario %s: FAIL no balloon device\n", current_scenario);
         guest_exit(EXIT_NO_DEVICE);
     }
-    u64 wanted = (1ULL << VIRTIO_BALLOON_F_MUST_TELL_HOST) | (1ULL << VIRTIO_BALLOON_F_STATS_VQ) |
-                 (1ULL << VIRTIO_BALLOON_F_DEFLATE_ON_OOM);
+    balloon.wanted = (1ULL << VIRTIO_BALLOON_F_MUST_TELL_HOST) | (1ULL << VIRTIO_BALLOON_F_STATS_VQ) |
+                     (1ULL << VIRTIO_BALLOON_F_DEFLATE_ON_OOM);
     /* balloon_features=<mask> lets a test refuse features the device offers. */
-    wanted &= cmdline_u64("balloon_features", ~0ULL);
-    if (!virtio_attach_irq(d) || !virtio_begin(d) || !virtio_negotiate(d, wanted)) {
-        printf("scenario %s: FAIL balloon handshake\n", current_scenario);
+    balloon.wanted &= cmdline_u64("balloon_features", ~0ULL);
+    if (!virtio_attach_irq(d)) {
+        printf("scenario %s: FAIL balloon irq\n", current_scenario);
+        guest_exit(EXIT_NO_DEVICE);
+    }
+    const char *err = balloon_reinit();
+    if (err) {
+        printf("scenario %s: FAIL balloon %s (status %#x)\n", current_scenario, err, virtio_status(d));
         guest_exit(EXIT_NO_DEVICE);
     }
     printf("balloon: version %u features offered %#llx accepted %#llx%s%s%s\n", d->version, d->offered,
            d->features, has_feature(d, VIRTIO_BALLOON_F_MUST_TELL_HOST) ? " MUST_TELL_HOST" : "",
            has_feature(d, VIRTIO_BALLOON_F_STATS_VQ) ? " STATS_VQ" : "",
            has_feature(d, VIRTIO_BALLOON_F_DEFLATE_ON_OOM) ? " DEFLATE_ON_OOM" : "");
-    /* Queues are numbered densely: inflateq 0, deflateq 1, statsq 2 when STATS_VQ. */
-    if (!vq_setup(d, 0, VQ_MAX_SIZE) || !vq_setup(d, 1, VQ_MAX_SIZE) ||
-        (has_feature(d, VIRTIO_BALLOON_F_STATS_VQ) && !vq_setup(d, 2, VQ_MAX_SIZE))) {
-        vwrite(d, Status, vread(d, Status) | FAILED);
-        printf("scenario %s: FAIL balloon queues\n", current_scenario);
-        guest_exit(EXIT_NO_DEVICE);
-    }
-    balloon.inflate = &d->vqs[0];
-    balloon.deflate = &d->vqs[1];
-    if (has_feature(d, VIRTIO_BALLOON_F_STATS_VQ)) {
-        /* "Memory Statistics": prime the queue with one buffer, notify only after DRIVER_OK. */
-        balloon.stats = &d->vqs[2];
-        balloon_fill_stats();
-        stats_queue_buffer();
-    }
-    if (!virtio_driver_ok(d)) {
-        printf("scenario %s: FAIL balloon DRIVER_OK refused (status %#x)\n", current_scenario, virtio_status(d));
-        guest_exit(EXIT_NO_DEVICE);
-    }
-    if (balloon.stats)
-        vq_kick(balloon.stats);
     oom_hook = balloon_oom;
     balloon_read_target();
     balloon_update_actual();

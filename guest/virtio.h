@@ -162,6 +162,7 @@ struct balloon {
     u32 target;    /* num_pages from the config space, last read */
     bool work_pending, out_of_puff, puff_reported, verbose_stats;
     u64 seen_config;
+    u64 wanted; /* features the driver asks for */
     u64 stats_requests;
     u64 oom_deflated;
     u64 inflated_total, deflated_total;
@@ -172,6 +173,8 @@ struct balloon {
 extern struct balloon balloon;
 /* Probe, handshake, queues, stats primed, DRIVER_OK; exits EXIT_NO_DEVICE when there is none. */
 void balloon_start(void);
+/* Reset and redo the handshake (queues, stats primed, DRIVER_OK); NULL or what failed. */
+const char *balloon_reinit(void);
 /* One step of work: refill a returned stats buffer, follow a config change by one batch. */
 void balloon_poll(void);
 /* True while the balloon still has work to do towards its target. */
