@@ -48,7 +48,7 @@ fuzz: build
 	$(PY) -m tests.fuzz.long
 
 soak: build
-	PYVMM_SOAK_CYCLES=1000 $(PY) -m pytest -q -ra tests/e2e/test_soak.py
+	PYVMM_SOAK_CYCLES=1000 $(PY) -m pytest -q -s -ra tests/e2e/test_soak.py
 
 linux-guest:
 	bash linux/build.sh
