@@ -7,7 +7,7 @@ import json
 import socket
 import sys
 import time
-from typing import Any
+from typing import Any, Self
 
 from .config import format_size, parse_size
 from .errors import ConfigError, PyvmmError
@@ -44,7 +44,7 @@ class QmpConnection:
     def close(self) -> None:
         self.sock.close()
 
-    def __enter__(self) -> "QmpConnection":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -54,7 +54,7 @@ class QmpConnection:
         while not self._pending:
             try:
                 data = self.sock.recv(65536)
-            except socket.timeout:
+            except TimeoutError:
                 raise PyvmmError(f"QMP at {self.where} did not answer in time") from None
             except OSError as e:
                 raise PyvmmError(f"QMP connection to {self.where} failed: {e.strerror or e}") from None

@@ -8,7 +8,8 @@ import re
 import struct
 import sys
 import threading
-from typing import BinaryIO, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import BinaryIO
 
 from ..config import parse_size
 from ..errors import GuestMemoryError, PyvmmError
@@ -106,7 +107,7 @@ def _info_stats(machine: MachineControl, args: list[str], cpu: int) -> str:
     for name, value in gs["stats"].items():
         if value == C.STAT_NEVER:
             text = "-"
-        elif name.endswith("memory") or name.endswith(("swap-in", "swap-out", "caches")):
+        elif name.endswith(("memory", "swap-in", "swap-out", "caches")):
             text = f"{value} ({C.format_size(value)})"
         else:
             text = str(value)
@@ -177,8 +178,8 @@ def _info_virtqueue(machine: MachineControl, args: list[str], cpu: int) -> str:
             break
     if q is None:
         raise CommandError("GenericError", f"{dev.name} has no queue '{args[1]}' ({dev.num_queues} queues)")
-    out = [f"{dev.name} queue {q.index} ({q.name}): size {q.size} (max {q.max_size}), "
-           f"{'ready' if q.ready else 'not ready'}"]
+    out = [(f"{dev.name} queue {q.index} ({q.name}): size {q.size} (max {q.max_size}), "
+           f"{'ready' if q.ready else 'not ready'}")]
     out.append(f"  desc table {q.desc_gpa:#x}  avail ring {q.avail_gpa:#x}  used ring {q.used_gpa:#x}")
     if not q.ready or q.size == 0:
         out.append("  (not set up by the driver)")

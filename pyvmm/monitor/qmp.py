@@ -13,8 +13,9 @@ import socket
 import stat
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Self
 
 from ..errors import ConfigError, PyvmmError
 from . import commands as C
@@ -348,7 +349,7 @@ class QmpServer:
         elif t is None:
             self._cleanup()
 
-    def __enter__(self) -> "QmpServer":
+    def __enter__(self) -> Self:
         self.start()
         return self
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import struct
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from pyvmm.memory import GuestMemory
 from pyvmm.virtio.abi import BalloonFeature, Reg, Status, TransportFeature

@@ -53,7 +53,7 @@ async def balloon_scenario(address: str, target: int, timeout: float = 60.0) -> 
         await qmp.execute("quit")
         try:
             seen["shutdown"] = await asyncio.wait_for(shutdown.get(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             seen["shutdown"] = None
     await qmp.disconnect()
     return seen

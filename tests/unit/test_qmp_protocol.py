@@ -263,7 +263,7 @@ def test_quit_replies_then_shutdown_event(client, machine):
 
 def test_no_balloon_gives_device_not_active(tmp_path):
     m = FakeMachine(balloon=False)
-    with QmpServer(m, f"tcp:127.0.0.1:0,server,wait=off") as s:
+    with QmpServer(m, "tcp:127.0.0.1:0,server,wait=off") as s:
         sock = socket.create_connection((s.address.host, s.address.port), timeout=10)
         c = Raw.__new__(Raw)
         c.sock, c.stream, c.pending = sock, JsonStream(), []

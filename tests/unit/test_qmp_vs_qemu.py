@@ -19,6 +19,14 @@ pytestmark = [pytest.mark.qemu, pytest.mark.skipif(QEMU is None, reason="qemu-sy
 
 BALLOON = "/machine/peripheral/balloon0"
 
+
+def _qom(cmd: str, prop: str, *value: object, path: str = BALLOON) -> str:
+    args: dict = {"path": path, "property": prop}
+    if value:
+        args["value"] = value[0]
+    return json.dumps({"execute": cmd, "arguments": args})
+
+
 # (request, how to compare): "exact" = identical reply; "shape" = same keys, same error class.
 REQUESTS: list[tuple[str, str]] = [
     ('{"execute": "nope", "id": 1}', "exact"),
@@ -40,20 +48,14 @@ REQUESTS: list[tuple[str, str]] = [
     ('{"execute": "query-status", "id": [1, {"a": 2}]}', "shape"),
     ('{"execute": "query-version"}', "shape"),
     ('{"execute": "query-balloon"}', "exact"),
-    ('{"execute": "qom-get", "arguments": {"path": "%s", "property": "guest-stats-polling-interval"}}' % BALLOON,
-     "exact"),
-    ('{"execute": "qom-set", "arguments": {"path": "%s", "property": "guest-stats-polling-interval", '
-     '"value": 2}}' % BALLOON, "exact"),
-    ('{"execute": "qom-get", "arguments": {"path": "%s", "property": "guest-stats-polling-interval"}}' % BALLOON,
-     "exact"),
-    ('{"execute": "qom-get", "arguments": {"path": "/machine/peripheral/balloonX", "property": "guest-stats"}}',
-     "exact"),
-    ('{"execute": "qom-get", "arguments": {"path": "%s", "property": "nope"}}' % BALLOON, "exact"),
-    ('{"execute": "qom-set", "arguments": {"path": "%s", "property": "guest-stats", "value": 0}}' % BALLOON,
-     "exact"),
-    ('{"execute": "qom-set", "arguments": {"path": "%s", "property": "guest-stats-polling-interval", '
-     '"value": "a"}}' % BALLOON, "exact"),
-    ('{"execute": "qom-get", "arguments": {"path": "%s"}}' % BALLOON, "exact"),
+    (_qom("qom-get", "guest-stats-polling-interval"), "exact"),
+    (_qom("qom-set", "guest-stats-polling-interval", 2), "exact"),
+    (_qom("qom-get", "guest-stats-polling-interval"), "exact"),
+    (_qom("qom-get", "guest-stats", path="/machine/peripheral/balloonX"), "exact"),
+    (_qom("qom-get", "nope"), "exact"),
+    (_qom("qom-set", "guest-stats", 0), "exact"),
+    (_qom("qom-set", "guest-stats-polling-interval", "a"), "exact"),
+    ('{"execute": "qom-get", "arguments": {"path": "/machine/peripheral/balloon0"}}', "exact"),
     ('{"execute": "human-monitor-command", "arguments": {"command-line": "bogus"}}', "exact"),
     ('{"execute": "human-monitor-command"}', "exact"),
     ('{"execute": "balloon", "arguments": {"value": 100663296}}', "exact"),
@@ -119,7 +121,7 @@ def _session(path: str) -> tuple[dict, list[dict], dict]:
     greeting = c.recv()
     before = c.ask('{"execute": "query-status", "id": 0}')
     replies = [c.ask('{"execute": "qmp_capabilities"}')] + [c.ask(text) for text, _ in REQUESTS]
-    stats = c.ask('{"execute": "qom-get", "arguments": {"path": "%s", "property": "guest-stats"}}' % BALLOON)
+    stats = c.ask(_qom("qom-get", "guest-stats"))
     c.sock.close()
     return greeting, [before] + replies, stats
 

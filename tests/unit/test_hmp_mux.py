@@ -1,0 +1,192 @@
+"""The Ctrl-A console multiplexer: unit tests on byte streams, and a real terminal driven by pexpect."""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+from pathlib import Path
+
+import pexpect
+import pytest
+
+from pyvmm.monitor.hmp import MAX_HELD_OUTPUT, PROMPT, ConsoleMux
+from tests.support.fake_machine import FakeMachine, MiB
+
+ROOT = Path(__file__).resolve().parents[2]
+CTRL_A = b"\x01"
+
+
+class Rig:
+    def __init__(self) -> None:
+        self.machine = FakeMachine()
+        self.to_guest = bytearray()
+        self.out = io.BytesIO()
+        self.mux = ConsoleMux(self.machine, self.to_guest.extend, self.out)
+
+    def take(self) -> bytes:
+        data = self.out.getvalue()
+        self.out.seek(0)
+        self.out.truncate()
+        return data
+
+
+@pytest.fixture
+def rig():
+    r = Rig()
+    yield r
+    r.machine.close()
+
+
+def test_keys_go_to_the_guest_in_console_mode(rig):
+    rig.mux.feed(b"ls -l\r")
+    assert bytes(rig.to_guest) == b"ls -l\r"
+    rig.mux.guest_output(b"total 0\r\n")
+    assert rig.take() == b"total 0\r\n"
+
+
+def test_ctrl_a_ctrl_a_sends_one_literal_ctrl_a(rig):
+    rig.mux.feed(b"a" + CTRL_A + CTRL_A + b"b")
+    assert bytes(rig.to_guest) == b"a\x01b"
+
+
+def test_escape_split_across_reads(rig):
+    rig.mux.feed(CTRL_A)
+    rig.mux.feed(b"c")
+    assert rig.mux.monitor and PROMPT in rig.take()
+    assert bytes(rig.to_guest) == b""
+
+
+def test_ctrl_a_c_toggles_to_the_monitor_and_back(rig):
+    rig.mux.feed(CTRL_A + b"c")
+    assert rig.mux.monitor
+    assert rig.take().endswith(PROMPT)
+    rig.mux.feed(b"info balloon\r")
+    out = rig.take()
+    assert b"balloon: actual=64\r\n" in out and out.endswith(PROMPT)
+    assert bytes(rig.to_guest) == b""            # nothing typed in the monitor reaches the guest
+    rig.mux.feed(CTRL_A + b"c")
+    assert not rig.mux.monitor
+    rig.mux.feed(b"x")
+    assert bytes(rig.to_guest) == b"x"
+
+
+def test_guest_output_is_held_while_the_monitor_is_shown(rig):
+    rig.mux.feed(CTRL_A + b"c")
+    rig.take()
+    rig.mux.guest_output(b"while you were away\r\n")
+    assert rig.take() == b""
+    rig.mux.feed(CTRL_A + b"c")
+    assert rig.take().endswith(b"while you were away\r\n")
+
+
+def test_held_output_is_bounded(rig):
+    rig.mux.feed(CTRL_A + b"c")
+    rig.take()
+    rig.mux.guest_output(b"a" * MAX_HELD_OUTPUT)
+    rig.mux.guest_output(b"THE END")
+    rig.mux.feed(CTRL_A + b"c")
+    out = rig.take()
+    assert b"7 bytes of guest output dropped" in out
+    assert out.endswith(b"THE END") and out.count(b"a") <= MAX_HELD_OUTPUT
+
+
+def test_line_editing_backspace_and_ctrl_c(rig):
+    rig.mux.feed(CTRL_A + b"c")
+    rig.take()
+    rig.mux.feed(b"info statuz\x7fs\r")
+    out = rig.take()
+    assert b"\b \b" in out and b"VM status: running" in out
+    rig.mux.feed(b"garbage\x03")
+    assert rig.take().endswith(b"^C\r\n" + PROMPT)
+    rig.mux.feed("bögus".encode() + b"\x7f\x7f\x7f\x7f\r")    # deletes the two-byte ö as one character
+    assert b"unknown command: 'b'" in rig.take()
+
+
+def test_monitor_commands_act_on_the_machine(rig):
+    rig.mux.feed(CTRL_A + b"c" + b"stop\r")
+    assert rig.machine.status() == "paused"
+    rig.mux.feed(b"cont\rballoon 48\r")
+    assert rig.machine.status() == "running"
+    assert rig.machine.wait_actual(48 * MiB) == 48 * MiB
+
+
+def test_ctrl_a_h_prints_help_in_both_modes(rig):
+    rig.mux.feed(CTRL_A + b"h")
+    assert b"C-a x    exit" in rig.take()
+    rig.mux.feed(CTRL_A + b"c" + b"inf" + CTRL_A + b"h")
+    assert rig.take().endswith(PROMPT + b"inf")          # the half-typed line is redrawn
+
+
+def test_ctrl_a_x_quits_and_ignores_the_rest(rig):
+    rig.mux.feed(b"ab" + CTRL_A + b"x" + b"cd")
+    assert rig.machine.status() == "shutdown"
+    assert bytes(rig.to_guest) == b"ab"
+    assert b"terminating" in rig.take()
+
+
+def test_unknown_escape_is_swallowed_as_qemu_does(rig):
+    rig.mux.feed(CTRL_A + b"z" + b"k")
+    assert bytes(rig.to_guest) == b"k"
+
+
+def test_quit_from_the_monitor_prompt(rig):
+    rig.mux.feed(CTRL_A + b"c" + b"quit\r")
+    assert rig.machine.status() == "shutdown"
+
+
+# --- a real terminal ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def term():
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    child = pexpect.spawn(sys.executable, ["-m", "tests.support.mux_pty"], cwd=str(ROOT), env=env,
+                          timeout=20, dimensions=(40, 160))
+    child.expect_exact("guest: booted")
+    yield child
+    child.close(force=True)
+
+
+def test_terminal_console_monitor_virtqueue_and_quit(term):
+    term.send("hello\r")
+    term.expect_exact("guest: hello")
+    term.send("\x01c")
+    term.expect_exact("(pyvmm) ")
+    term.send("info virtqueue balloon0 inflateq\r")
+    term.expect_exact("balloon0 queue 0 (inflateq): size 16 (max 256), ready")
+    term.expect_exact("descriptor table")
+    term.expect_exact("(pyvmm) ")
+    term.send("info virtqueue balloon0 2\r")
+    term.expect(r"in flight 1")                      # the stats buffer the device holds
+    term.expect_exact("<- in flight")
+    term.expect_exact("(pyvmm) ")
+    term.send("balloon 32\r")
+    term.expect_exact("(pyvmm) ")
+    term.send("info balloon\r")
+    term.expect(r"balloon: actual=(32|64)\r\n")      # the guest may still be inflating
+    term.expect_exact("(pyvmm) ")
+    term.send("x/2xw 0x100000\r")
+    term.expect(r"0000000000100000: 0x[0-9a-f]{8} 0x[0-9a-f]{8}\r\n")
+    term.send("\x01c")                              # back to the guest console
+    term.send("again\r")
+    term.expect_exact("guest: again")
+    term.send("\x01\x01")
+    term.expect_exact("<guest got C-a>")
+    term.send("\x01x")
+    term.expect_exact("mux: machine shut down")
+    term.expect(pexpect.EOF)
+    term.close()
+    assert term.exitstatus == 0
+
+
+def test_terminal_is_raw_so_ctrl_c_reaches_the_monitor_line(term):
+    term.send("\x01c")
+    term.expect_exact("(pyvmm) ")
+    term.send("junk\x03")                           # raw mode: no SIGINT, the mux clears the line
+    term.expect_exact("^C")
+    term.send("info status\r")
+    term.expect_exact("VM status: running")
+    term.send("quit\r")
+    term.expect_exact("mux: machine shut down")
+    term.expect(pexpect.EOF)
