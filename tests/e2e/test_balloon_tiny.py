@@ -160,3 +160,23 @@ def test_same_guest_against_qemus_balloon_device():
             out = proc.communicate()[0].decode(errors="replace")
     assert "balloon: target=49152 actual=49152" in out
     assert stats["stats"]["stat-free-memory"] > 0 and stats["last-update"] > 0
+
+
+@pytest.mark.parametrize("ioeventfd,irqfd", [(False, False), (True, True), (False, True)],
+                         ids=["plain-exits", "ioeventfd+irqfd", "irqfd"])
+def test_notify_and_interrupt_paths(ioeventfd, irqfd):
+    """QueueNotify through a Python exit or an ioeventfd; interrupts through KVM_IRQ_LINE or irqfd."""
+    with machine("scenario=demo dirty=32M", memory=128 * MiB, ioeventfd=ioeventfd, irqfd=irqfd) as m:
+        m.wait_for_console(r"balloon: version 2 features", 60)
+        m.balloon.set_target(96 * MiB)
+        assert wait_balloon(m, 96 * MiB, timeout=60).agree
+        m.balloon.set_target(128 * MiB)
+        assert wait_balloon(m, 128 * MiB, timeout=60).agree
+
+
+def test_two_vcpus_boot_and_balloon():
+    with machine("scenario=demo dirty=16M", memory=128 * MiB, smp=2) as m:
+        assert len(m.vcpus) == 2
+        m.wait_for_console(r"balloon: version 2 features", 60)
+        m.balloon.set_target(112 * MiB)
+        assert wait_balloon(m, 112 * MiB, timeout=60).agree
