@@ -454,3 +454,84 @@ def write_profile(profiles: list[cProfile.Profile], path_txt: Path, title: str, 
     stats.sort_stats("tottime").print_stats(top)
     text = buf.getvalue().replace(str(ROOT) + "/", "")
     path_txt.write_text(text)
+
+
+class Background:
+    """A VM process left running while the benchmark talks to it; its stdout is collected by a thread."""
+
+    def __init__(self, cmd: list[str]) -> None:
+        self.launched = time.monotonic()
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, cwd=ROOT)
+        self._out = bytearray()
+        self._cond = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        while True:
+            chunk = self.proc.stdout.read1(65536)
+            with self._cond:
+                if not chunk:
+                    self._cond.notify_all()
+                    return
+                self._out += chunk
+                self._cond.notify_all()
+
+    @property
+    def text(self) -> str:
+        with self._cond:
+            return self._out.decode("utf-8", "replace")
+
+    def wait_for(self, pattern: str, timeout: float = RUN_TIMEOUT) -> re.Match:
+        """Wait until the console matches; Unavailable-free RuntimeError with the console tail otherwise."""
+        rx = re.compile(pattern, re.M)
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                m = rx.search(self._out.decode("utf-8", "replace"))
+                if m:
+                    return m
+                left = deadline - time.monotonic()
+                if left <= 0 or self.proc.poll() is not None:
+                    tail = " | ".join(self._out.decode("utf-8", "replace").strip().splitlines()[-3:])
+                    raise RuntimeError(f"never printed /{pattern}/ (exit status {self.proc.poll()}): {tail}")
+                self._cond.wait(min(left, 0.1))
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """End the process we started: SIGTERM, then SIGKILL if it lingers."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._reader.join(2)
+        for f in (self.proc.stdout, self.proc.stderr):
+            with contextlib.suppress(Exception):
+                f.close()
+
+
+def qmp_socket_path(tag: str) -> str:
+    import tempfile
+
+    return os.path.join(tempfile.gettempdir(), f"pyvmm-bench-{tag}-{os.getpid()}.sock")
+
+
+def qmp_connect(path: str, timeout: float = 10.0):
+    """A connected synchronous QMP client (qemu.qmp's legacy API) once the socket exists."""
+    try:
+        from qemu.qmp.legacy import QEMUMonitorProtocol
+    except ImportError as e:
+        raise Unavailable(f"the qemu.qmp package is missing ({e}); pip install qemu.qmp") from None
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            q = QEMUMonitorProtocol(path)
+            q.connect(negotiate=True)
+            return q
+        except (OSError, Exception):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
