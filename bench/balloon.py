@@ -21,8 +21,8 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from pyvmm import hoststat  # noqa: E402
-from tests.support.virtio_driver import Rig  # noqa: E402
+from pyvmm import hoststat
+from tests.support.virtio_driver import Rig
 
 MiB = 1 << 20
 BATCH = 256   # VIRTIO_BALLOON_ARRAY_PFNS_MAX of Linux's driver

@@ -11,7 +11,8 @@ import json
 import sys
 import threading
 import time
-from typing import Any, Callable, TextIO
+from collections.abc import Callable
+from typing import Any, TextIO
 
 # Categories that get a bool attribute of their own; emit() takes any other name as well.
 KNOWN_CATEGORIES = ("virtio", "balloon", "boot", "exits", "irq", "monitor", "pio", "mmio")
@@ -62,7 +63,7 @@ class Tracer:
         self._lock = threading.Lock()
 
     @classmethod
-    def off(cls) -> "Tracer":
+    def off(cls) -> Tracer:
         """A tracer with every category off: the default of every device."""
         return cls(frozenset(), stream=None)
 

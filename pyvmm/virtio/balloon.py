@@ -11,8 +11,9 @@ import logging
 import struct
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+from typing import Any, ClassVar
 
 from ..errors import ConfigError
 from ..memory import GuestMemory
@@ -59,14 +60,14 @@ class BalloonOptions:
     free_page_reporting: bool = False
     page_poison: bool | None = None       # None: offered together with free page reporting
 
-    _KEYS = {
+    _KEYS: ClassVar[dict[str, str]] = {
         "must-tell-host": "must_tell_host", "stats": "stats", "stats-interval": "stats_interval",
         "deflate-on-oom": "deflate_on_oom", "free-page-reporting": "free_page_reporting",
         "page-poison": "page_poison",
     }
 
     @classmethod
-    def parse(cls, text: str) -> "BalloonOptions":
+    def parse(cls, text: str) -> BalloonOptions:
         """Parse ``key=value,...``; ConfigError names the bad key or value."""
         opts = cls()
         for item in filter(None, (p.strip() for p in text.split(","))):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from ..errors import GuestMemoryError
 from ..irq import IrqLine
@@ -654,9 +654,7 @@ class VirtioMmio:
             meaning = flag_names(Status, value) if value else "(reset)" if direction == "write" else ""
         elif reg in (Reg.InterruptStatus, Reg.InterruptACK):
             meaning = flag_names(InterruptBit, value) if value else ""
-        elif reg == Reg.QueueSel:
-            meaning = f"({self._queue_name(value)})"
-        elif reg == Reg.QueueNotify:
+        elif reg == Reg.QueueSel or reg == Reg.QueueNotify:
             meaning = f"({self._queue_name(value)})"
         elif reg in _QUEUE_REGS:
             meaning = f"({self._queue_name(self.queue_sel)})"

@@ -38,7 +38,7 @@ def test_coverage_guided_short_run(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.run(
         [sys.executable, "-m", "tests.fuzz.fuzz_virtio", str(tmp_path / "corpus"), "-runs=1500", "-seed=7"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False,
     )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]

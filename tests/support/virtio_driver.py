@@ -9,7 +9,7 @@ rings that break the rules.
 from __future__ import annotations
 
 import struct
-from typing import Iterable
+from collections.abc import Iterable
 
 from pyvmm.memory import GuestMemory, MemoryRegion
 from pyvmm.virtio.abi import (
@@ -140,7 +140,7 @@ class VirtioDriver:
 
     # --- queues -----------------------------------------------------------------------------------------
 
-    def setup_queue(self, index: int, size: int | None = None) -> "DriverQueue":
+    def setup_queue(self, index: int, size: int | None = None) -> DriverQueue:
         self.w(Reg.QueueSel, index)
         if self.version == 2 and self.r(Reg.QueueReady):
             raise DriverError(f"queue {index} already ready")
@@ -176,7 +176,7 @@ class VirtioDriver:
         self.queues[index] = q
         return q
 
-    def init(self, accept: int | None = None, nqueues: int = 2) -> list["DriverQueue"]:
+    def init(self, accept: int | None = None, nqueues: int = 2) -> list[DriverQueue]:
         """The whole handshake: reset, negotiate, set up nqueues queues, DRIVER_OK."""
         self.probe()
         self.reset()

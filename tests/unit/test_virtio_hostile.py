@@ -1,7 +1,6 @@
 """Property tests of a hostile driver: random register writes and ring contents never raise out of the
 device model, never reach memory outside guest RAM, and leave the device working or needing a reset."""
 
-import logging
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -10,8 +9,6 @@ from pyvmm.virtio.abi import Reg, Status
 from pyvmm.virtio.balloon import BalloonOptions
 from tests.fuzz.harness import ARENA, RAM, Machine
 from tests.support.virtio_driver import BalloonDriver
-
-logging.getLogger("pyvmm.guest").setLevel(logging.CRITICAL)
 
 offsets = st.one_of(st.sampled_from([int(r) for r in Reg]), st.integers(0, 0x20F))
 accesses = st.lists(st.tuples(offsets, st.sampled_from([1, 2, 4, 8]), st.integers(0, 2**32 - 1)), max_size=60)

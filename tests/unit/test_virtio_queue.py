@@ -82,7 +82,7 @@ def test_16_bit_index_wrap():
 
 
 def test_no_interrupt_flag_suppresses_notification():
-    mem, dq, q = make_queue()
+    _mem, dq, q = make_queue()
     dq.add([b"a"])
     q.add_used(q.pop().head, 0)
     assert q.should_notify()
@@ -93,7 +93,7 @@ def test_no_interrupt_flag_suppresses_notification():
 
 
 def test_event_idx_suppression():
-    mem, dq, q = make_queue(size=8, event_idx=True)
+    _mem, dq, q = make_queue(size=8, event_idx=True)
     for _ in range(4):
         dq.add([b"a"])
     dq.set_used_event(2)       # the driver wants an interrupt once the 3rd buffer is used
@@ -121,7 +121,7 @@ def test_event_idx_device_publishes_avail_event():
 
 
 def test_no_notify_flag():
-    mem, dq, q = make_queue()
+    _mem, dq, q = make_queue()
     q.set_no_notify(True)
     dq.add([b"a"])
     assert not dq.kick()
@@ -132,7 +132,7 @@ def test_no_notify_flag():
 # --- hostile rings ---------------------------------------------------------------------------------------
 
 def test_descriptor_loop_is_an_error():
-    mem, dq, q = make_queue()
+    _mem, dq, q = make_queue()
     dq.write_desc(0, 0x1000, 4, NEXT, 1)
     dq.write_desc(1, 0x1000, 4, NEXT, 0)
     dq.push_avail(0)
@@ -141,7 +141,7 @@ def test_descriptor_loop_is_an_error():
 
 
 def test_chain_longer_than_queue_via_indirect():
-    mem, dq, q = make_queue(size=4)
+    _mem, dq, q = make_queue(size=4)
     table = 0x2000
     for k in range(8):
         dq.write_desc(k, 0x1000, 4, NEXT if k < 7 else 0, k + 1, table=table)
@@ -152,7 +152,7 @@ def test_chain_longer_than_queue_via_indirect():
 
 
 def test_nested_indirect_is_an_error():
-    mem, dq, q = make_queue()
+    _mem, dq, q = make_queue()
     dq.write_desc(0, 0x3000, 16, INDIRECT, table=0x2000)
     dq.write_desc(0, 0x2000, 16, INDIRECT)
     dq.push_avail(0)
@@ -161,7 +161,7 @@ def test_nested_indirect_is_an_error():
 
 
 def test_indirect_without_feature_is_an_error():
-    mem, dq, q = make_queue(indirect=False)
+    _mem, dq, q = make_queue(indirect=False)
     dq.add([b"a"], indirect=True)
     with pytest.raises(VirtqueueError, match="without VIRTIO_F_INDIRECT_DESC"):
         q.pop()
@@ -169,7 +169,7 @@ def test_indirect_without_feature_is_an_error():
 
 @pytest.mark.parametrize("addr, length", [(RAM - 2, 4), (RAM, 1), (0xFFFF_FFFF_FFFF_F000, 0x2000), (0, 0xFFFF_FFFF)])
 def test_buffer_outside_ram_is_an_error(addr, length):
-    mem, dq, q = make_queue()
+    _mem, dq, q = make_queue()
     dq.write_desc(0, addr, length, 0)
     dq.push_avail(0)
     with pytest.raises(VirtqueueError, match="outside guest RAM"):
@@ -177,7 +177,7 @@ def test_buffer_outside_ram_is_an_error(addr, length):
 
 
 def test_indirect_table_outside_ram_or_misshapen():
-    mem, dq, q = make_queue()
+    _mem, dq, q = make_queue()
     dq.write_desc(0, RAM - 16, 32, INDIRECT)
     dq.write_desc(1, 0x1000, 24, INDIRECT)
     dq.push_avail(0)
@@ -190,11 +190,11 @@ def test_indirect_table_outside_ram_or_misshapen():
 
 
 def test_head_index_beyond_queue_and_next_beyond_table():
-    mem, dq, q = make_queue(size=8)
+    _mem, dq, q = make_queue(size=8)
     dq.push_avail(9)
     with pytest.raises(VirtqueueError, match="head descriptor index 9"):
         q.pop()
-    mem2, dq2, q2 = make_queue(size=8)
+    _mem2, dq2, q2 = make_queue(size=8)
     dq2.write_desc(0, 0x1000, 4, NEXT, 200)
     dq2.push_avail(0)
     with pytest.raises(VirtqueueError, match="next 200"):
@@ -202,14 +202,14 @@ def test_head_index_beyond_queue_and_next_beyond_table():
 
 
 def test_avail_idx_jumping_past_queue_size():
-    mem, dq, q = make_queue(size=8)
+    _mem, dq, q = make_queue(size=8)
     dq.set_avail_idx(9)
     with pytest.raises(VirtqueueError, match="more than queue size"):
         q.pop()
 
 
 def test_readable_after_writable_is_an_error():
-    mem, dq, q = make_queue()
+    _mem, dq, q = make_queue()
     dq.write_desc(0, 0x1000, 4, WRITE | NEXT, 1)
     dq.write_desc(1, 0x1000, 4, 0)
     dq.push_avail(0)

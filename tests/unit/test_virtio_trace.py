@@ -40,7 +40,7 @@ def capture_handshake(json_path=None) -> str:
 
 def doc_excerpt() -> str:
     text = DOC.read_text()
-    m = re.search(r"<!-- trace-excerpt:begin -->\n```text\n(.*?)```\n<!-- trace-excerpt:end -->", text, re.S)
+    m = re.search(r"<!-- trace-excerpt:begin -->\n```text\n(.*?)```\n<!-- trace-excerpt:end -->", text, re.DOTALL)
     assert m, "docs/trace.md lost its excerpt markers"
     return m.group(1)
 
