@@ -224,6 +224,8 @@ def query_version() -> dict:
 
 def query_status(machine: MachineControl) -> dict:
     status = machine.status()
+    if status == "created":
+        status = "prelaunch"    # QEMU's name for "built, vCPUs not started yet"
     return {"status": status, "singlestep": False, "running": status == "running"}
 
 
@@ -241,8 +243,11 @@ def cont(machine: MachineControl) -> None:
 
 
 def system_reset(machine: MachineControl) -> None:
+    reset = getattr(machine, "reset", None)
     try:
-        machine.reset()
+        if reset is None:
+            raise NotImplementedError
+        reset()
     except NotImplementedError:
         raise CommandError("GenericError", "system_reset is not supported by this machine") from None
 

@@ -207,11 +207,11 @@ def _info_virtqueue(machine: MachineControl, args: list[str], cpu: int) -> str:
         out.append(f"  descriptor table: cannot read ({e})")
     else:
         listed = 0
-        out.append("  descriptor table (non-empty entries):")
+        out.append("  descriptor table (entries with an address or length):")
         for i in range(size):
             addr, length, flags, nxt = _DESC.unpack_from(table, 16 * i)
-            if not (addr or length or flags or nxt):
-                continue
+            if not (addr or length) and i not in heads:
+                continue  # unused; drivers pre-link free descriptors through `next`, so ignore it
             if listed == MAX_TABLE_ROWS:
                 out.append("    ...")
                 break
