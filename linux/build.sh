@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# Build pyvmm's minimal Linux guest (vmlinux, bzImage, initramfs) from Debian's linux-source-6.1 package.
+#
+# Results land in ${PYVMM_CACHE:-~/.cache/pyvmm}/linux/{vmlinux,bzImage,initramfs.cpio.gz}, outside the
+# clone, with a stamp holding a hash of our inputs (config fragment, patches, /init source, source package
+# version): an unchanged tree reuses the cache, a change rebuilds.  Nothing is installed into the system
+# but build tools.  See linux/README.md for why each piece is there.
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+CACHE="${PYVMM_CACHE:-$HOME/.cache/pyvmm}/linux"
+SRC_PKG="linux-source-6.1"
+JOBS="${PYVMM_JOBS:-2}"
+FRAGMENT="$HERE/guest.config"
+PATCHES=("$HERE"/patches/*.patch)
+INIT_SRC="$HERE/init.c"
+
+say() { echo "linux-guest: $*"; }
+die() { trap - EXIT; echo "linux-guest: error: $*" >&2; exit 1; }
+
+# Any unexpected failure still ends with one line saying which step failed.
+STEP="start"
+trap 'rc=$?; [ $rc -ne 0 ] && echo "linux-guest: error: step \"$STEP\" failed (exit $rc); see output above" >&2' EXIT
+
+mkdir -p "$CACHE"
+
+# --- the stamp: our inputs and the source package version ------------------------------------------------
+STEP="stamp"
+pkg_version() {
+    local v
+    v="$(apt-cache policy "$SRC_PKG" 2>/dev/null | awk '/Candidate:/ {print $2}')"
+    if [ -z "$v" ] || [ "$v" = "(none)" ]; then
+        return 1
+    fi
+    echo "$v"
+}
+VERSION="$(pkg_version || true)"
+if [ -z "$VERSION" ]; then
+    # A fresh machine's apt lists may be empty: refresh once.
+    say "apt knows no $SRC_PKG: running apt-get update"
+    apt-get update -qq || die "apt-get update failed"
+    VERSION="$(pkg_version)" || die "Debian package $SRC_PKG not found by apt-cache"
+fi
+STAMP="$(cat "$FRAGMENT" "${PATCHES[@]}" "$INIT_SRC" | sha256sum | cut -c1-16)-$SRC_PKG-$VERSION"
+if [ -f "$CACHE/stamp" ] && [ "$(cat "$CACHE/stamp")" = "$STAMP" ] \
+   && [ -f "$CACHE/vmlinux" ] && [ -f "$CACHE/bzImage" ] && [ -f "$CACHE/initramfs.cpio.gz" ]; then
+    say "up to date in $CACHE (stamp $STAMP)"
+    exit 0
+fi
+say "building into $CACHE (stamp $STAMP)"
+START=$SECONDS
+
+# --- build tools ---------------------------------------------------------------------------------------
+STEP="build tools"
+need_pkgs=()
+for tool_pkg in gcc:gcc make:make flex:flex bison:bison bc:bc cpio:cpio gzip:gzip lz4:lz4 perl:perl \
+                xz:xz-utils dpkg-deb:dpkg patch:patch; do
+    command -v "${tool_pkg%%:*}" >/dev/null || need_pkgs+=("${tool_pkg#*:}")
+done
+[ -f /usr/include/gelf.h ] || need_pkgs+=(libelf-dev)
+[ -f /usr/include/openssl/ssl.h ] || need_pkgs+=(libssl-dev)
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+    [ "$(id -u)" = 0 ] || die "missing build tools (${need_pkgs[*]}): run apt-get install -y ${need_pkgs[*]}"
+    say "installing build tools: ${need_pkgs[*]}"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}" >/dev/null \
+        || die "apt-get install ${need_pkgs[*]} failed"
+fi
+
+# --- the source: apt-get download + dpkg-deb -x, never installed ---------------------------------------
+STEP="download source"
+DEB="$CACHE/${SRC_PKG}_${VERSION//:/%3a}_all.deb"
+if [ ! -f "$DEB" ]; then
+    rm -f "$CACHE/${SRC_PKG}"_*.deb
+    say "apt-get download $SRC_PKG ($VERSION)"
+    # The cache lives in root's home, which apt's sandbox user cannot enter: download as the caller.
+    (cd "$CACHE" && apt-get download -q -o APT::Sandbox::User="$(id -un)" "$SRC_PKG=$VERSION") \
+        || die "apt-get download $SRC_PKG failed"
+fi
+STEP="unpack source"
+say "unpacking $(basename "$DEB")"
+rm -rf "$CACHE/deb" "$CACHE/src"
+dpkg-deb -x "$DEB" "$CACHE/deb"
+mkdir -p "$CACHE/src"
+tar -xaf "$CACHE/deb/usr/src/$SRC_PKG.tar.xz" -C "$CACHE/src" --strip-components=1
+rm -rf "$CACHE/deb"
+SRC="$CACHE/src"
+
+# --- our two host-quirk patches ------------------------------------------------------------------------
+STEP="apply patches"
+for p in "${PATCHES[@]}"; do
+    say "patch $(basename "$p")"
+    patch -d "$SRC" -p1 --quiet --forward < "$p" || die "patch $(basename "$p") does not apply to $SRC_PKG $VERSION"
+done
+
+# --- configuration: tinyconfig + our fragment, every option checked ------------------------------------
+STEP="configure"
+say "make tinyconfig + guest.config"
+make -C "$SRC" -s tinyconfig >/dev/null
+"$SRC/scripts/kconfig/merge_config.sh" -m -O "$SRC" "$SRC/.config" "$FRAGMENT" >/dev/null
+make -C "$SRC" -s olddefconfig >/dev/null
+missing=()
+while IFS= read -r line; do
+    case "$line" in
+        CONFIG_*=*) grep -qxF "$line" "$SRC/.config" || missing+=("$line") ;;
+        "# CONFIG_"*" is not set") grep -qxF "$line" "$SRC/.config" || missing+=("${line#\# }") ;;
+    esac
+done < "$FRAGMENT"
+[ ${#missing[@]} -eq 0 ] || die "kconfig dropped: ${missing[*]} (a dependency is missing from guest.config)"
+
+# --- the kernel -----------------------------------------------------------------------------------------
+STEP="build kernel"
+say "make -j$JOBS vmlinux bzImage (a few minutes on 2 cores)"
+T0=$SECONDS
+make -C "$SRC" -s -j"$JOBS" vmlinux bzImage KBUILD_BUILD_USER=pyvmm KBUILD_BUILD_HOST=pyvmm
+say "kernel built in $((SECONDS - T0)) s"
+
+# --- the initramfs: a static /init that never makes a system call --------------------------------------
+STEP="build initramfs"
+WORK="$CACHE/initramfs.work"
+rm -rf "$WORK" && mkdir -p "$WORK"
+gcc -Os -nostdlib -static -no-pie -fno-pie -fno-stack-protector -fno-asynchronous-unwind-tables \
+    -Wl,--build-id=none -o "$WORK/init" "$INIT_SRC"
+# gen_init_cpio (built with the kernel) writes device nodes without needing root or mknod.
+cat > "$WORK/list" <<EOF
+dir /dev 0755 0 0
+nod /dev/console 0600 0 0 c 5 1
+dir /proc 0755 0 0
+dir /sys 0755 0 0
+file /init $WORK/init 0755 0 0
+EOF
+[ -x "$SRC/usr/gen_init_cpio" ] || make -C "$SRC" -s usr/gen_init_cpio
+"$SRC/usr/gen_init_cpio" "$WORK/list" | gzip -9 -n > "$WORK/initramfs.cpio.gz"
+
+# --- results, then the stamp (last, so an interrupted build never looks complete) ----------------------
+STEP="install results"
+rm -f "$CACHE/stamp"
+cp "$SRC/vmlinux" "$CACHE/vmlinux.tmp" && mv "$CACHE/vmlinux.tmp" "$CACHE/vmlinux"
+cp "$SRC/arch/x86/boot/bzImage" "$CACHE/bzImage.tmp" && mv "$CACHE/bzImage.tmp" "$CACHE/bzImage"
+cp "$SRC/.config" "$CACHE/config"
+mv "$WORK/initramfs.cpio.gz" "$CACHE/initramfs.cpio.gz"
+rm -rf "$WORK"
+echo "$STAMP" > "$CACHE/stamp"
+say "done in $((SECONDS - START)) s: $CACHE/{vmlinux,bzImage,initramfs.cpio.gz}"
