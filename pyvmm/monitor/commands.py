@@ -149,7 +149,7 @@ class MachineControl(Protocol):
     def virtio_devices(self) -> Sequence[VirtioTransportView]: ...
 
     def status(self) -> str:
-        """"running", "paused" or "shutdown"."""
+        """"running", "paused", "shutdown", or "created" before start (QMP shows it as "prelaunch")."""
         ...
 
     def pause(self) -> None: ...            # emits STOP through the listeners when it stops the vCPUs
@@ -157,7 +157,7 @@ class MachineControl(Protocol):
     def quit(self) -> None: ...             # emits SHUTDOWN {"guest": false, "reason": "host-qmp-quit"}
 
     def reset(self) -> None:
-        """System reset; NotImplementedError if the machine cannot."""
+        """System reset; NotImplementedError (or no such method) if the machine cannot."""
         ...
 
     def vcpu_registers(self, cpu: int) -> str:
