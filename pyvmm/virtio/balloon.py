@@ -258,7 +258,9 @@ class VirtioBalloon:
         self._schedule_stats()
 
     def process_queue(self, index: int) -> None:
-        name = self._names[index] if index < len(self._names) else ""
+        if index >= len(self._queues) or index >= len(self._names):
+            return  # not activated (the transport only calls once DRIVER_OK is set)
+        name = self._names[index]
         q = self._queues[index]
         if name == "inflateq":
             self._process_pfn_queue(q, inflate=True)

@@ -360,3 +360,33 @@ def test_options_parse_errors(text):
 def test_features_switchable():
     r = Rig(options=BalloonOptions(must_tell_host=False, stats=False, deflate_on_oom=False))
     assert r.drv.device_features() & 0xFF == 0
+
+
+def test_monitor_thread_and_vcpu_thread_share_the_lock():
+    r = Rig(options=BalloonOptions(stats_interval=0.001))
+    r.driver.start(stats=[(S.VIRTIO_BALLOON_S_MEMFREE, 1)])
+    stop = threading.Event()
+    errors = []
+
+    def monitor():
+        try:
+            while not stop.is_set():
+                r.balloon.set_target(8 * MiB)
+                info = r.balloon.info()
+                assert info.ballooned_pages <= info.ram_size >> 12
+        except Exception as e:  # noqa: BLE001 - surfaced by the assertion below
+            errors.append(e)
+
+    t = threading.Thread(target=monitor)
+    t.start()
+    try:
+        for i in range(0, 2048, 64):
+            r.driver.inflate(list(range(i, i + 64)))
+            r.driver.answer_stats([(S.VIRTIO_BALLOON_S_MEMFREE, i)])
+    finally:
+        stop.set()
+        t.join()
+        r.close()
+    assert errors == []
+    assert r.balloon.ballooned_pages == 2048
+    assert sum(x.bit_count() for x in r.balloon._bitmap) == 2048
