@@ -162,8 +162,10 @@ class Machine:
     def _should_stop(self) -> bool:
         return self._stop_requested
 
-    def stop(self, exit_code: int = 0, reason: str = "stopped by the host") -> None:
-        """Stop the VM (from any thread); the first reason and exit code win."""
+    def stop(self, exit_code: int = 0, reason: str = "stopped by the host", *,
+             event_reason: str = "host-signal") -> None:
+        """Stop the VM (from any thread); the first reason and exit code win.  ``event_reason`` is
+        the SHUTDOWN event's reason in QEMU's vocabulary (host-qmp-quit, guest-shutdown, ...)."""
         if self._stop_requested:
             return
         self.exit_code = exit_code if self.exit_code is None else self.exit_code
@@ -174,7 +176,7 @@ class Machine:
         for v in self.vcpus:
             v.kick()
         self._state = "shutdown"
-        self._emit("SHUTDOWN", {"guest": reason.startswith("the guest"), "reason": reason})
+        self._emit("SHUTDOWN", {"guest": event_reason.startswith("guest"), "reason": event_reason})
         self._stopped.set()
         with self._console_cond:
             self._console_cond.notify_all()
@@ -210,7 +212,7 @@ class Machine:
                 if deadline is not None and time.monotonic() >= deadline:
                     return None
         except KeyboardInterrupt:
-            self.stop(130, "interrupted (Ctrl-C)")
+            self.stop(130, "interrupted (Ctrl-C)", event_reason="host-signal")
         for v in self.vcpus:
             if v.thread is not None and v.thread is not threading.current_thread():
                 v.thread.join(2)
@@ -241,8 +243,15 @@ class Machine:
 
     # --- called from vCPU threads -------------------------------------------------------------
 
+    def quit(self) -> None:
+        """QMP `quit` and the monitor's `quit`: stop the VM, exit code 0."""
+        self.stop(0, "quit from the monitor", event_reason="host-qmp-quit")
+
+    def reset(self) -> None:
+        raise NotImplementedError("system_reset is not supported by pyvmm machines yet")
+
     def _guest_stopped(self, vcpu, reason: str, exit_code: int) -> None:
-        self.stop(exit_code, reason)
+        self.stop(exit_code, reason, event_reason="guest-shutdown")
 
     def _guest_crashed(self, vcpu, reason: str) -> None:
         try:
@@ -252,7 +261,7 @@ class Machine:
         self.crash_report = f"pyvmm: {reason} on vCPU {vcpu.index}\n{dump}"
         sys.stderr.write(self.crash_report + "\n")
         sys.stderr.flush()
-        self.stop(GuestCrash.exit_code, reason)
+        self.stop(GuestCrash.exit_code, reason, event_reason="guest-panic")
 
     def _vcpu_failed(self, vcpu, exc: BaseException) -> None:
         try:
@@ -265,7 +274,7 @@ class Machine:
         self.stop(70, f"internal error on vCPU {vcpu.index}: {exc!r}")
 
     def _guest_exit(self, code: int) -> None:
-        self.stop(code, f"the guest exited with code {code}")
+        self.stop(code, f"the guest exited with code {code}", event_reason="guest-shutdown")
 
     # --- inspection (monitor, tests) ----------------------------------------------------------
 
