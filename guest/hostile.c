@@ -78,12 +78,19 @@ static bool reinit(void)
     return !err && roundtrip();
 }
 
+static u64 storms_before;
+
 static void verdict(const char *attack, enum expect expect)
 {
     char how[200];
     bool ok;
     sleep_ticks(TIMER_HZ / 20); /* let the device answer or complain */
     u32 status = virtio_status(dev());
+    if (dev()->storms != storms_before) {
+        size_t len = strlen(observed);
+        snprintf(observed + len, sizeof(observed) - len, "%sinterrupt line stuck high, masked",
+                 len ? ", " : "");
+    }
     if (status & DEVICE_NEEDS_RESET) {
         ok = reinit();
         snprintf(how, sizeof(how), "DEVICE_NEEDS_RESET (status %#x), reset and used again", status);
@@ -545,7 +552,7 @@ static const struct attack attack_list[] = {
 int scenario_hostile(void)
 {
     extern const char *fail_reason;
-    timeout_ticks = cmdline_u64("hostile_timeout", 3) * TIMER_HZ;
+    timeout_ticks = cmdline_u64("hostile_timeout", 2) * TIMER_HZ;
     bool strict_mode = cmdline_u64("hostile_strict", 0) != 0;
     balloon_start();
     if (!roundtrip()) {
@@ -560,6 +567,7 @@ int scenario_hostile(void)
         if (only[0] && strncmp(only, attack_list[i].name, strlen(only)) != 0)
             continue;
         strict = strict_mode;
+        storms_before = dev()->storms;
         attack_list[i].run();
         verdict(attack_list[i].name, attack_list[i].expect);
     }

@@ -36,7 +36,7 @@ struct idt_entry {
 
 static struct idt_entry idt[256] __attribute__((aligned(16)));
 extern const u64 isr_stub_table[72];
-extern const u64 isr_stub_spurious;
+extern const u64 isr_stub_spurious, isr_stub_timer;
 volatile u64 ticks;
 u32 ioapic_version;
 static u32 ioapic_pins;
@@ -98,6 +98,7 @@ void irq_init(void)
         if (v < 72)
             set_gate(v, isr_stub_table[v]);
     set_gate(VEC_SPURIOUS, isr_stub_spurious);
+    set_gate(VEC_TIMER, isr_stub_timer);
     struct {
         u16 limit;
         u64 base;

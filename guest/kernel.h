@@ -143,7 +143,9 @@ struct frame {
     u64 r15, r14, r13, r12, r11, r10, r9, r8, rdi, rsi, rbp, rbx, rdx, rcx, rax;
     u64 vector, error, rip, cs, rflags, rsp, ss;
 };
-#define VEC_TIMER 0x20
+/* The timer outranks the device vectors (priority class 15), so that timeouts still expire while
+   a device holds its interrupt line up. */
+#define VEC_TIMER 0xf0
 #define VEC_GSI_BASE 0x30
 #define VEC_SPURIOUS 0xff
 #define TIMER_HZ 100

@@ -104,6 +104,9 @@ struct virtio_dev {
     volatile u64 config_events; /* InterruptStatus bit 1 seen */
     volatile u64 used_events;   /* InterruptStatus bit 0 seen */
     volatile u32 last_isr;
+    u32 spurious_run;  /* interrupts in a row with InterruptStatus 0 */
+    bool irq_masked;   /* masked at the IOAPIC after an interrupt storm */
+    u64 storms;
 };
 
 static inline u32 vread(struct virtio_dev *d, u32 reg) { return mmio_read32(d->base + reg); }

@@ -2,6 +2,7 @@
 #include "virtio.h"
 
 u64 virtio_timeout_ticks = 60 * TIMER_HZ;
+#define SPURIOUS_LIMIT 1000
 
 bool virtio_find(u32 device_id, struct virtio_dev *out)
 {
@@ -53,6 +54,11 @@ void virtio_reset(struct virtio_dev *d)
         d->vqs[q].ready = false;
     d->nvqs = 0;
     d->features = 0;
+    d->spurious_run = 0;
+    if (d->irq_masked) {
+        d->irq_masked = false;
+        virtio_attach_irq(d);
+    }
 }
 
 bool virtio_begin(struct virtio_dev *d)
@@ -131,6 +137,18 @@ static void virtio_irq(void *arg)
         vwrite(d, InterruptACK, isr);
     d->last_isr = isr;
     d->irq_count++;
+    if (!isr) {
+        /* A line held up with nothing to report (a device in trouble, e.g. QEMU's once it is
+           "broken" stops updating its line): like Linux's "nobody cared", mask it after a while;
+           virtio_reset() unmasks. */
+        if (++d->spurious_run >= SPURIOUS_LIMIT) {
+            irq_mask_gsi(d->irq);
+            d->irq_masked = true;
+            d->storms++;
+        }
+        return;
+    }
+    d->spurious_run = 0;
     if (isr & VIRTIO_INT_CONFIG)
         d->config_events++;
     if (isr & VIRTIO_INT_USED) {

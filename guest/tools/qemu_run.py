@@ -88,11 +88,13 @@ def main() -> int:
                             errors="replace")
     lines: queue.Queue[str] = queue.Queue()
 
+    started = time.monotonic()
+
     def reader() -> None:
         assert proc.stdout
         for line in proc.stdout:
             line = line.rstrip("\r\n")
-            print(f"guest| {line}", flush=True)
+            print(f"guest| {time.monotonic() - started:7.2f} {line}", flush=True)
             lines.put(line)
 
     threading.Thread(target=reader, daemon=True).start()
