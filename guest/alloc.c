@@ -99,12 +99,22 @@ void alloc_init(void)
         marks[m] = free_map + map_words * (u64)(m + 1);
     for (unsigned i = 0; i < nranges; i++) {
         u64 end = MIN(ranges[i].end, max_addr);
-        for (u64 p = ranges[i].start >> PAGE_SHIFT; p < end >> PAGE_SHIFT; p++) {
+        u64 last = end >> PAGE_SHIFT;
+        for (u64 p = ranges[i].start >> PAGE_SHIFT; p < last;) {
+            /* Whole words at a time where the range covers them: guest code runs slowly here. */
+            if (!(p & 63) && p + 64 <= last && free_map[p >> 6] == 0) {
+                free_map[p >> 6] = ~0ULL;
+                mem.total_pages += 64;
+                mem.free_pages += 64;
+                p += 64;
+                continue;
+            }
             if (!bit_test(free_map, p)) {
                 bit_set(free_map, p);
                 mem.total_pages++;
                 mem.free_pages++;
             }
+            p++;
         }
     }
 }

@@ -4,6 +4,11 @@
 void *memset(void *dst, int c, size_t n)
 {
     u8 *d = dst;
+    if (!((uintptr_t)d & 7)) {
+        u64 v = 0x0101010101010101ULL * (u8)c;
+        for (; n >= 8; n -= 8, d += 8)
+            *(u64 *)d = v;
+    }
     while (n--)
         *d++ = (u8)c;
     return dst;
