@@ -1,0 +1,181 @@
+"""`make bench`: run every benchmark, print the table, write bench/results/latest.md and latest.json."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+import traceback
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402
+from common import Result, Unavailable  # noqa: E402
+
+BALLOON_DEVICE_ROUNDS = 3
+
+
+def device_balloon(repeats: int = BALLOON_DEVICE_ROUNDS) -> Result:
+    """bench/balloon.py (the device alone, no guest), run a few times and its figures collected."""
+    res = Result("balloon_device", "Balloon device alone: 1 GiB inflated in 256-PFN batches vs per-page "
+                 "madvise (bench/balloon.py, no guest)")
+    script = common.BENCH / "balloon.py"
+    if not script.exists():
+        raise Unavailable("bench/balloon.py is not there yet")
+    dev, base, raw = [], [], ""
+    for i in range(repeats):
+        print(f"  balloon device: run {i + 1}/{repeats}", file=sys.stderr, flush=True)
+        out = common.timed_run([common.PYTHON, str(script)], timeout=300)
+        d = re.search(r"device \(merged runs\):\s+([0-9.]+) s/GiB", out.stdout)
+        b = re.search(r"baseline \(per page\):\s+([0-9.]+) s/GiB", out.stdout)
+        if out.code != 0 or not d or not b:
+            res.notes.append(f"run {i + 1} gave no figures (exit status {out.code}): {out.tail()}")
+            continue
+        dev.append(float(d.group(1)))
+        base.append(float(b.group(1)))
+        raw = out.stdout
+    res.add("device, merged runs (one madvise per run)", "s/GiB", dev)
+    res.add("baseline, one madvise per page (kvmtool/QEMU style)", "s/GiB", base)
+    res.ratio("device / per-page baseline, time", dev, base, goal="< 1.0")
+    if raw:
+        res.notes.append("last run's output: " + " / ".join(line.strip() for line in raw.strip().splitlines()))
+    return res
+
+
+def benchmarks(quick: bool):
+    """(name, callable) in the order they run; quick mode uses fewer rounds (for trying the harness)."""
+    import balloon_e2e
+    import boot
+    import exits
+    import memory
+
+    r = (lambda full, fast: fast if quick else full)
+    return [
+        ("boot", lambda: boot.run(repeats=r(boot.ROUNDS, 3))),
+        ("exits", lambda: exits.run(repeats=r(exits.ROUNDS, 2))),
+        ("balloon_e2e", lambda: balloon_e2e.run(repeats=r(balloon_e2e.ROUNDS, 1))),
+        ("memory", lambda: memory.run(repeats=r(memory.ROUNDS, 1))),
+        ("balloon_device", lambda: device_balloon(repeats=r(BALLOON_DEVICE_ROUNDS, 1))),
+    ]
+
+
+def profiles() -> tuple[list[Path], list[str]]:
+    import balloon_e2e
+    import exits
+
+    written, problems = [], []
+    for name, fn in (("exits", exits.profile), ("balloon", balloon_e2e.profile)):
+        print(f"  profile: {name}", file=sys.stderr, flush=True)
+        try:
+            written += fn(common.RESULTS)
+        except Unavailable as e:
+            problems.append(f"{name} profile not taken: {e}")
+        except Exception as e:
+            problems.append(f"{name} profile failed: {type(e).__name__}: {e}")
+            _log_error(f"profile {name}")
+    return written, problems
+
+
+def _log_error(what: str) -> None:
+    common.RESULTS.mkdir(parents=True, exist_ok=True)
+    with open(common.RESULTS / "errors.log", "a") as f:
+        f.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {what}\n{traceback.format_exc()}\n")
+
+
+def summary_table(results: list[Result]) -> str:
+    lines = ["| comparison | median | min | max | goal |", "|---|---:|---:|---:|---|"]
+    for res in results:
+        for row in res.rows:
+            if row.kind != "ratio":
+                continue
+            s = common.summarize(row.values)
+            goal = ""
+            if row.goal:
+                goal = f"{row.goal} ({'met' if common.goal_met(row.goal, s['median']) else 'not met'})"
+            lines.append(f"| {res.name}: {row.name} | {common.fmt(s['median'], 'x')} | "
+                         f"{common.fmt(s['min'], 'x')} | {common.fmt(s['max'], 'x')} | {goal} |")
+    return "\n".join(lines) if len(lines) > 2 else "(no comparisons measured)"
+
+
+def render(info: dict, results: list[Result], profile_files: list[Path], profile_notes: list[str],
+           elapsed: float) -> str:
+    out = ["# pyvmm benchmarks (`make bench`)", ""]
+    out.append(f"Run {info['date']} in {elapsed:.0f} s; load average {info['loadavg_start']} at the start, "
+               f"{info['loadavg_end']} at the end. Every row is the median, minimum and maximum over "
+               "repeated runs; pyvmm and its reference run interleaved (A B A B) and each ratio is taken "
+               "per round, so drift of a shared machine cancels out of the ratios more than out of the "
+               "absolute figures.")
+    out += ["", "| machine | |", "|---|---|"]
+    for key, label in (("cpu", "CPU"), ("cores", "cores"), ("memory", "memory"), ("kernel", "host kernel"),
+                       ("kvm_module", "/dev/kvm module"), ("python", "Python"), ("qemu", "QEMU"),
+                       ("pyvmm_commit", "pyvmm commit")):
+        out.append(f"| {label} | {info.get(key, '')} |")
+    out += ["", "## pyvmm / reference, measured in the same run", "", summary_table(results)]
+    for res in results:
+        out += ["", f"## {res.title}", "", f"_{res.seconds:.0f} s_", "", common.markdown(res)]
+    out += ["", "## Profiles", ""]
+    for p in profile_files:
+        out.append(f"- `{p.relative_to(common.ROOT)}` (binary beside it: `{p.with_suffix('.prof').name}`, "
+                   "not in git; open with `python -m pstats`)")
+    out += [f"- {n}" for n in profile_notes]
+    if not profile_files and not profile_notes:
+        out.append("- (not taken)")
+    return "\n".join(out) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--quick", action="store_true", help="fewer rounds (to try the harness, not to quote)")
+    ap.add_argument("--only", default="", help="comma-separated benchmarks: boot,exits,balloon_e2e,memory,"
+                    "balloon_device")
+    ap.add_argument("--no-profile", action="store_true", help="skip the cProfile runs")
+    args = ap.parse_args(argv)
+    only = {x.strip() for x in args.only.split(",") if x.strip()}
+
+    t0 = time.monotonic()
+    info = common.machine_info()
+    print(f"pyvmm benchmarks on {info['cpu']} ({info['cores']} cores), kernel {info['kernel']}, "
+          f"/dev/kvm: {info['kvm_module']}, Python {info['python']}, {info['qemu']}", flush=True)
+    common.RESULTS.mkdir(parents=True, exist_ok=True)
+    results: list[Result] = []
+    for name, fn in benchmarks(args.quick):
+        if only and name not in only:
+            continue
+        print(f"- {name} ...", file=sys.stderr, flush=True)
+        t = time.monotonic()
+        try:
+            res = fn()
+        except Unavailable as e:
+            res = Result(name, name)
+            res.skipped.append(str(e))
+        except Exception as e:
+            _log_error(name)
+            res = Result(name, name)
+            res.skipped.append(f"failed: {type(e).__name__}: {e} (traceback in bench/results/errors.log)")
+        res.seconds = time.monotonic() - t
+        results.append(res)
+        common.print_result(res)
+
+    profile_files, profile_notes = [], []
+    if not args.no_profile and (not only or "profile" in only):
+        profile_files, profile_notes = profiles()
+
+    elapsed = time.monotonic() - t0
+    info["loadavg_end"] = " ".join(open("/proc/loadavg").read().split()[:3])
+    info["seconds"] = round(elapsed, 1)
+    md = render(info, results, profile_files, profile_notes, elapsed)
+    (common.RESULTS / "latest.md").write_text(md)
+    data = {"machine": info, "quick": args.quick, "benchmarks": [r.to_json() for r in results],
+            "profiles": [str(p.relative_to(common.ROOT)) for p in profile_files], "profile_notes": profile_notes}
+    (common.RESULTS / "latest.json").write_text(json.dumps(data, indent=1) + "\n")
+    print("\n## pyvmm / reference, measured in the same run\n")
+    print(summary_table(results))
+    print(f"\nwrote bench/results/latest.md and latest.json in {elapsed:.0f} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
