@@ -45,7 +45,8 @@ bench: build host-deps
 	$(PY) bench/run_all.py
 
 fuzz: build
-	$(PY) -m tests.fuzz.long
+	mkdir -p fuzz-corpus
+	$(PY) -m tests.fuzz.fuzz_virtio fuzz-corpus -max_total_time=$${FUZZ_SECONDS:-600}
 
 soak: build
 	PYVMM_SOAK_CYCLES=1000 $(PY) -m pytest -q -s -ra tests/e2e/test_soak.py

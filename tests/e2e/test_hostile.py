@@ -22,7 +22,8 @@ REQUIRED = [
 
 @pytest.mark.parametrize("version", [2, 1], ids=["modern", "legacy"])
 def test_hostile_guest_survived(version):
-    with machine("scenario=hostile", memory=128 * MiB, virtio_version=version) as m:
+    strict = " hostile_strict=1" if version == 2 else ""
+    with machine("scenario=hostile" + strict, memory=128 * MiB, virtio_version=version) as m:
         ram = [(r.gpa, r.end) for r in m.memory.regions]
         discards = []
         real = m.balloon._discard_fn
