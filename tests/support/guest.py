@@ -28,12 +28,14 @@ def ensure_built() -> None:
 
 
 @contextlib.contextmanager
-def machine(append: str = "scenario=selftest", *, memory: int = 128 * MiB, **kw):
-    """A started pyvmm Machine running the tiny guest; closed on exit."""
+def machine(append: str = "scenario=selftest", *, memory: int = 128 * MiB, setup=None, **kw):
+    """A started pyvmm Machine running the tiny guest; closed on exit. ``setup(m)`` runs before start."""
     ensure_built()
     kw.setdefault("console", "none")
     m = Machine(VmConfig(kernel=GUEST, memory=memory, append=append, **kw))
     try:
+        if setup is not None:
+            setup(m)
         m.start()
         yield m
     finally:
