@@ -76,6 +76,13 @@ def build_vm(m, cfg: VmConfig) -> None:
     m.serial = Serial16550(KvmIrqLine(vm, layout.SERIAL_IRQ), m._console_write)
     m.pio_bus.insert(m.serial, layout.SERIAL_COM1, 8, "serial (16550A)")
     m.pio_bus.insert(DebugExit(m._guest_exit), layout.DEBUG_EXIT_PORT, 4, "debug-exit")
+    from .arch.x86.acpi import SLEEP_CONTROL_PORT
+    from .devices.power import I8042, SleepControl
+
+    m.pio_bus.insert(SleepControl(lambda: m.stop(0, "the guest powered off", event_reason="guest-shutdown")),
+                     SLEEP_CONTROL_PORT, 2, "acpi sleep control")
+    m.pio_bus.insert(I8042(lambda: m.stop(0, "the guest requested a reset; pyvmm does not reboot, stopping",
+                                          event_reason="guest-reset")), 0x60, 5, "i8042 (reset)")
 
     # virtio-mmio devices, announced on the command line as Linux expects.
     cmdline_devices = []

@@ -13,7 +13,7 @@ from . import trace
 from .arch.x86 import cpu
 from .errors import GuestCrash, KvmError
 from .kvm import abi, exits
-from .kvm.abi import KvmExit, KvmSystemEvent
+from .kvm.abi import KvmExit, KvmInternalError, KvmSystemEvent
 
 if TYPE_CHECKING:
     from .vm import Machine
@@ -159,9 +159,15 @@ class Vcpu:
                 m._guest_crashed(self, f"KVM_EXIT_FAIL_ENTRY: hardware entry failure reason {reason:#x} on cpu {cpu_}")
                 return True
             case exits.InternalErrorExit():
+                code = ex.insn_bytes or self._code_at_rip()
+                if ex.suberror == KvmInternalError.EMULATION and self._emulation_gap(code):
+                    return False
                 detail = f"KVM_EXIT_INTERNAL_ERROR ({ex.suberror_name})"
-                if ex.insn_bytes:
-                    detail += f", instruction bytes {ex.insn_bytes.hex(' ')}"
+                if code:
+                    sregs = self.fd.get_sregs()
+                    rip = self.fd.get_regs().rip
+                    detail += (f": the host cannot emulate `{cpu.disassemble(code, rip, cpu.code_bits(sregs))}`"
+                               f" (bytes {code[:8].hex(' ')})")
                 m._guest_crashed(self, detail)
                 return True
             case exits.SystemEventExit(type=t):
@@ -178,6 +184,45 @@ class Vcpu:
             case _:
                 m._guest_crashed(self, f"unexpected exit {ex}")
                 return True
+
+    # --- emulation gaps of the host ------------------------------------------------------------
+
+    def _code_at_rip(self, n: int = 16) -> bytes:
+        try:
+            regs, sregs = self.fd.get_regs(), self.fd.get_sregs()
+            gpa = cpu.translate(self.machine.memory, sregs, cpu.linear_rip(regs, sregs))
+            if gpa is not None and self.machine.memory.contains(gpa, n):
+                return self.machine.memory.read(gpa, n)
+        except Exception:
+            pass
+        return b""
+
+    def _emulation_gap(self, code: bytes) -> bool:
+        """Finish, in the VMM, an instruction the host's emulator refused (a nested kvm_pvm host fails
+        on a few): `int3` becomes the #BP it should raise, `fwait` (nothing to wait for: pyvmm's x87
+        state has no pending exception) is skipped.  Counted in Machine.emulation_fixups."""
+        if not code:
+            return False
+        if code[0] == 0xCC:                      # int3: a trap, so #BP is delivered with RIP after it
+            regs = self.fd.get_regs()
+            regs.rip += 1
+            self.fd.set_regs(regs)
+            events = self.fd.get_vcpu_events()
+            events.exception.injected = 1
+            events.exception.nr = 3
+            events.exception.has_error_code = 0
+            self.fd.set_vcpu_events(events)
+            name = "int3 -> #BP injected"
+        elif code[0] == 0x9B:                    # fwait
+            regs = self.fd.get_regs()
+            regs.rip += 1
+            self.fd.set_regs(regs)
+            name = "fwait skipped"
+        else:
+            return False
+        fixups = self.machine.emulation_fixups
+        fixups[name] = fixups.get(name, 0) + 1
+        return True
 
     # --- inspection ---------------------------------------------------------------------------
 

@@ -81,6 +81,7 @@ class Machine:
         self.firmware_image: bytes | None = None
         self.firmware_base = 0
         self.guest_error_log = True
+        self.emulation_fixups: dict[str, int] = {}
         self._listeners: list[Callable[[str, dict], None]] = []
         self._console = bytearray()
         self._console_cond = threading.Condition()

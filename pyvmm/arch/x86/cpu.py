@@ -149,3 +149,22 @@ def translate(mem, sregs, linear: int) -> int | None:
         return (pte & 0xFFFFF000) | (linear & 0xFFF)
     except Exception:
         return None
+
+
+def code_bits(sregs) -> int:
+    """16, 32 or 64: the width the CPU decodes instructions at."""
+    if sregs.efer & EFER_LMA and sregs.cs.l:
+        return 64
+    return 32 if sregs.cr0 & X86_CR0_PE and sregs.cs.db else 16
+
+
+def disassemble(code: bytes, address: int, bits: int, count: int = 1) -> str:
+    """The first instruction(s) of ``code`` with capstone when it is installed, else the bytes."""
+    try:
+        import capstone
+    except ImportError:
+        return code.hex(" ")
+    mode = {16: capstone.CS_MODE_16, 32: capstone.CS_MODE_32, 64: capstone.CS_MODE_64}[bits]
+    md = capstone.Cs(capstone.CS_ARCH_X86, mode)
+    out = [f"{i.mnemonic} {i.op_str}".strip() for i in md.disasm(code, address, count)]
+    return "; ".join(out) if out else f"(undecodable) {code.hex(' ')}"
