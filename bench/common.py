@@ -32,6 +32,13 @@ RUN_TIMEOUT = 120.0   # seconds any single VM run may take before it is killed a
 if str(ROOT) not in sys.path:  # the in-process benchmarks import pyvmm from this tree
     sys.path.insert(0, str(ROOT))
 
+# A user's pyvmm runs from cached bytecode; an environment with PYTHONDONTWRITEBYTECODE would make every
+# timed child recompile all of pyvmm (tens of ms per start). Children keep their .pyc files under
+# bench/build/ (ignored by git), and each benchmark's warm-up round fills that cache.
+PYCACHE = BENCH / "build" / "pycache"
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+os.environ["PYTHONPYCACHEPREFIX"] = str(PYCACHE)
+
 
 class Unavailable(Exception):
     """A piece a benchmark needs is missing; the message says which and how to get it (no traceback)."""
@@ -281,10 +288,16 @@ def guest_passed(outcome: RunOutcome, scenario: str, engine: str) -> bool:
 
 
 def interleave(runners: dict[str, Callable[[], object]], rounds: int,
-               progress: str = "") -> dict[str, list[object]]:
+               progress: str = "", warmup: bool = False) -> dict[str, list[object]]:
     """Run each runner once per round, in the same order every round (A B A B ...), so slow drift of
-    a shared machine lands on every runner alike; returns each runner's results in round order."""
+    a shared machine lands on every runner alike; returns each runner's results in round order.
+    With warmup, one uncounted round first (bytecode and page caches filled, binaries paged in)."""
     out: dict[str, list[object]] = {name: [] for name in runners}
+    if warmup:
+        if progress:
+            print(f"  {progress}: warm-up round", file=sys.stderr, flush=True)
+        for fn in runners.values():
+            fn()
     for i in range(rounds):
         if progress:
             print(f"  {progress}: round {i + 1}/{rounds}", file=sys.stderr, flush=True)
@@ -447,7 +460,8 @@ def write_profile(profiles: list[cProfile.Profile], path_txt: Path, title: str, 
     buf = io.StringIO()
     stats.stream = buf
     buf.write(f"{title}\n{'=' * len(title)}\nAll threads merged (vCPU, event loop, main). cProfile slows the "
-              "Python side several-fold, so read proportions, not absolute times.\n\n")
+              "Python side several-fold, so read proportions, not absolute times. Time in KVM_RUN (fcntl.ioctl) is the guest running; time.sleep, "
+              "epoll and lock acquire are threads waiting, not work.\n\n")
     buf.write(f"--- top {top} by cumulative time ---\n")
     stats.sort_stats("cumulative").print_stats(top)
     buf.write(f"\n--- top {top} by own time (tottime) ---\n")

@@ -78,7 +78,7 @@ def run(repeats: int = ROUNDS, n: int = N) -> Result:
     runners = {name: vm_runner(name, e, cmd) for name, (e, cmd) in engines.items()}
     if not floor_missing:
         runners["C floor"] = floor_runner
-    got = common.interleave(runners, repeats, "exits")
+    got = common.interleave(runners, repeats, "exits", warmup=True)
 
     def series(engine: str, key: str) -> list[float | None]:
         return [r.get(key) if r else None for r in got.get(engine, [])]

@@ -52,7 +52,7 @@ def run(repeats: int = ROUNDS) -> Result:
                 return None
         return go
 
-    got = common.interleave({n: runner(n, c) for n, c in engines.items()}, repeats, "memory")
+    got = common.interleave({n: runner(n, c) for n, c in engines.items()}, repeats, "memory", warmup=True)
 
     def series(engine: str, key: str) -> list[float | None]:
         return [r[key] / MIB if r else None for r in got.get(engine, [])]

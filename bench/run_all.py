@@ -64,10 +64,11 @@ def benchmarks(quick: bool):
 
 def profiles() -> tuple[list[Path], list[str]]:
     import balloon_e2e
+    import boot
     import exits
 
     written, problems = [], []
-    for name, fn in (("exits", exits.profile), ("balloon", balloon_e2e.profile)):
+    for name, fn in (("boot", boot.profile), ("exits", exits.profile), ("balloon", balloon_e2e.profile)):
         print(f"  profile: {name}", file=sys.stderr, flush=True)
         try:
             written += fn(common.RESULTS)
