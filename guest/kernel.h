@@ -154,6 +154,9 @@ void irq_init(void);
 bool irq_route_gsi(u32 gsi, void (*handler)(void *), void *arg);
 void irq_mask_gsi(u32 gsi);
 extern volatile u64 ticks;
+/* #BP count of the gaps scenario, which sets breakpoints_expected. */
+extern volatile u64 breakpoints;
+extern bool breakpoints_expected;
 /* Sleep with interrupts on until *flag changes from seen or max_ticks elapse (0 = forever). */
 bool wait_until_changed(volatile u64 *flag, u64 seen, u64 max_ticks);
 void sleep_ticks(u64 n);

@@ -36,6 +36,7 @@ int scenario_stats(void);
 int scenario_bench(void);
 int scenario_triplefault(void);
 int scenario_hostile(void);
+int scenario_gaps(void);
 extern const char *fail_reason;
 const char *current_scenario = "boot";
 
@@ -43,6 +44,7 @@ static const struct scenario scenarios[] = {
     {"selftest", scenario_selftest}, {"demo", scenario_demo},       {"verify", scenario_verify},
     {"oom", scenario_oom},           {"stats", scenario_stats},     {"bench", scenario_bench},
     {"triplefault", scenario_triplefault}, {"hostile", scenario_hostile},
+    {"gaps", scenario_gaps},
 };
 
 static void boot_fail(const char *why)

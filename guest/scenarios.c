@@ -232,3 +232,18 @@ int scenario_triplefault(void)
     __asm__ __volatile__("cli; lidt %0; ud2" ::"m"(idtr));
     return fail("still running after a triple fault");
 }
+
+/* gaps: instructions this host's emulator cannot run (int3, fwait), which the VMM has to finish. */
+int scenario_gaps(void)
+{
+    breakpoints_expected = true;
+    __asm__ __volatile__("int3");
+    __asm__ __volatile__("fwait");
+    __asm__ __volatile__("int3");
+    breakpoints_expected = false;
+    printf("gaps: int3 raised #BP %llu times, fwait passed\n", breakpoints);
+    if (breakpoints != 2)
+        return fail("int3 did not raise #BP twice");
+    printf("gaps: PASS\n");
+    return EXIT_PASS;
+}

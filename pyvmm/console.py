@@ -80,6 +80,9 @@ def run_machine(cfg: VmConfig, *, demo: bool = False) -> int:
         for s in servers:
             s.close()
         machine.close()
+    if machine.emulation_fixups:
+        done = ", ".join(f"{k} x{v}" for k, v in sorted(machine.emulation_fixups.items()))
+        sys.stderr.write(f"pyvmm: finished for the guest what this host's emulator could not: {done}\n")
     if machine.stop_reason and not machine.crash_report and not machine.stop_reason.startswith("the guest exited"):
         sys.stderr.write(f"pyvmm: {machine.stop_reason}\n")
     return 0 if code is None else code

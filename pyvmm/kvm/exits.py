@@ -64,13 +64,13 @@ class InternalErrorExit:
 
     @property
     def insn_bytes(self) -> bytes:
-        """For an emulation failure with instruction bytes (KVM_INTERNAL_ERROR_EMULATION and
-        KVM_INTERNAL_ERROR_FLAG_EMULATION_FAILURE_INSN_BYTES): data[0] flags, data[1] length,
-        data[2..3] the bytes."""
-        if self.suberror != KvmInternalError.EMULATION or len(self.data) < 4 or not (self.data[0] & 1):
+        """For an emulation failure that carries the instruction (KVM_INTERNAL_ERROR_EMULATION with
+        KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES): <linux/kvm.h>'s emulation_failure
+        overlay puts flags in data[0], then insn_size (one byte) and up to 15 instruction bytes."""
+        if self.suberror != KvmInternalError.EMULATION or len(self.data) < 3 or not (self.data[0] & 1):
             return b""
-        n = min(self.data[1] & 0xFF, 16)
-        return struct.pack("<QQ", self.data[2], self.data[3])[:n]
+        raw = struct.pack("<QQ", self.data[1], self.data[2])
+        return raw[1 : 1 + min(raw[0], 15)]
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,10 +40,11 @@ def test_mmio_exit():
 def test_internal_error_with_instruction_bytes():
     _, run = _run(abi.KvmExit.INTERNAL_ERROR)
     run.internal.suberror = abi.KvmInternalError.EMULATION
-    run.internal.ndata = 4
-    run.internal.data[0] = 1      # KVM_INTERNAL_ERROR_FLAG_EMULATION_FAILURE_INSN_BYTES
-    run.internal.data[1] = 3
-    run.internal.data[2] = int.from_bytes(b"\x0f\x01\xca" + bytes(5), "little")   # clac
+    run.internal.ndata = 3
+    run.internal.data[0] = 1      # KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES
+    raw = bytes([3]) + b"\x0f\x01\xca" + bytes(12)      # insn_size, then the bytes of clac
+    run.internal.data[1] = int.from_bytes(raw[:8], "little")
+    run.internal.data[2] = int.from_bytes(raw[8:], "little")
     ex = exits.decode(run)
     assert isinstance(ex, exits.InternalErrorExit)
     assert ex.suberror_name == "EMULATION"
