@@ -45,15 +45,8 @@ def run_machine(cfg: VmConfig, *, demo: bool = False) -> int:
 
     interactive = cfg.console == "stdio" and sys.stdin.isatty() and not demo
     machine = Machine(cfg)
-    servers = []
     term = None
     try:
-        for address in cfg.qmp:
-            from .monitor.qmp import QmpServer
-
-            server = QmpServer(machine, address)
-            server.start()
-            servers.append(server)
         signal.signal(signal.SIGTERM, lambda s, f: machine.stop(143, "terminated (SIGTERM)"))
         if interactive:
             feed = machine.serial.feed
@@ -77,8 +70,6 @@ def run_machine(cfg: VmConfig, *, demo: bool = False) -> int:
     finally:
         if term is not None:
             term.__exit__(None, None, None)
-        for s in servers:
-            s.close()
         machine.close()
     if machine.emulation_fixups:
         done = ", ".join(f"{k} x{v}" for k, v in sorted(machine.emulation_fixups.items()))

@@ -82,6 +82,7 @@ class Machine:
         self.firmware_base = 0
         self.guest_error_log = True
         self.emulation_fixups: dict[str, int] = {}
+        self.qmp_servers: list = []
         self._listeners: list[Callable[[str, dict], None]] = []
         self._console = bytearray()
         self._console_cond = threading.Condition()
@@ -150,6 +151,13 @@ class Machine:
         if self._state != "created":
             raise RuntimeError("a machine starts once")
         install_kick_handler()
+        for address in self.config.qmp:
+            from .monitor.qmp import QmpServer
+
+            server = QmpServer(self, address)
+            server.start()
+            self.qmp_servers.append(server)
+            self._closers.append(server.close)
         self.event_loop.start()
         self._state = "running"
         self.guest_start_time = time.monotonic()
