@@ -11,14 +11,15 @@ from typing import Any, Self
 
 from .config import format_size, parse_size
 from .errors import ConfigError, PyvmmError
-from .monitor.commands import BALLOON_QOM_PATH, QEMU_STATS, STAT_NEVER
-from .monitor.qmp import JsonStream, parse_address
+from .monitor import commands as _commands   # light; the QMP server module loads only when a verb runs
 
 
 class QmpConnection:
     """A small blocking QMP client (the runtime needs no asyncio library): connect, negotiate, execute."""
 
     def __init__(self, address: str, timeout: float = 10.0) -> None:
+        from .monitor.qmp import JsonStream, parse_address
+
         if address.startswith(("unix:", "tcp:")):
             addr = parse_address(address)
         else:
@@ -131,11 +132,11 @@ def balloon_report(q: QmpConnection) -> dict:
     actual = q.execute("query-balloon")["actual"]
     report: dict[str, Any] = {"actual": actual}
     try:
-        gs = q.execute("qom-get", {"path": BALLOON_QOM_PATH, "property": "guest-stats"})
-        interval = q.execute("qom-get", {"path": BALLOON_QOM_PATH, "property": "guest-stats-polling-interval"})
+        gs = q.execute("qom-get", {"path": _commands.BALLOON_QOM_PATH, "property": "guest-stats"})
+        interval = q.execute("qom-get", {"path": _commands.BALLOON_QOM_PATH, "property": "guest-stats-polling-interval"})
     except PyvmmError:
         return report  # a balloon without id=balloon0 (QEMU) still answers query-balloon
-    report["stats"] = {k: (None if v == STAT_NEVER else v) for k, v in gs["stats"].items()}
+    report["stats"] = {k: (None if v == _commands.STAT_NEVER else v) for k, v in gs["stats"].items()}
     report["last-update"] = gs["last-update"]
     report["polling-interval"] = interval
     return report
@@ -149,7 +150,7 @@ def _rows(report: dict) -> list[tuple[str, str]]:
         last = report["last-update"]
         rows.append(("stats last update", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last)) if last
                      else "never"))
-        byte_stats = {name for name, tag, _ in QEMU_STATS if tag in (0, 1, 4, 5, 6, 7)}
+        byte_stats = {name for name, tag, _ in _commands.QEMU_STATS if tag in (0, 1, 4, 5, 6, 7)}
         for name, value in report["stats"].items():
             if value is None:
                 text = "-"
