@@ -16,8 +16,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -71,6 +71,13 @@ def need_qemu() -> str:
     if path is None:
         raise Unavailable(f"{QEMU} is not installed (run `make host-deps`, or apt-get install qemu-system-x86)")
     return path
+
+
+def need_qmp() -> None:
+    try:
+        import qemu.qmp.legacy  # noqa: F401
+    except ImportError as e:
+        raise Unavailable(f"the qemu.qmp package is missing ({e}); install pyvmm's test extra") from None
 
 
 def need_floor() -> Path:
@@ -344,7 +351,7 @@ def smaps_rss(pid: int) -> dict:
 
 def _first(cmd: list[str]) -> str:
     try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout
+        out = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=10).stdout
     except (OSError, subprocess.TimeoutExpired):
         return "unavailable"
     return out.strip().splitlines()[0] if out.strip() else "unavailable"
@@ -374,35 +381,38 @@ def tsc_khz() -> tuple[float, str]:
                 vm.close()
         finally:
             kvm.close()
-    except Exception:
+    except Exception:  # noqa: BLE001, S110 - any failure here means: fall back to /proc/cpuinfo
         pass
-    with contextlib.suppress(OSError):
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("cpu MHz"):
-                return float(line.split(":")[1]) * 1000, "/proc/cpuinfo cpu MHz"
+    for line in _lines("/proc/cpuinfo"):
+        if line.startswith("cpu MHz"):
+            return float(line.split(":")[1]) * 1000, "/proc/cpuinfo cpu MHz"
     raise Unavailable("cannot learn the TSC frequency (no KVM_GET_TSC_KHZ, no cpu MHz in /proc/cpuinfo)")
 
 
+def _lines(path: str) -> list[str]:
+    try:
+        with open(path) as f:
+            return f.readlines()
+    except OSError:
+        return []
+
+
+def loadavg() -> str:
+    return " ".join("".join(_lines("/proc/loadavg")).split()[:3])
+
+
 def machine_info() -> dict:
-    cpu = "unknown"
-    with contextlib.suppress(OSError):
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    mem = "unknown"
-    with contextlib.suppress(OSError):
-        for line in open("/proc/meminfo"):
-            if line.startswith("MemTotal"):
-                mem = f"{int(line.split()[1]) >> 10} MiB"
-                break
+    cpu = next((x.split(":", 1)[1].strip() for x in _lines("/proc/cpuinfo") if x.startswith("model name")),
+               "unknown")
+    mem = next((f"{int(x.split()[1]) >> 10} MiB" for x in _lines("/proc/meminfo") if x.startswith("MemTotal")),
+               "unknown")
     qemu = _first([QEMU, "--version"]) if shutil.which(QEMU) else "not installed"
     commit = _first(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"])
     return {
         "cpu": cpu, "cores": os.cpu_count(), "memory": mem, "kernel": platform.release(),
         "kvm_module": kvm_module(), "python": platform.python_version(),
         "python_impl": platform.python_implementation(), "qemu": qemu, "pyvmm_commit": commit,
-        "loadavg_start": " ".join(open("/proc/loadavg").read().split()[:3]),
+        "loadavg_start": loadavg(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
 
@@ -444,7 +454,7 @@ def write_profile(profiles: list[cProfile.Profile], path_txt: Path, title: str, 
     for p in profiles:
         try:
             p.create_stats()
-        except Exception:
+        except Exception:  # noqa: BLE001, S112 - a thread's profiler that cannot stop adds nothing
             continue
         if not p.stats:
             continue
@@ -499,7 +509,7 @@ class Background:
 
     def wait_for(self, pattern: str, timeout: float = RUN_TIMEOUT) -> re.Match:
         """Wait until the console matches; Unavailable-free RuntimeError with the console tail otherwise."""
-        rx = re.compile(pattern, re.M)
+        rx = re.compile(pattern, re.MULTILINE)
         deadline = time.monotonic() + timeout
         with self._cond:
             while True:

@@ -13,7 +13,7 @@ N = 20000
 ROUNDS = 5
 SCENARIO = "bench"
 # The guest's lines: "bench: <name> n=<N> cycles=<total>", timed with rdtsc around each loop.
-BENCH_LINE = re.compile(r"^bench: (\w+) n=(\d+) cycles=(\d+)", re.M)
+BENCH_LINE = re.compile(r"^bench: (\w+) n=(\d+) cycles=(\d+)", re.MULTILINE)
 LOOPS = {"pio_write": "port-I/O write", "mmio_read": "MMIO read (InterruptStatus)",
          "mmio_notify": "QueueNotify write"}
 
@@ -24,7 +24,7 @@ def parse_guest(text: str, khz: float) -> dict[str, float]:
 
 
 def parse_floor(text: str) -> dict[str, float]:
-    return {k: float(v) for k, v in re.findall(r"^ns_per_exit (\w+) ([0-9.]+)", text, re.M)}
+    return {k: float(v) for k, v in re.findall(r"^ns_per_exit (\w+) ([0-9.]+)", text, re.MULTILINE)}
 
 
 def run(repeats: int = ROUNDS, n: int = N) -> Result:

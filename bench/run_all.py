@@ -12,8 +12,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import common  # noqa: E402
-from common import Result, Unavailable  # noqa: E402
+import common
+from common import Result, Unavailable
 
 BALLOON_DEVICE_ROUNDS = 3
 
@@ -74,7 +74,7 @@ def profiles() -> tuple[list[Path], list[str]]:
             written += fn(common.RESULTS)
         except Unavailable as e:
             problems.append(f"{name} profile not taken: {e}")
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - reported, traceback kept in errors.log
             problems.append(f"{name} profile failed: {type(e).__name__}: {e}")
             _log_error(f"profile {name}")
     return written, problems
@@ -99,6 +99,81 @@ def summary_table(results: list[Result]) -> str:
             lines.append(f"| {res.name}: {row.name} | {common.fmt(s['median'], 'x')} | "
                          f"{common.fmt(s['min'], 'x')} | {common.fmt(s['max'], 'x')} | {goal} |")
     return "\n".join(lines) if len(lines) > 2 else "(no comparisons measured)"
+
+
+# The README's headline rows: (benchmark, what, pyvmm row, reference row, ratio row).
+HEADLINE = [
+    ("boot", "tiny-guest boot, process start to exit (ms)", "pyvmm (firmware) wall time", "QEMU microvm wall time",
+     "pyvmm (firmware) / QEMU"),
+    ("boot", "the same, pyvmm --no-firmware (ms)", "pyvmm --no-firmware wall time", "QEMU microvm wall time",
+     "pyvmm --no-firmware / QEMU"),
+    ("exits", "port-I/O write exit vs C floor (ns)", "pyvmm port-I/O write", "C floor port-I/O (KVM_RUN loop only)",
+     "pyvmm / floor, port-I/O write"),
+    ("exits", "MMIO read exit vs C floor (ns)", "pyvmm MMIO read", "C floor MMIO read (KVM_RUN loop only)",
+     "pyvmm / floor, MMIO read"),
+    ("exits", "port-I/O write exit vs QEMU (ns)", "pyvmm port-I/O write", "QEMU port-I/O write",
+     "pyvmm / QEMU, port-I/O write"),
+    ("exits", "MMIO read exit vs QEMU (ns)", "pyvmm MMIO read", "QEMU MMIO read", "pyvmm / QEMU, MMIO read"),
+    ("exits", "QueueNotify: ioeventfd vs in the vCPU thread (ns)", "pyvmm QueueNotify (ioeventfd)",
+     "pyvmm QueueNotify (--no-ioeventfd, in the vCPU thread)", "QueueNotify ioeventfd / in-thread"),
+    ("exits", "QueueNotify through ioeventfd vs QEMU (ns)", "pyvmm QueueNotify (ioeventfd)",
+     "QEMU QueueNotify (its default ioeventfd)", "pyvmm / QEMU, QueueNotify (both ioeventfd)"),
+    ("balloon_e2e", "balloon 256 -> 64 MiB, tiny guest, time to `actual` (ms)",
+     "pyvmm inflate 256 -> 64 MiB (time to `actual`)", "QEMU inflate 256 -> 64 MiB (time to `actual`)",
+     "pyvmm / QEMU, inflate time"),
+    ("balloon_e2e", "balloon 64 -> 256 MiB (ms)", "pyvmm deflate 64 -> 256 MiB", "QEMU deflate 64 -> 256 MiB",
+     "pyvmm / QEMU, deflate time"),
+    ("balloon_e2e", "host RSS given back by the 192 MiB inflate (MiB)", "pyvmm RSS drop on inflate",
+     "QEMU RSS drop on inflate", ""),
+    ("memory", "VMM RSS beyond guest RAM (MiB)", "pyvmm RSS beyond guest RAM", "QEMU RSS beyond guest RAM",
+     "pyvmm / QEMU, RSS beyond guest RAM"),
+    ("memory", "VMM private (anonymous) RSS beyond guest RAM (MiB)", "pyvmm anonymous RSS beyond guest RAM",
+     "QEMU anonymous RSS beyond guest RAM", "pyvmm / QEMU, anonymous RSS beyond RAM"),
+    ("balloon_device", "device alone, 1 GiB inflate, merged runs vs per-page madvise (s/GiB)",
+     "device, merged runs (one madvise per run)", "baseline, one madvise per page (kvmtool/QEMU style)",
+     "device / per-page baseline, time"),
+]
+
+
+def performance_section(info: dict, results: list[Result]) -> str:
+    """The README's "Performance" text: headline medians and ratios of this run, and what they mean."""
+    by_name = {r.name: {row.name: row for row in r.rows} for r in results}
+    lines = [(f"Measured by `make bench` on {info['cpu']} ({info['cores']} cores), /dev/kvm from "
+             f"`{info['kvm_module']}` (nested: every VM exit costs the floor shown below), Python "
+             f"{info['python']}, {info['qemu'].replace('QEMU emulator version', 'QEMU')}, load average "
+             f"{info['loadavg_start']}. Medians of interleaved runs (min-max of the per-round ratio in "
+             "brackets: the ratio is taken round by round, so it need not equal the ratio of the two medians); "
+             "full tables in `bench/results/latest.md`."), "",
+             "| what | pyvmm | reference | pyvmm / reference | goal |", "|---|---:|---:|---:|---|"]
+    for bench, what, mine, ref, ratio in HEADLINE:
+        rows = by_name.get(bench, {})
+        a, b, r = rows.get(mine), rows.get(ref), rows.get(ratio) if ratio else None
+        if a is None and b is None:
+            continue
+        med = (lambda row: common.fmt(common.summarize(row.values)["median"], row.unit) if row else "-")
+        rtxt, goal = "-", ""
+        if r is not None:
+            s = common.summarize(r.values)
+            rtxt = f"{s['median']:.2f} ({s['min']:.2f}-{s['max']:.2f})"
+            if r.goal:
+                goal = f"{r.goal} ({'met' if common.goal_met(r.goal, s['median']) else 'not met'})"
+        lines.append(f"| {what} | {med(a)} | {med(b)} | {rtxt} | {goal} |")
+    lines += ["", "What the numbers mean:", "",
+              ("- **Boot**: wall time of the whole `pyvmm run` process (interpreter start-up, imports, "
+              "building the VM, the guest's self-test, teardown) against `qemu-system-x86_64 -M microvm` "
+              "on the same ELF. The reference is QEMU."),
+              ("- **Exits**: the guest times 20000 exits of each kind with `rdtsc`; the floor is "
+              "`bench/kvm_floor.c`, a C VMM whose host loop only calls KVM_RUN again. The distance from "
+              "the floor is what pyvmm's Python exit path (decode, bus lookup, device) costs; with "
+              "`ioeventfd` a QueueNotify never leaves the kernel on the vCPU thread."),
+              ("- **Balloon**: host-side time from the request (`set_target` / QMP `balloon`) until the "
+              "guest driver reports the new size; on this host it is bound by the guest, which runs "
+              "emulated, so both VMMs land close. The RSS line is the host memory really given back."),
+              ("- **Memory**: what the VMM process itself costs beyond guest RAM. pyvmm's total is lower "
+              "(fewer shared libraries), its private part higher (the Python heap)."),
+              ("- **Device alone**: the balloon device's discard path without a guest: one `madvise` per "
+              "merged run against one per page.")]
+    return "\n".join(lines) + "\n"
 
 
 def render(info: dict, results: list[Result], profile_files: list[Path], profile_notes: list[str],
@@ -152,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         except Unavailable as e:
             res = Result(name, name)
             res.skipped.append(str(e))
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - reported, traceback kept in errors.log
             _log_error(name)
             res = Result(name, name)
             res.skipped.append(f"failed: {type(e).__name__}: {e} (traceback in bench/results/errors.log)")
@@ -165,10 +240,11 @@ def main(argv: list[str] | None = None) -> int:
         profile_files, profile_notes = profiles()
 
     elapsed = time.monotonic() - t0
-    info["loadavg_end"] = " ".join(open("/proc/loadavg").read().split()[:3])
+    info["loadavg_end"] = common.loadavg()
     info["seconds"] = round(elapsed, 1)
     md = render(info, results, profile_files, profile_notes, elapsed)
     (common.RESULTS / "latest.md").write_text(md)
+    (common.RESULTS / "performance.md").write_text(performance_section(info, results))
     data = {"machine": info, "quick": args.quick, "benchmarks": [r.to_json() for r in results],
             "profiles": [str(p.relative_to(common.ROOT)) for p in profile_files], "profile_notes": profile_notes}
     (common.RESULTS / "latest.json").write_text(json.dumps(data, indent=1) + "\n")
