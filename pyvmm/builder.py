@@ -127,7 +127,9 @@ def build_vm(m, cfg: VmConfig) -> None:
     if not is_elf(kernel):
         raise LoaderError(f"kernel {kernel}: not an ELF file (pyvmm boots PVH ELF kernels such as "
                           f"guest/build/guest.elf)")
-    image = load_elf(kernel)
+    from .loader.cache import load_cached
+
+    image = load_cached(load_elf, kernel, "kernel")
     if image.pvh_entry is None:
         raise LoaderError(f"kernel {kernel}: no PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY); "
                           "build it with a PVH note (Linux: CONFIG_PVH=y)")
@@ -153,7 +155,7 @@ def build_vm(m, cfg: VmConfig) -> None:
     if cfg.firmware is not None:
         from .loader.firmware import load_firmware
 
-        fw = load_firmware(cfg.firmware)
+        fw = load_cached(load_firmware, Path(cfg.firmware), "firmware")
         rom = fw.with_handoff(image.pvh_entry, start_info)
         buf = mmap.mmap(-1, len(rom), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         buf[:] = rom

@@ -124,5 +124,20 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
 
+def entry() -> None:
+    """The process entry (console script, `python -m pyvmm`): run, flush, and leave at once.
+
+    The VM's file descriptors and mappings are closed by Machine.close() before this point; skipping
+    the interpreter's own teardown (module finalisation, garbage collection of everything) saves
+    tens of milliseconds of every short run, which the boot benchmark counts.
+    """
+    code = main()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    finally:
+        os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

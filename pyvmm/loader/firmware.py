@@ -8,9 +8,6 @@ from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
 
-from elftools.common.exceptions import ELFError
-from elftools.elf.elffile import ELFFile
-
 from pyvmm.arch.x86.layout import FIRMWARE_BASE, FIRMWARE_SIZE
 from pyvmm.errors import LoaderError
 
@@ -92,6 +89,9 @@ def load_firmware(path: str | os.PathLike[str]) -> FirmwareImage:
         raise LoaderError(f"{where}: cannot read it: {exc.strerror}") from None
     if data[:4] != b"\x7fELF":
         raise LoaderError(f"{where}: not an ELF file (give the firmware.elf, not the flat .bin)")
+    from elftools.common.exceptions import ELFError
+    from elftools.elf.elffile import ELFFile
+
     try:
         elf = ELFFile(BytesIO(data))
         if elf.elfclass != 32 or elf["e_machine"] != "EM_386":

@@ -1,0 +1,49 @@
+"""A small on-disk cache of parsed ELF files, so a repeated boot does not pay for pyelftools again.
+
+The first load of a file parses it with pyelftools; the result (a frozen dataclass of segments and
+symbols) is pickled under ~/.cache/pyvmm/elf, keyed by the file's path, size, modification time and
+pyvmm's version.  Any change to the file, or any trouble with the cache, means a fresh parse.
+PYVMM_NO_CACHE=1 turns it off.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+from pathlib import Path
+from typing import Callable, TypeVar
+
+from .. import __version__
+
+T = TypeVar("T")
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("PYVMM_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "pyvmm")
+    return Path(base) / "elf"
+
+
+def load_cached(loader: Callable[[Path], T], path: Path, kind: str) -> T:
+    """loader(path), or its earlier result for the very same file."""
+    if os.environ.get("PYVMM_NO_CACHE") == "1":
+        return loader(path)
+    try:
+        st = os.stat(path)
+        key = f"{kind}\0{os.path.abspath(path)}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}\0{__version__}"
+        entry = cache_dir() / (hashlib.sha256(key.encode()).hexdigest()[:32] + ".pickle")
+        with open(entry, "rb") as f:
+            return pickle.load(f)
+    except Exception:
+        pass  # not cached yet (or unreadable): parse, and let the loader's own errors speak
+    result = loader(path)
+    try:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        tmp = entry.with_suffix(f".{os.getpid()}.tmp")
+        with open(tmp, "wb") as f:
+            pickle.dump(result, f, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(tmp, entry)
+    except Exception:
+        pass  # a read-only home or a full disk only costs the next boot a parse
+    return result
