@@ -62,7 +62,7 @@ def build_vm(m, cfg: VmConfig) -> None:
 
     # Guest RAM.
     try:
-        mem = GuestMemory.anonymous(layout.ram_layout(cfg.memory))
+        mem = GuestMemory.anonymous(layout.ram_layout(cfg.memory), prealloc=cfg.mem_prealloc)
     except (OSError, OverflowError) as e:
         raise ConfigError(f"cannot map {cfg.memory >> 20} MiB of guest RAM: {e}") from None
     m.memory = mem
@@ -113,46 +113,101 @@ def build_vm(m, cfg: VmConfig) -> None:
         if cfg.ioeventfd:
             _wire_ioeventfds(m, vm, transport, base)
 
-    # The kernel.
+    # ACPI tables, as QEMU microvm and Firecracker give them: stock x86 kernels find virtio-mmio
+    # devices only through the DSDT (LNRO0005) and their CPUs through the MADT.
+    rsdp = 0
+    if cfg.acpi:
+        from .arch.x86.acpi import build_acpi_tables
+        from .virtio.mmio import VirtioMmio
+
+        windows = [(t.base, VirtioMmio.WINDOW_SIZE, t.irq_gsi) for t in m.virtio_devices]
+        blob, rsdp = build_acpi_tables(layout.ACPI_START, cfg.smp, windows)
+        mem.write(layout.ACPI_START, blob)
+    m.acpi_rsdp = rsdp
+
+    # The kernel: a PVH ELF (the tiny guest, Linux's vmlinux) or a bzImage (the Linux boot protocol).
     kernel = cfg.kernel_path
     if not kernel.exists():
         hint = " (run `make build` to build the demo guest)" if cfg.kernel is None else ""
         raise LoaderError(f"kernel {kernel}: no such file{hint}")
-    from .loader.elf import is_elf, load_elf, place_segments
-
     if kernel.is_dir():
         raise LoaderError(f"kernel {kernel}: is a directory, not a kernel file")
     if not os.access(kernel, os.R_OK):
         raise LoaderError(f"kernel {kernel}: permission denied")
-    if not is_elf(kernel):
-        raise LoaderError(f"kernel {kernel}: not an ELF file (pyvmm boots PVH ELF kernels such as "
-                          f"guest/build/guest.elf)")
     from .loader.cache import load_cached
+    from .loader.elf import is_elf, load_elf, place_segments
 
-    image = load_cached(load_elf, kernel, "kernel")
-    if image.pvh_entry is None:
-        raise LoaderError(f"kernel {kernel}: no PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY); "
-                          "build it with a PVH note (Linux: CONFIG_PVH=y)")
-    place_segments(image, mem)
-    initrd = None
-    if cfg.initrd is not None:
-        initrd = _load_initrd(mem, cfg.initrd, image.highest, cfg.memory)
-    cmdline = " ".join(x for x in [cfg.append.strip(), *cmdline_devices] if x).encode()
+    bzimage = image = None
+    if is_elf(kernel):
+        image = load_cached(load_elf, kernel, "kernel")
+        if image.pvh_entry is None:
+            raise LoaderError(f"kernel {kernel}: no PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY); "
+                              "build it with a PVH note (Linux: CONFIG_PVH=y), or boot its bzImage")
+    else:
+        from .loader.bzimage import is_bzimage, parse_bzimage
+
+        data = kernel.read_bytes()
+        if not is_bzimage(data):
+            raise LoaderError(f"kernel {kernel}: neither an ELF file nor a bzImage (pyvmm boots PVH ELF "
+                              f"kernels such as guest/build/guest.elf, and Linux bzImages)")
+        bzimage = parse_bzimage(data, name=f"kernel {kernel}")
+    # Linux finds virtio-mmio devices in the DSDT; announcing them on the command line as well would
+    # register each twice (the second probe fails with EBUSY).  Other kernels get the parameter.
+    is_linux = bzimage is not None or image.is_linux
+    announce = cfg.virtio_cmdline if cfg.virtio_cmdline is not None else not (is_linux and cfg.acpi)
+    cmdline = " ".join(x for x in [cfg.append.strip(), *(cmdline_devices if announce else [])] if x).encode()
     if len(cmdline) >= layout.BOOT_CMDLINE_MAX:
         raise ConfigError(f"kernel command line is {len(cmdline)} bytes; at most "
                           f"{layout.BOOT_CMDLINE_MAX - 1} fit")
     m.cmdline = cmdline.decode()
-    start_info = pvh.write_start_info(mem, cfg.memory, cmdline, initrd=initrd)
-    m.kernel_image = image
+    if image is not None:
+        place_segments(image, mem)
+        initrd = None
+        if cfg.initrd is not None:
+            initrd = _load_initrd(mem, cfg.initrd, image.highest, cfg.memory)
+        start_info = pvh.write_start_info(mem, cfg.memory, cmdline, initrd=initrd, rsdp=rsdp)
+        m.kernel_image = image
+    else:
+        from .loader.bzimage import build_boot_params, e820_map, place_initrd
 
-    # vCPUs: the BSP enters through the firmware at the reset vector, or directly at the PVH entry.
+        if bzimage.runtime_end > min(cfg.memory, layout.RAM_LOW_END):
+            raise ConfigError(f"kernel {kernel} needs {bzimage.runtime_end >> 20} MiB of RAM to unpack; "
+                              f"give the VM more with -m")
+        mem.write(bzimage.load_address, bzimage.protected_mode_kernel)
+        initrd_gpa = initrd_size = 0
+        if cfg.initrd is not None:
+            try:
+                initrd_data = Path(cfg.initrd).read_bytes()
+            except OSError as e:
+                raise LoaderError(f"initrd {cfg.initrd}: {e.strerror}") from None
+            initrd_size = len(initrd_data)
+            initrd_gpa = place_initrd(bzimage, initrd_size, cfg.memory)
+            mem.write(initrd_gpa, initrd_data)
+        mem.write(layout.BOOT_CMDLINE, cmdline + b"\0")
+        params = build_boot_params(bzimage, e820=e820_map(cfg.memory), cmdline_gpa=layout.BOOT_CMDLINE,
+                                   cmdline_len=len(cmdline), initrd_gpa=initrd_gpa, initrd_size=initrd_size,
+                                   acpi_rsdp_addr=rsdp)
+        mem.write(layout.BOOT_INFO, params)
+        m.kernel_image = bzimage
+
+    # vCPUs, with pyvmm's CPUID policy.  The BSP enters a PVH kernel through the firmware (from the
+    # reset vector) or directly at its 32-bit entry; a bzImage at its 64-bit entry.
+    from .arch.x86.cpuid import is_kvm_pvm_host
+
+    passthrough = cfg.cpu_passthrough if cfg.cpu_passthrough is not None else not is_kvm_pvm_host()
     for i in range(cfg.smp):
         fd = vm.create_vcpu(i)
         m._closers.append(fd.close)
-        cpu.setup_cpuid(kvm, fd, i, cfg.smp)
+        cpu.setup_cpuid(kvm, fd, i, cfg.smp, passthrough=passthrough)
         m.vcpus.append(Vcpu(m, fd, i))
     bsp = m.vcpus[0].fd
-    if cfg.firmware is not None:
+    if bzimage is not None:
+        cpu.set_linux64_entry_state(bsp, mem, bzimage.entry_64, layout.BOOT_INFO)
+        if m.tracer.wants("boot"):
+            m.tracer.emit("boot", f"Linux 64-bit boot protocol {bzimage.protocol[0]}.{bzimage.protocol[1]:02d}: "
+                          f"pyvmm set long mode with an identity map, RIP={bzimage.entry_64:#x}, "
+                          f"RSI={layout.BOOT_INFO:#x} (boot_params)", stage="linux64-entry")
+    elif cfg.firmware is not None:
         from .loader.firmware import load_firmware
 
         fw = load_cached(load_firmware, Path(cfg.firmware), "firmware")

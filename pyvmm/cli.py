@@ -45,6 +45,19 @@ def _add_run_parser(sub) -> None:
     p.add_argument("--no-ioeventfd", action="store_true", help="handle QueueNotify in the vCPU thread")
     p.add_argument("--irqfd", action="store_true", help="raise virtio interrupts through KVM_IRQFD")
     p.add_argument("--no-monitor", action="store_true", help="no Ctrl-A c human monitor on the console")
+    p.add_argument("--linux", action="store_true",
+                   help="boot the minimal Linux guest that `make linux-guest` built (vmlinux + initramfs)")
+    p.add_argument("--cpu", choices=("auto", "host"), default="auto",
+                   help="CPUID: auto masks what this host cannot emulate (on kvm_pvm), host passes it through")
+    p.add_argument("--no-acpi", action="store_true", help="no ACPI tables for the guest")
+    p.add_argument("--mem-prealloc", "-mem-prealloc", action="store_true",
+                   help="fault all guest RAM in at start (as QEMU's -mem-prealloc)")
+    vc = p.add_mutually_exclusive_group()
+    vc.add_argument("--virtio-cmdline", dest="virtio_cmdline", action="store_const", const=True,
+                    help="append virtio_mmio.device= to the command line (default unless the kernel is "
+                         "Linux and ACPI is on)")
+    vc.add_argument("--no-virtio-cmdline", dest="virtio_cmdline", action="store_const", const=False,
+                    help="never append virtio_mmio.device= (ACPI discovery only)")
     p.add_argument("--demo", action="store_true",
                    help="drive the make-run demo: dirty memory, balloon to 64M and back, show a table")
     p.add_argument("-v", "--verbose", action="store_true", help="log guest errors and device events")
@@ -69,6 +82,19 @@ def config_from_args(args):
     from .config import VmConfig, parse_size
 
     kernel = args.kernel_opt or args.kernel
+    initrd = args.initrd
+    if args.linux:
+        from .arch.x86.cpuid import is_kvm_pvm_host
+        from .config import LINUX_DEFAULT_APPEND, LINUX_PVM_APPEND, linux_cache
+
+        cache = linux_cache()
+        kernel = kernel or cache / "vmlinux"
+        initrd = initrd or cache / "initramfs.cpio.gz"
+        if not Path(kernel).exists() or not Path(initrd).exists():
+            raise ConfigError(f"the Linux guest is not built ({cache} has no vmlinux and initramfs.cpio.gz): "
+                              "run `make linux-guest` first (about 4 minutes)")
+        if not args.append:
+            args.append = LINUX_DEFAULT_APPEND + (" " + LINUX_PVM_APPEND if is_kvm_pvm_host() else "")
     memory = parse_size(args.memory, what="memory size (-m)")
     balloon: object
     text = args.balloon.strip()
@@ -85,10 +111,12 @@ def config_from_args(args):
 
     firmware = None if args.no_firmware else (args.firmware or DEFAULT_FIRMWARE)
     return VmConfig(
-        kernel=kernel, memory=memory, smp=args.smp, append=args.append, initrd=args.initrd,
+        kernel=kernel, memory=memory, smp=args.smp, append=args.append, initrd=initrd,
         firmware=firmware, balloon=balloon, virtio_version=args.virtio_version, trace=trace,
         trace_file=args.trace_file, ioeventfd=not args.no_ioeventfd, irqfd=args.irqfd,
         qmp=tuple(args.qmp), monitor=not args.no_monitor,
+        cpu_passthrough=True if args.cpu == "host" else None, acpi=not args.no_acpi,
+        mem_prealloc=args.mem_prealloc, virtio_cmdline=args.virtio_cmdline,
     )
 
 

@@ -15,6 +15,20 @@ _ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_GUEST = _ROOT / "guest" / "build" / "guest.elf"
 DEFAULT_FIRMWARE = _ROOT / "firmware" / "build" / "firmware.elf"
 
+
+def linux_cache() -> Path:
+    """Where `make linux-guest` leaves the minimal Linux guest (outside the clone, shared by clones)."""
+    base = os.environ.get("PYVMM_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "pyvmm")
+    return Path(base) / "linux"
+
+
+# The minimal Linux's command line when none is given.  On a nested kvm_pvm host the guest's CPUID
+# instruction is not always intercepted, so the CPUID policy alone does not keep Linux off the
+# instructions the host's emulator lacks: the kernel is told as well (docs/linux.md, "CPUID").
+LINUX_DEFAULT_APPEND = "console=ttyS0"
+LINUX_PVM_APPEND = "noxsave clearcpuid=141,308,151,298,145,137 nofsgsbase"
+
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)(i?[bB])?\s*$")
 _UNITS = {"": 1 << 20, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
@@ -68,6 +82,11 @@ class VmConfig:
     console: str = "stdio"               # "stdio" (interactive when a terminal), "none" (captured only)
     qmp: tuple[str, ...] = ()
     monitor: bool = True                 # Ctrl-A c human monitor on an interactive console
+    cpu_passthrough: bool | None = None  # None: mask what this host cannot emulate (kvm_pvm), else pass
+    mem_prealloc: bool = False          # fault all guest RAM in at start (QEMU's -mem-prealloc)
+    virtio_cmdline: bool | None = None   # virtio_mmio.device= on the command line; None: unless the
+                                         # kernel is Linux and finds the devices in ACPI (as microvm)
+    acpi: bool = True                    # ACPI tables (RSDP, XSDT, FADT, MADT, DSDT) for the guest
     extra: dict = field(default_factory=dict)
 
     def validate(self, max_vcpus: int | None = None) -> "VmConfig":

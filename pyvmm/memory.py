@@ -59,14 +59,19 @@ class GuestMemory:
     # --- construction -------------------------------------------------------------------------
 
     @classmethod
-    def anonymous(cls, layout: Iterable[tuple[int, int]]) -> "GuestMemory":
-        """Private anonymous mappings for (gpa, size) pairs: MADV_DONTNEED really frees them."""
+    def anonymous(cls, layout: Iterable[tuple[int, int]], *, prealloc: bool = False) -> "GuestMemory":
+        """Private anonymous mappings for (gpa, size) pairs: MADV_DONTNEED really frees them.
+
+        ``prealloc`` (QEMU's -mem-prealloc) faults every page in up front (MAP_POPULATE), so guest
+        RAM is resident from the start and what the balloon gives back shows in the host's RSS.
+        """
         regions = []
+        extra = getattr(mmap, "MAP_POPULATE", 0x8000) if prealloc else getattr(mmap, "MAP_NORESERVE", 0)
         for gpa, size in layout:
             buf = mmap.mmap(
                 -1,
                 size,
-                flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_NORESERVE", 0),
+                flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | extra,
                 prot=mmap.PROT_READ | mmap.PROT_WRITE,
             )
             regions.append(MemoryRegion(gpa, size, buf))

@@ -17,6 +17,7 @@ from typing import Callable, TypeVar
 from .. import __version__
 
 T = TypeVar("T")
+SCHEMA = 2   # bump when a cached dataclass changes shape
 
 
 def cache_dir() -> Path:
@@ -31,7 +32,7 @@ def load_cached(loader: Callable[[Path], T], path: Path, kind: str) -> T:
         return loader(path)
     try:
         st = os.stat(path)
-        key = f"{kind}\0{os.path.abspath(path)}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}\0{__version__}"
+        key = f"{kind}\0{os.path.abspath(path)}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}\0{__version__}\0{SCHEMA}"
         entry = cache_dir() / (hashlib.sha256(key.encode()).hexdigest()[:32] + ".pickle")
         with open(entry, "rb") as f:
             return pickle.load(f)

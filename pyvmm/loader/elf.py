@@ -27,6 +27,12 @@ class ElfImage:
     entry: int
     pvh_entry: int | None
     segments: tuple[Segment, ...]
+    note_owners: frozenset[str] = frozenset()
+
+    @property
+    def is_linux(self) -> bool:
+        """Linux's vmlinux carries ELF notes owned by "Linux" (include/linux/elfnote.h)."""
+        return "Linux" in self.note_owners
 
     @property
     def lowest(self) -> int:
@@ -73,6 +79,7 @@ def load_elf(path: str | Path, *, what: str = "kernel") -> ElfImage:
                 raise LoaderError(f"{what} {path}: built for {machine}, not x86-64")
             segments = []
             pvh_entry = None
+            owners = set()
             for seg in elf.iter_segments():
                 ptype = seg["p_type"]
                 if ptype == "PT_LOAD" and seg["p_memsz"]:
@@ -81,6 +88,7 @@ def load_elf(path: str | Path, *, what: str = "kernel") -> ElfImage:
                     segments.append(Segment(seg["p_paddr"], seg.data(), seg["p_memsz"]))
                 elif ptype == "PT_NOTE":
                     for note in seg.iter_notes():
+                        owners.add(note["n_name"])
                         if note["n_name"] == "Xen" and note["n_type"] == XEN_ELFNOTE_PHYS32_ENTRY:
                             desc = note["n_desc"]
                             if isinstance(desc, str):
@@ -94,7 +102,8 @@ def load_elf(path: str | Path, *, what: str = "kernel") -> ElfImage:
             raise LoaderError(f"{what} {path}: corrupt ELF ({e})") from None
     if not segments:
         raise LoaderError(f"{what} {path}: no loadable segments")
-    return ElfImage(path, EM_X86_64 if machine == "EM_X86_64" else EM_386, entry, pvh_entry, tuple(segments))
+    return ElfImage(path, EM_X86_64 if machine == "EM_X86_64" else EM_386, entry, pvh_entry, tuple(segments),
+                    frozenset(owners))
 
 
 def place_segments(image: ElfImage, mem) -> None:

@@ -48,18 +48,59 @@ def set_pvh_entry_state(vcpu, entry: int, start_info: int) -> None:
     vcpu.set_regs(regs)
 
 
-def setup_cpuid(kvm, vcpu, index: int, num_cpus: int) -> None:
-    """KVM_SET_CPUID2 from what KVM supports, with this vCPU's APIC ID and the CPU count filled in."""
-    cpuid = kvm.get_supported_cpuid()
-    for i in range(cpuid.nent):
-        e = cpuid.entries[i]
-        if e.function == 1:
-            e.ebx = (e.ebx & 0x0000FFFF) | (index << 24) | (max(num_cpus, 1) << 16)
-            if num_cpus > 1:
-                e.edx |= 1 << 28     # HTT: the count in EBX[23:16] is valid
-        elif e.function in (0xB, 0x1F):
-            e.edx = index
-    vcpu.set_cpuid2(cpuid)
+def setup_cpuid(kvm, vcpu, index: int, num_cpus: int, *, passthrough: bool) -> None:
+    """KVM_SET_CPUID2 from what KVM supports, through pyvmm's CPU policy (arch/x86/cpuid.py): this
+    vCPU's APIC ID and topology, and, unless passthrough, the features this host cannot emulate
+    masked."""
+    from .cpuid import apply_policy
+
+    supported = kvm.get_supported_cpuid()
+    entries = [(e.function, e.index, e.eax, e.ebx, e.ecx, e.edx, e.flags)
+               for e in supported.entries[: supported.nent]]
+    policy = apply_policy(entries, passthrough=passthrough, num_cpus=num_cpus, cpu_index=index)
+    out = abi.cpuid2_type(len(policy))()
+    out.nent = len(policy)
+    for i, e in enumerate(policy):
+        out.entries[i] = abi.kvm_cpuid_entry2(function=e.function, index=e.index, flags=e.flags,
+                                              eax=e.eax, ebx=e.ebx, ecx=e.ecx, edx=e.edx)
+    vcpu.set_cpuid2(out)
+
+
+# The 64-bit entry of the Linux boot protocol (Documentation/arch/x86/boot.rst, "64-bit Boot Protocol"):
+# paging on with an identity map, __BOOT_CS = 0x10 a 64-bit code segment, __BOOT_DS = 0x18 flat data.
+_GDT64 = [0, 0, 0x00AF9B000000FFFF, 0x00CF93000000FFFF]
+X86_CR4_PAE = 1 << 5
+
+
+def write_identity_page_tables(mem, base: int = layout.BOOT_PAGE_TABLES) -> int:
+    """PML4, one PDPT and four page directories of 2 MiB pages mapping the first 4 GiB; returns CR3."""
+    pml4, pdpt, pd = base, base + 0x1000, base + 0x2000
+    mem.write(pml4, struct.pack("<Q", pdpt | 0x3) + bytes(4096 - 8))
+    mem.write(pdpt, struct.pack("<4Q", *[(pd + i * 0x1000) | 0x3 for i in range(4)]) + bytes(4096 - 32))
+    entries = struct.pack("<2048Q", *[(i << 21) | 0x83 for i in range(2048)])   # present, RW, 2 MiB
+    mem.write(pd, entries)
+    return pml4
+
+
+def set_linux64_entry_state(vcpu, mem, entry: int, boot_params: int) -> None:
+    """The register state the 64-bit boot protocol asks for: long mode, identity-mapped paging,
+    RSI = boot_params, interrupts off."""
+    mem.write(layout.BOOT_GDT, struct.pack(f"<{len(_GDT64)}Q", *_GDT64))
+    cr3 = write_identity_page_tables(mem)
+    sregs = vcpu.get_sregs()
+    code = abi.kvm_segment(base=0, limit=0xFFFFFFFF, selector=0x10, type=0xB, present=1, dpl=0, db=0, s=1,
+                           l=1, g=1)
+    data = _flat(0x18, 0x3)
+    sregs.cs = code
+    sregs.ds = sregs.es = sregs.fs = sregs.gs = sregs.ss = data
+    sregs.gdt.base = layout.BOOT_GDT
+    sregs.gdt.limit = len(_GDT64) * 8 - 1
+    sregs.cr3 = cr3
+    sregs.cr4 = X86_CR4_PAE
+    sregs.cr0 = X86_CR0_PE | X86_CR0_ET | X86_CR0_PG
+    sregs.efer = EFER_LME | EFER_LMA
+    vcpu.set_sregs(sregs)
+    vcpu.set_regs(abi.kvm_regs(rip=entry, rsi=boot_params, rflags=0x2))
 
 
 # ---- register dumps ---------------------------------------------------------------------------
