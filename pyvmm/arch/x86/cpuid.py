@@ -124,6 +124,28 @@ class Ext8Ebx(enum.IntFlag):
 # What the policy clears on a kvm_pvm host, per (function, index, register): the table docs/linux.md shows.
 # First the instructions the emulator fails on, then what only works with XSAVE (AVX and later need the
 # OS to enable their state through XSETBV; with XSAVE hidden, advertising them would be a lie).
+KVM_CPUID_FEATURES = 0x4000_0001
+
+
+class KvmFeature(enum.IntFlag):
+    """KVM_FEATURE_* bits of leaf 0x40000001 EAX (arch/x86/include/uapi/asm/kvm_para.h)."""
+
+    CLOCKSOURCE = 1 << 0
+    NOP_IO_DELAY = 1 << 1
+    CLOCKSOURCE2 = 1 << 3
+    ASYNC_PF = 1 << 4
+    STEAL_TIME = 1 << 5
+    PV_EOI = 1 << 6
+    PV_UNHALT = 1 << 7
+    PV_TLB_FLUSH = 1 << 9
+    ASYNC_PF_VMEXIT = 1 << 10
+    PV_SEND_IPI = 1 << 11
+    POLL_CONTROL = 1 << 12
+    PV_SCHED_YIELD = 1 << 13
+    ASYNC_PF_INT = 1 << 14
+    CLOCKSOURCE_STABLE_BIT = 1 << 24
+
+
 PVM_MASKS: dict[tuple[int, int, str], int] = {
     (0x1, 0, "ecx"): (Leaf1Ecx.CX16 | Leaf1Ecx.SSSE3 | Leaf1Ecx.POPCNT | Leaf1Ecx.PCID
                       | Leaf1Ecx.XSAVE | Leaf1Ecx.OSXSAVE | Leaf1Ecx.AVX | Leaf1Ecx.FMA | Leaf1Ecx.F16C),
@@ -137,6 +159,10 @@ PVM_MASKS: dict[tuple[int, int, str], int] = {
                       | Leaf7Edx.AMX_BF16 | Leaf7Edx.AVX512_FP16 | Leaf7Edx.AMX_TILE | Leaf7Edx.AMX_INT8),
     (0x7, 1, "eax"): Leaf7Sub1Eax.AVX_VNNI | Leaf7Sub1Eax.AVX512_BF16,
     (0x8000_0001, 0, "ecx"): Ext1Ecx.XOP | Ext1Ecx.FMA4,
+    # KVM's paravirtual features that work by hypercall (KVM_HC_KICK_CPU, KVM_HC_SEND_IPI,
+    # KVM_HC_SCHED_YIELD): under a nested kvm_pvm host a second vCPU never comes up with them on (the
+    # BSP loops in kvm_hypercall4 sending the wake-up IPI), so Linux is left to use the LAPIC.
+    (KVM_CPUID_FEATURES, 0, "eax"): KvmFeature.PV_UNHALT | KvmFeature.PV_SEND_IPI | KvmFeature.PV_SCHED_YIELD,
 }
 XSAVE_LEAF = 0xD                 # emptied whole: no XSAVE, so no state components to enumerate
 
