@@ -71,6 +71,15 @@ class MSR(IntFlag):
 FIFO_SIZE = 64
 IIR_FIFO_ENABLED = 0xC0
 
+# Plain ints of the bits the access paths test: IntFlag arithmetic builds a new enum member per
+# operation, which on the exit path costs more than the rest of the register access.
+_DLAB = int(LCR.DLAB)
+_THRE_TEMT = int(LSR.THRE | LSR.TEMT)
+_DR, _OE = int(LSR.DR), int(LSR.OE)
+_LOOP, _RTS, _DTR, _OUT1, _OUT2 = int(MCR.LOOP), int(MCR.RTS), int(MCR.DTR), int(MCR.OUT1), int(MCR.OUT2)
+_IER_RDI, _IER_THRI, _IER_RLSI = int(IER.RDI), int(IER.THRI), int(IER.RLSI)
+_IIR_NO_INT, _IIR_THRI, _IIR_RDI, _IIR_RLSI = int(IIR.NO_INT), int(IIR.THRI), int(IIR.RDI), int(IIR.RLSI)
+
 
 class Serial16550:
     """COM1.  Output is sent to ``sink`` byte by byte (as written); input arrives through ``feed``."""
@@ -82,9 +91,9 @@ class Serial16550:
         self.rx: collections.deque[int] = collections.deque()
         self.ier = 0
         self.lcr = 0x03       # 8N1
-        self.mcr = MCR.OUT2
-        self.lsr = LSR.THRE | LSR.TEMT
-        self.msr = MSR.DCD | MSR.DSR | MSR.CTS
+        self.mcr = _OUT2
+        self.lsr = _THRE_TEMT
+        self.msr = int(MSR.DCD | MSR.DSR | MSR.CTS)
         self.scr = 0
         self.dll = 0x0C       # 9600 baud
         self.dlm = 0
@@ -99,7 +108,7 @@ class Serial16550:
         with self.lock:
             for b in data:
                 if len(self.rx) >= FIFO_SIZE * 64:
-                    self.lsr |= LSR.OE
+                    self.lsr |= _OE
                     break
                 self.rx.append(b)
             self._update()
@@ -115,86 +124,88 @@ class Serial16550:
             self._write(offset, value & 0xFF)
 
     def _read(self, offset: int) -> int:
-        dlab = self.lcr & LCR.DLAB
-        if offset == UartReg.RBR_THR_DLL:
+        dlab = self.lcr & _DLAB
+        if offset == 0:       # RBR (or DLL)
             if dlab:
                 return self.dll
             value = self.rx.popleft() if self.rx else 0
             self._update()
             return value
-        if offset == UartReg.IER_DLM:
+        if offset == 1:       # IER (or DLM)
             return self.dlm if dlab else self.ier
-        if offset == UartReg.IIR_FCR:
+        if offset == 2:       # IIR
             iir = self._iir()
-            if iir == IIR.THRI:
+            if iir == _IIR_THRI:
                 self.thr_interrupt = False   # reading IIR with THRI as the source clears it
                 self._update()
             return iir | (IIR_FIFO_ENABLED if self.fcr & 1 else 0)
-        if offset == UartReg.LCR:
+        if offset == 3:
             return self.lcr
-        if offset == UartReg.MCR:
+        if offset == 4:
             return self.mcr
-        if offset == UartReg.LSR:
-            lsr = self.lsr | (LSR.DR if self.rx else 0)
-            self.lsr &= ~LSR.OE
-            return int(lsr)
-        if offset == UartReg.MSR:
-            if self.mcr & MCR.LOOP:
+        if offset == 5:       # LSR
+            lsr = self.lsr | (_DR if self.rx else 0)
+            self.lsr &= ~_OE
+            return lsr
+        if offset == 6:       # MSR
+            if self.mcr & _LOOP:
                 # Loopback: the modem outputs feed the modem inputs (Linux's autoconfig tests this).
                 m = self.mcr
-                return ((MSR.CTS if m & MCR.RTS else 0) | (MSR.DSR if m & MCR.DTR else 0)
-                        | (MSR.RI if m & MCR.OUT1 else 0) | (MSR.DCD if m & MCR.OUT2 else 0))
-            return int(self.msr)
-        if offset == UartReg.SCR:
+                return int((MSR.CTS if m & _RTS else 0) | (MSR.DSR if m & _DTR else 0)
+                           | (MSR.RI if m & _OUT1 else 0) | (MSR.DCD if m & _OUT2 else 0))
+            return self.msr
+        if offset == 7:
             return self.scr
         return 0xFF
 
     def _write(self, offset: int, value: int) -> None:
-        dlab = self.lcr & LCR.DLAB
-        if offset == UartReg.RBR_THR_DLL:
+        dlab = self.lcr & _DLAB
+        if offset == 0:       # THR (or DLL)
             if dlab:
                 self.dll = value
                 return
-            if self.mcr & MCR.LOOP:
+            if self.mcr & _LOOP:
                 self.rx.append(value)
             else:
                 self.sink(bytes((value,)))
             # The byte leaves at once: THR is empty again, so a THRE interrupt is due if enabled.
             self.thr_interrupt = True
-            self._update()
-        elif offset == UartReg.IER_DLM:
+            if self.ier:          # with every interrupt disabled the line is low and stays low
+                self._update()
+        elif offset == 1:
             if dlab:
                 self.dlm = value
             else:
-                enabling_thri = (value & IER.THRI) and not (self.ier & IER.THRI)
+                enabling_thri = (value & _IER_THRI) and not (self.ier & _IER_THRI)
                 self.ier = value & 0x0F
                 if enabling_thri:
                     self.thr_interrupt = True
                 self._update()
-        elif offset == UartReg.IIR_FCR:
+        elif offset == 2:     # FCR
             self.fcr = value
             if value & 0x02:
                 self.rx.clear()
             self._update()
-        elif offset == UartReg.LCR:
+        elif offset == 3:
             self.lcr = value
-        elif offset == UartReg.MCR:
+        elif offset == 4:
             self.mcr = value & 0x1F
-        elif offset == UartReg.SCR:
+        elif offset == 7:
             self.scr = value
         # LSR and MSR are read-only; writes are ignored as on the real part.
 
     def _iir(self) -> int:
-        if (self.ier & IER.RLSI) and (self.lsr & LSR.OE):
-            return IIR.RLSI
-        if (self.ier & IER.RDI) and self.rx:
-            return IIR.RDI
-        if (self.ier & IER.THRI) and self.thr_interrupt:
-            return IIR.THRI
-        return IIR.NO_INT
+        ier = self.ier
+        if (ier & _IER_RLSI) and (self.lsr & _OE):
+            return _IIR_RLSI
+        if (ier & _IER_RDI) and self.rx:
+            return _IIR_RDI
+        if (ier & _IER_THRI) and self.thr_interrupt:
+            return _IIR_THRI
+        return _IIR_NO_INT
 
     def _update(self) -> None:
-        level = self._iir() != IIR.NO_INT
+        level = self._iir() != _IIR_NO_INT
         if level != self._level:
             self._level = level
             self.irq.set_level(level)
