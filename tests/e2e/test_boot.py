@@ -93,3 +93,12 @@ def test_same_elf_under_qemu_microvm_prints_the_same_banner():
     assert code == 0 and ours == 0
     assert BANNER.search(out).group(0) == BANNER.search(our_out).group(0)
     assert "scenario selftest: PASS" in out
+
+
+def test_large_guest_has_ram_above_4g():
+    """RAM below the 3 GiB hole and the rest above 4 GiB, both registered with KVM and in the e820."""
+    code, out, m = run_guest("scenario=selftest", memory=4 << 30)
+    assert code == 0, out
+    assert [(r.gpa, r.size) for r in m.memory.regions] == [(0, 3 << 30), (4 << 30, 1 << 30)]
+    assert "memmap: 0x000100000000-0x000140000000 type 1" in out
+    assert re.search(r"pyvmm-guest: memory 409\d MiB", out)
