@@ -1,42 +1,13 @@
-"""Running a machine from the CLI: terminal raw mode, keyboard input, signals, QMP, and the exit code."""
+"""Running a machine from the CLI: the console, signals, the demo, and the exit code."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
-import termios
-import threading
-import tty
 
 from .config import VmConfig
-
-
-class Terminal:
-    """stdin in raw mode while the VM runs (as QEMU's -serial stdio), restored on every way out."""
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-        self.saved = termios.tcgetattr(fd)
-
-    def __enter__(self) -> "Terminal":
-        tty.setraw(self.fd, termios.TCSANOW)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        termios.tcsetattr(self.fd, termios.TCSADRAIN, self.saved)
-
-
-def _stdin_reader(machine, feed) -> None:
-    fd = sys.stdin.fileno()
-    while not machine._stopped.is_set():
-        try:
-            data = os.read(fd, 1024)
-        except OSError:
-            return
-        if not data:
-            return
-        feed(data)
 
 
 def run_machine(cfg: VmConfig, *, demo: bool = False) -> int:
@@ -45,22 +16,19 @@ def run_machine(cfg: VmConfig, *, demo: bool = False) -> int:
 
     interactive = cfg.console == "stdio" and sys.stdin.isatty() and not demo
     machine = Machine(cfg)
-    term = None
+    stack = contextlib.ExitStack()
     try:
         signal.signal(signal.SIGTERM, lambda s, f: machine.stop(143, "terminated (SIGTERM)"))
         if interactive:
-            feed = machine.serial.feed
+            from .monitor.hmp import ConsoleMux, RawInput, stdio_console
+
             if cfg.monitor:
-                try:
-                    from .monitor.hmp import ConsoleMux
-                except ImportError:
-                    pass
-                else:
-                    mux = ConsoleMux(machine, machine.serial.feed, _RawOut())
-                    machine.console_out = mux.guest_output
-                    feed = mux.feed
-            term = Terminal(sys.stdin.fileno()).__enter__()
-            threading.Thread(target=_stdin_reader, args=(machine, feed), name="stdin", daemon=True).start()
+                # Ctrl-A c between the guest's console and the (pyvmm) monitor, as -serial mon:stdio.
+                mux = ConsoleMux(machine, machine.serial.feed, _RawOut())
+                machine.console_out = mux.guest_output
+            else:
+                mux = RawInput(machine.serial.feed, machine._stopped.is_set)
+            stack.enter_context(stdio_console(mux))
         machine.start()
         if demo:
             from .demo import drive_demo
@@ -68,8 +36,7 @@ def run_machine(cfg: VmConfig, *, demo: bool = False) -> int:
             drive_demo(machine)
         code = machine.wait()
     finally:
-        if term is not None:
-            term.__exit__(None, None, None)
+        stack.close()           # the terminal's settings come back on every way out
         machine.close()
     if machine.emulation_fixups:
         done = ", ".join(f"{k} x{v}" for k, v in sorted(machine.emulation_fixups.items()))

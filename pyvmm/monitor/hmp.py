@@ -579,8 +579,20 @@ class ConsoleMux:
                 self._write(bytes([b]))
 
 
+class RawInput:
+    """Keyboard straight to the guest (no monitor): what stdio_console feeds when Ctrl-A is off."""
+
+    def __init__(self, feed: Callable[[bytes], None], stopped: Callable[[], bool]) -> None:
+        self.feed = feed
+        self._stopped = stopped
+
+    @property
+    def quitting(self) -> bool:
+        return self._stopped()
+
+
 @contextlib.contextmanager
-def stdio_console(mux: ConsoleMux, stdin_fd: int | None = None) -> Iterator[threading.Thread]:
+def stdio_console(mux: ConsoleMux | RawInput, stdin_fd: int | None = None) -> Iterator[threading.Thread]:
     """Put the terminal in raw mode and feed the mux from a stdin reader thread; restore on exit."""
     import termios
     import tty

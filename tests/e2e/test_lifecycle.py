@@ -29,10 +29,11 @@ def test_signal_stops_the_vm(sig, code, word):
     assert word in err.decode() and b"Traceback" not in err
 
 
-def test_terminal_restored_after_the_vm_stops():
+@pytest.mark.parametrize("monitor", ["", "--no-monitor"], ids=["monitor", "no-monitor"])
+def test_terminal_restored_after_the_vm_stops(monitor):
     """In a real pseudo-terminal: raw mode while the guest runs, the same settings afterwards."""
     ensure_built()
-    script = (f"stty -g; {sys.executable} -m pyvmm run {GUEST} -m 64M --append scenario=selftest; "
+    script = (f"stty -g; {sys.executable} -m pyvmm run {GUEST} {monitor} -m 64M --append scenario=selftest; "
               "echo EXIT=$?; stty -g")
     child = pexpect.spawn("bash", ["-c", script], cwd=str(ROOT), timeout=60, encoding="utf-8")
     child.expect(pexpect.EOF)
