@@ -6,10 +6,14 @@ import ctypes
 import errno
 import os
 import weakref
+from typing import TYPE_CHECKING
 
 from ..errors import KvmError, PyvmmError
 from . import abi
 from .ioctl import close_fd, ioctl
+
+if TYPE_CHECKING:
+    from .vmfd import VmFd
 
 
 class Kvm:

@@ -7,9 +7,13 @@ import struct
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pyvmm.arch.x86.layout import FIRMWARE_BASE, FIRMWARE_SIZE
 from pyvmm.errors import LoaderError
+
+if TYPE_CHECKING:
+    from elftools.elf.elffile import ELFFile
 
 # The codes the ROM writes to the POST port (layout.POST_PORT) as it goes; firmware/reset.S defines the
 # same numbers. 0xE0-0xEF are errors after which the ROM halts with interrupts off for good.

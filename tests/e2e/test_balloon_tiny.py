@@ -9,7 +9,7 @@ import pytest
 
 from pyvmm.hoststat import mapping_rss
 from pyvmm.virtio.balloon import BalloonOptions
-from tests.support.guest import MiB, machine, qemu_cmd, tmp_socket
+from tests.support.guest import MiB, machine, qemu_cmd, qmp_connect, tmp_socket
 
 pytestmark = pytest.mark.kvm
 
@@ -104,23 +104,13 @@ def test_oom(doom):
 @pytest.mark.qemu
 def test_same_guest_against_qemus_balloon_device():
     """The reference device: QEMU's virtio-balloon-device, steered through QMP as pyvmm is."""
-    from qemu.qmp import QMPClient
-
     sock = tmp_socket("qmp.sock")
     cmd = qemu_cmd("scenario=demo dirty=192M", memory="256M", qmp=sock,
                    balloon="virtio-balloon-device,id=balloon0,deflate-on-oom=on")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
 
     async def drive():
-        qmp = QMPClient("test")
-        for _ in range(100):
-            try:
-                await qmp.connect(sock)
-                break
-            except Exception:
-                await asyncio.sleep(0.1)
-        await qmp.execute("qom-set", {"path": "/machine/peripheral/balloon0",
-                                      "property": "guest-stats-polling-interval", "value": 1})
+        qmp = await qmp_connect(sock, "test", stats_interval=1)
 
         async def until(size: int, timeout: float = 120):
             deadline = time.monotonic() + timeout

@@ -16,7 +16,7 @@ import pytest
 from pyvmm.config import linux_cache
 from pyvmm.hoststat import mapping_rss
 from pyvmm.vm import Machine
-from tests.support.guest import MiB, tmp_socket
+from tests.support.guest import MiB, qmp_connect, tmp_socket
 from tests.support.linux import ensure_linux_built, linux_append, linux_config, wait_driver_ok
 
 pytestmark = [pytest.mark.kvm, pytest.mark.slow]
@@ -61,8 +61,6 @@ def test_two_vcpus_acpi_discovery_and_driver_ok(tmp_path):
 def test_linux_inflates_and_deflates_through_qmp():
     """1 vCPU, devices announced on the command line (ACPI off): QMP balloon 256 -> 224 MiB and back;
     actual follows, the host RSS falls by the ballooned bytes, stats from Linux arrive."""
-    from qemu.qmp import QMPClient
-
     sock = tmp_socket("linux.qmp")
     cfg = linux_config(acpi=False, append=linux_append("acpi=off"), mem_prealloc=True,
                        qmp=(f"unix:{sock},server,wait=off",))
@@ -74,10 +72,7 @@ def test_linux_inflates_and_deflates_through_qmp():
         rss_full = guest_rss(m)
 
         async def drive():
-            qmp = QMPClient("linux-test")
-            await qmp.connect(sock)
-            await qmp.execute("qom-set", {"path": "/machine/peripheral/balloon0",
-                                          "property": "guest-stats-polling-interval", "value": 2})
+            qmp = await qmp_connect(sock, "linux-test", stats_interval=2)
             result = {}
             for size in (LOW, RAM):
                 t0 = time.monotonic()
@@ -118,8 +113,6 @@ def test_bzimage_boots_through_the_boot_protocol():
 @pytest.mark.qemu
 def test_same_kernel_under_qemu_microvm():
     """The reference: QEMU's virtio-balloon-device with the same vmlinux, initramfs and steps."""
-    from qemu.qmp import QMPClient
-
     cache = linux_cache()
     sock = tmp_socket("qemu-linux.qmp")
     cmd = ["qemu-system-x86_64", "-M", "microvm,acpi=off", "-enable-kvm", "-cpu", "qemu64,+xsaveerptr",
@@ -130,15 +123,7 @@ def test_same_kernel_under_qemu_microvm():
     p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
 
     async def drive():
-        qmp = QMPClient("qemu-linux")
-        for _ in range(200):
-            try:
-                await qmp.connect(sock)
-                break
-            except Exception:
-                await asyncio.sleep(0.1)
-        await qmp.execute("qom-set", {"path": "/machine/peripheral/balloon0",
-                                      "property": "guest-stats-polling-interval", "value": 2})
+        qmp = await qmp_connect(sock, "qemu-linux", stats_interval=2)
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:        # a live driver sends stats
             s = await qmp.execute("qom-get", {"path": "/machine/peripheral/balloon0", "property": "guest-stats"})

@@ -7,9 +7,8 @@ import time
 
 import pexpect
 import pytest
-from qemu.qmp import QMPClient
 
-from tests.support.guest import GUEST, MiB, ROOT, ensure_built, machine, qemu_cmd, tmp_socket
+from tests.support.guest import GUEST, MiB, ROOT, ensure_built, machine, qemu_cmd, qmp_connect, tmp_socket
 
 pytestmark = pytest.mark.kvm
 
@@ -21,15 +20,7 @@ PATH = "/machine/peripheral/balloon0"
 async def exercise(sock: str) -> dict:
     """Connect, negotiate, balloon, wait for BALLOON_CHANGE, query-balloon, qom-get guest-stats, quit.
     Identical for both VMMs: only the socket differs."""
-    qmp = QMPClient("pyvmm-test")
-    for _ in range(200):
-        try:
-            await qmp.connect(sock)
-            break
-        except Exception:  # qemu.qmp wraps the OSError in ConnectError until the socket exists
-            await asyncio.sleep(0.05)
-    else:
-        raise AssertionError("could not connect")
+    qmp = await qmp_connect(sock)
     seen = {"version": await qmp.execute("query-version")}
     await qmp.execute("qom-set", {"path": PATH, "property": "guest-stats-polling-interval", "value": 1})
     # A live driver sends stats; wait for them so the balloon command has someone to talk to.

@@ -77,3 +77,26 @@ def run_qemu(append: str, *, timeout: float = 120, **kw) -> tuple[int, str]:
 
 def tmp_socket(name: str) -> str:
     return os.path.join(tempfile.mkdtemp(prefix="pyvmm-"), name)
+
+
+async def qmp_connect(sock: str, name: str = "pyvmm-test", *, stats_interval: int | None = None,
+                      tries: int = 200):
+    """A qemu.qmp client connected to sock (waiting for the VMM to create it), optionally with the
+    balloon's stats polling switched on."""
+    import asyncio
+
+    from qemu.qmp import QMPClient
+
+    qmp = QMPClient(name)
+    for _ in range(tries):
+        try:
+            await qmp.connect(sock)
+            break
+        except Exception:  # qemu.qmp wraps the OSError in ConnectError until the socket exists
+            await asyncio.sleep(0.05)
+    else:
+        raise AssertionError(f"could not connect to QMP at {sock}")
+    if stats_interval is not None:
+        await qmp.execute("qom-set", {"path": "/machine/peripheral/balloon0",
+                                      "property": "guest-stats-polling-interval", "value": stats_interval})
+    return qmp
