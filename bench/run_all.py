@@ -50,6 +50,7 @@ def benchmarks(quick: bool):
     import balloon_e2e
     import boot
     import exits
+    import linux
     import memory
 
     r = (lambda full, fast: fast if quick else full)
@@ -59,6 +60,7 @@ def benchmarks(quick: bool):
         ("balloon_e2e", lambda: balloon_e2e.run(repeats=r(balloon_e2e.ROUNDS, 1))),
         ("memory", lambda: memory.run(repeats=r(memory.ROUNDS, 1))),
         ("balloon_device", lambda: device_balloon(repeats=r(BALLOON_DEVICE_ROUNDS, 1))),
+        ("linux", lambda: linux.run(repeats=r(linux.ROUNDS, 1))),
     ]
 
 
@@ -150,11 +152,23 @@ HEADLINE = [
     ("balloon_device", "device alone, 1 GiB inflate, merged runs vs per-page madvise (s/GiB)",
      "device, merged runs (one madvise per run)", "baseline, one madvise per page (kvmtool/QEMU style)",
      "device / per-page baseline, time"),
+    ("linux", "Linux guest, boot to the virtio-mmio probe (s)", "pyvmm boot to the virtio-mmio probe",
+     "QEMU boot to the virtio-mmio probe", "pyvmm / QEMU, boot to probe"),
+    ("linux", "Linux guest, boot to the driver's DRIVER_OK (s)", "pyvmm boot to the driver's DRIVER_OK",
+     "QEMU boot to the driver's DRIVER_OK", "pyvmm / QEMU, boot to DRIVER_OK"),
+    ("linux", "Linux guest, balloon {ram} -> {low} MiB, time to `actual` (s)",
+     "pyvmm inflate (time to `actual`)", "QEMU inflate (time to `actual`)", "pyvmm / QEMU, inflate time"),
+    ("linux", "Linux guest, balloon {low} -> {ram} MiB (s)", "pyvmm deflate (time to `actual`)",
+     "QEMU deflate (time to `actual`)", "pyvmm / QEMU, deflate time"),
+    ("linux", "Linux guest, host RSS given back by the inflate (MiB)", "pyvmm RSS drop on inflate",
+     "QEMU RSS drop on inflate", "pyvmm / QEMU, RSS drop"),
 ]
 
 
 def performance_section(info: dict, results: list[Result]) -> str:
     """The README's "Performance" text: headline medians and ratios of this run, and what they mean."""
+    import linux
+
     by_name = {r.name: {row.name: row for row in r.rows} for r in results}
     lines = [(f"Measured by `make bench` on {info['cpu']} ({info['cores']} cores), /dev/kvm from "
              f"`{info['kvm_module']}` (nested: every VM exit costs the floor shown below), Python "
@@ -175,6 +189,7 @@ def performance_section(info: dict, results: list[Result]) -> str:
             rtxt = f"{s['median']:.2f} ({s['min']:.2f}-{s['max']:.2f})"
             if r.goal:
                 goal = f"{r.goal} ({'met' if common.goal_met(r.goal, s['median']) else 'not met'})"
+        what = what.format(ram=linux.RAM_MIB, low=linux.LOW_MIB)   # run_all runs linux.py's default sizes
         lines.append(f"| {what} | {med(a)} | {med(b)} | {rtxt} | {goal} |")
     lines += ["", "What the numbers mean:", "",
               ("- **Boot**: wall time of the whole `pyvmm run` process (interpreter start-up, imports, "
@@ -201,7 +216,15 @@ def performance_section(info: dict, results: list[Result]) -> str:
               ("- **Memory**: what the VMM process itself costs beyond guest RAM. pyvmm's total is lower "
               "(fewer shared libraries), its private part higher (the Python heap)."),
               ("- **Device alone**: the balloon device's discard path without a guest: one `madvise` per "
-              "merged run against one per page.")]
+              "merged run against one per page."),
+              ("- **Linux guest**: the minimal Linux kernel (`make linux-guest`) with its own "
+              "`virtio_balloon` driver, the same vmlinux, initramfs and command line under pyvmm (in the "
+              "benchmark's process, Python API) and QEMU microvm, 1 vCPU, RAM preallocated. Boot runs from "
+              "the launch to the console's `virtio-mmio: Registering device` and to the driver setting "
+              "DRIVER_OK (pyvmm: the transport's Status; QEMU: QMP `x-query-virtio-status`); after `Run "
+              "/init` both are driven over QMP (`balloon`, `query-balloon` polled until `actual` matches). "
+              "Guest code runs emulated here, so these times are mostly the guest's own; "
+              "`bench/linux.py --ram 1024 --low 256` is the full-size run.")]
     return "\n".join(lines) + "\n"
 
 
@@ -235,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="fewer rounds (to try the harness, not to quote)")
     ap.add_argument("--only", default="", help="comma-separated benchmarks: boot,exits,balloon_e2e,memory,"
-                    "balloon_device")
+                    "balloon_device,linux")
     ap.add_argument("--no-profile", action="store_true", help="skip the cProfile runs")
     args = ap.parse_args(argv)
     only = {x.strip() for x in args.only.split(",") if x.strip()}
