@@ -34,6 +34,9 @@ class Bus:
         self.name = name
         self.ranges: list[BusRange] = []
         self._bases: list[int] = []
+        # 4 KiB page -> the range on it, for ranges of a few pages (device windows): the vCPU loop's
+        # first lookup.  A page shared by two ranges, or a large range, is left to find().
+        self.pages: dict[int, BusRange] = {}
 
     def insert(self, device: BusDevice, base: int, size: int, name: str) -> None:
         if size <= 0:
@@ -42,8 +45,16 @@ class Bus:
             if base < r.end and r.base < base + size:
                 raise ValueError(f"{self.name} bus: {name} at {base:#x}+{size:#x} overlaps {r.name}")
         i = bisect.bisect_left(self._bases, base)
-        self.ranges.insert(i, BusRange(base, size, device, name))
+        r = BusRange(base, size, device, name)
+        self.ranges.insert(i, r)
         self._bases.insert(i, base)
+        first, last = base >> 12, (base + size - 1) >> 12
+        if last - first < 16:
+            for page in range(first, last + 1):
+                if page in self.pages:
+                    self.pages[page] = None          # shared page: fall back to find()
+                else:
+                    self.pages[page] = r
 
     def find(self, addr: int) -> BusRange | None:
         i = bisect.bisect_right(self._bases, addr) - 1

@@ -81,7 +81,9 @@ class Vcpu:
         mmio_data = exits.MMIO_DATA_OFFSET
         pio_ports = m.pio_ports            # port -> (device, base): a dict is the cheapest lookup
         mmio_find = m.mmio_bus.find
+        mmio_page = m.mmio_bus.pages.get     # 4 KiB page -> range: one dict probe for a device window
         EXIT_IO, EXIT_MMIO = int(KvmExit.IO), int(KvmExit.MMIO)
+        IO_IN, IO_OUT = abi.KVM_EXIT_IO_IN, abi.KVM_EXIT_IO_OUT
         while True:
             try:
                 run(fd, KVM_RUN)
@@ -103,22 +105,31 @@ class Vcpu:
                 entry = pio_ports.get(port)
                 if entry is None:
                     self.unhandled_io += 1
-                    if direction == abi.KVM_EXIT_IO_IN:
+                    if direction == IO_IN:
                         buf[off : off + size * count] = b"\xff" * (size * count)
-                elif direction == abi.KVM_EXIT_IO_OUT:
+                elif count == 1:                  # the common case: one in/out, no string I/O
                     dev, base = entry
-                    for i in range(count):
-                        p = off + i * size
-                        dev.write(port - base, size, int.from_bytes(buf[p : p + size], "little"))
-                else:
-                    dev, base = entry
-                    for i in range(count):
-                        p = off + i * size
-                        buf[p : p + size] = (dev.read(port - base, size) & ((1 << (8 * size)) - 1)).to_bytes(
+                    if direction == IO_OUT:
+                        dev.write(port - base, size, buf[off] if size == 1 else
+                                  int.from_bytes(buf[off : off + size], "little"))
+                    elif size == 1:
+                        buf[off] = dev.read(port - base, 1) & 0xFF
+                    else:
+                        buf[off : off + size] = (dev.read(port - base, size) & ((1 << (8 * size)) - 1)).to_bytes(
                             size, "little")
+                else:                             # rep ins/outs: count items of size bytes
+                    dev, base = entry
+                    mask = (1 << (8 * size)) - 1
+                    for p in range(off, off + size * count, size):
+                        if direction == IO_OUT:
+                            dev.write(port - base, size, int.from_bytes(buf[p : p + size], "little"))
+                        else:
+                            buf[p : p + size] = (dev.read(port - base, size) & mask).to_bytes(size, "little")
             elif reason == EXIT_MMIO:
                 gpa, data, length, is_write = mmio_of(buf, union)
-                r = mmio_find(gpa)
+                r = mmio_page(gpa >> 12)
+                if r is None or not r.base <= gpa < r.base + r.size:
+                    r = mmio_find(gpa)
                 if r is None:
                     self.unhandled_io += 1
                     if not is_write:

@@ -54,3 +54,49 @@ def with_machine(elf: Path, out: Path, e_machine: int) -> Path:
     data[18:20] = e_machine.to_bytes(2, "little")
     out.write_bytes(bytes(data))
     return out
+
+
+STRING_IO_S = r"""
+    .section .note.Xen, "a"
+    .p2align 2
+    .long 4, 4, 18
+    .asciz "Xen"
+    .long _start32
+    .text
+    .code32
+    .globl _start32
+_start32:
+    cld
+    mov $msg, %esi              /* rep outsb: the whole message in one exit per byte, one KVM_RUN */
+    mov $msglen, %ecx
+    mov $0x3f8, %dx
+    rep outsb
+    mov $0x3ff, %dx             /* the scratch register holds 'Z' ... */
+    mov $'Z', %al
+    out %al, %dx
+    mov $buf, %edi              /* ... and rep insb reads it four times into buf */
+    mov $4, %ecx
+    rep insb
+    mov $buf, %esi
+    mov $5, %ecx
+    mov $0x3f8, %dx
+    rep outsb
+    mov $0, %eax
+    mov $0xf4, %dx
+    out %eax, %dx
+    hlt
+    .data
+msg: .ascii "string I/O works\n"
+    .set msglen, . - msg
+buf: .ascii "....\n"
+"""
+
+
+def build_string_io_elf(tmp: Path) -> Path:
+    """A PVH ELF that prints with rep outsb and reads the UART's scratch register with rep insb."""
+    (tmp / "strio.S").write_text(STRING_IO_S)
+    (tmp / "link.ld").write_text(LINK_LD)
+    subprocess.run(["gcc", "-m32", "-c", "strio.S", "-o", "strio.o"], cwd=tmp, check=True)
+    subprocess.run(["ld", "-m", "elf_i386", "--no-warn-rwx-segments", "-T", "link.ld", "strio.o",
+                    "-o", "strio.elf"], cwd=tmp, check=True)
+    return tmp / "strio.elf"

@@ -106,3 +106,12 @@ def test_version_and_help():
     assert res.returncode == 0 and __version__ in res.stdout
     res = pyvmm("run", "--help")
     assert res.returncode == 0 and "--no-firmware" in res.stdout and "--balloon" in res.stdout
+
+
+def test_string_io(tmp_path):
+    """rep outsb / rep insb: KVM hands several items to one exit (count > 1)."""
+    from tests.support.elfs import build_string_io_elf
+
+    res = pyvmm("run", str(build_string_io_elf(tmp_path)), "-m", "16M", "--balloon", "off", "--no-firmware")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == "string I/O works\nZZZZ\n"
