@@ -32,8 +32,16 @@ log = logging.getLogger("pyvmm.balloon")
 PAGE = 1 << VIRTIO_BALLOON_PFN_SHIFT
 QUEUE_SIZE = 256
 # Linux sends at most 256 PFNs per buffer; a guest that sends a huge buffer only slows itself down,
-# but the lock would stall the monitor meanwhile, so the device reads at most this many per buffer.
+# but the lock would stall the monitor meanwhile, so the device reads at most this many per buffer
+# (descriptor lengths are the guest's: only this prefix of a chain is ever copied out of guest RAM).
 MAX_PFNS_PER_BUFFER = 1 << 16
+MAX_PFN_BYTES = MAX_PFNS_PER_BUFFER * 4
+# One process_queue call takes at most this many chains, and stops taking more once this many PFNs
+# have been handled; the transport releases the lock and calls again while buffers remain.
+MAX_CHAINS_PER_CALL = 64
+MAX_PFNS_PER_CALL = MAX_PFNS_PER_BUFFER
+# Linux fills 10 or 16 stats entries; more than this many are not read.
+MAX_STATS_ENTRIES = 64
 
 _MTH = BalloonFeature.VIRTIO_BALLOON_F_MUST_TELL_HOST
 _STATS = BalloonFeature.VIRTIO_BALLOON_F_STATS_VQ
@@ -42,6 +50,7 @@ _POISON = BalloonFeature.VIRTIO_BALLOON_F_PAGE_POISON
 _REPORTING = BalloonFeature.VIRTIO_BALLOON_F_PAGE_REPORTING
 _VERSION_1 = int(TransportFeature.VIRTIO_F_VERSION_1)
 _STAT_ENTRY = struct.Struct("<HQ")
+MAX_STATS_BYTES = MAX_STATS_ENTRIES * _STAT_ENTRY.size
 _STAT_NAMES = {int(s): s.short_name for s in BalloonStat}
 
 Listener = Callable[[str, dict[str, Any]], None]
@@ -369,15 +378,19 @@ class VirtioBalloon:
 
     def _process_pfn_queue(self, q: SplitQueue, inflate: bool) -> None:
         used = False
-        while (chain := q.pop()) is not None:
-            data = chain.read_all(self.mem) if chain.readable else b""
-            if len(data) % 4:
-                self._guest_error(f"{'inflate' if inflate else 'deflate'} buffer of {len(data)} bytes "
+        chains = done = 0
+        while chains < MAX_CHAINS_PER_CALL and done < MAX_PFNS_PER_CALL and (chain := q.pop()) is not None:
+            chains += 1
+            total = chain.readable_len
+            if total % 4:
+                self._guest_error(f"{'inflate' if inflate else 'deflate'} buffer of {total} bytes "
                                   "is not a whole number of le32 PFNs")
+            if total > MAX_PFN_BYTES:
+                self._guest_error(f"{total // 4} PFNs in one buffer; only the first {MAX_PFNS_PER_BUFFER} "
+                                  "are used")
+            data = chain.read_prefix(self.mem, MAX_PFN_BYTES) if chain.readable else b""
             n = len(data) // 4
-            if n > MAX_PFNS_PER_BUFFER:
-                self._guest_error(f"{n} PFNs in one buffer; only the first {MAX_PFNS_PER_BUFFER} are used")
-                n = MAX_PFNS_PER_BUFFER
+            done += n
             pfns = struct.unpack_from(f"<{n}I", data) if n else ()
             if inflate:
                 self._inflate(pfns)
@@ -502,7 +515,9 @@ class VirtioBalloon:
     def _process_reports(self, q: SplitQueue) -> None:
         used = False
         keep = bool(self._features & _POISON) and self.poison_val != 0
-        while (chain := q.pop()) is not None:
+        chains = 0
+        while chains < MAX_CHAINS_PER_CALL and (chain := q.pop()) is not None:
+            chains += 1
             if keep:
                 # Spec "Free Page Reporting": with PAGE_POISON the device MUST NOT change reported pages
                 # to anything but poison_val, and a discarded page reads zero; so nothing is discarded.
@@ -524,7 +539,9 @@ class VirtioBalloon:
     # --- stats --------------------------------------------------------------------------------------------
 
     def _process_stats(self, q: SplitQueue) -> None:
-        while (chain := q.pop()) is not None:
+        chains = 0
+        while chains < MAX_CHAINS_PER_CALL and (chain := q.pop()) is not None:
+            chains += 1
             if self._stats_head is not None:
                 # "at most one buffer outstanding": hand the older one back rather than leak it.
                 self._guest_error("a second stats buffer while one is held")
@@ -533,7 +550,10 @@ class VirtioBalloon:
                     self._transport.signal_used_queue(q.index)
             self._stats_head = chain.head
             self._stats_seen += 1
-            data = chain.read_all(self.mem) if chain.readable else b""
+            if chain.readable_len > MAX_STATS_BYTES:
+                self._guest_error(f"stats buffer of {chain.readable_len} bytes; only the first "
+                                  f"{MAX_STATS_ENTRIES} entries are read")
+            data = chain.read_prefix(self.mem, MAX_STATS_BYTES) if chain.readable else b""
             legacy = not self._features & _VERSION_1
             if legacy and self._stats_seen == 1:
                 # Spec legacy: "the device SHOULD ignore the values in the first buffer".

@@ -68,6 +68,10 @@ _QUEUE_REGS = frozenset({
     Reg.QueueDeviceLow, Reg.QueueDeviceHigh,
 })
 VENDOR_ID = int.from_bytes(b"pyvm", "little")
+# A device bounds the work of one process_queue call; a notification is served in rounds of such calls
+# with the lock released in between (so the monitor waits one round at most), up to this many.  What a
+# guest that keeps refilling the ring leaves after that is served on its next notification.
+MAX_NOTIFY_ROUNDS = 64
 
 
 class GuestErrorLog:
@@ -174,6 +178,9 @@ class VirtioMmio:
         if size != 4 or offset & 3 or offset < 0:
             self._bad_access(offset, size, "write")
             return
+        if offset == _NOTIFY:
+            self._serve_notify(value & 0xFFFF_FFFF, "")
+            return
         handler = self._wr[offset >> 2]
         if handler is None:
             self._bad_access(offset, size, "write")
@@ -186,10 +193,20 @@ class VirtioMmio:
 
     def queue_notify(self, index: int) -> None:
         """A QueueNotify that did not go through write(): the ioeventfd thread's entry point."""
+        self._serve_notify(index, "[ioeventfd]")
+
+    def _serve_notify(self, value: int, note: str) -> None:
+        """A QueueNotify write, served in rounds of bounded device work with the lock released between."""
         with self.lock:
             if self._tracer.virtio:
-                self._trace_register("write", Reg.QueueNotify, index, note="[ioeventfd]")
-            self._notify(index & 0xFFFF)
+                self._trace_register("write", Reg.QueueNotify, value, note=note)
+            index = self._notify_index(value)
+            if index is None or not self._notify(index):
+                return
+        for _ in range(MAX_NOTIFY_ROUNDS - 1):
+            with self.lock:
+                if not self._notify(index):
+                    return
 
     # --- the Transport interface, for the device -----------------------------------------------------
 
@@ -494,19 +511,40 @@ class VirtioMmio:
             q.pfn = 0
 
     def _w_queue_notify(self, value: int) -> None:
-        self._notify(value & 0xFFFF)
+        # write() serves QueueNotify itself (outside the lock between rounds); this entry is for the
+        # register table, so that the register counts as writable.
+        index = self._notify_index(value)
+        if index is not None:
+            self._notify(index)
 
-    def _notify(self, index: int) -> None:
+    def _notify_index(self, value: int) -> int | None:
+        """The queue index a QueueNotify value names."""
+        return value & 0xFFFF
+
+    def _notify(self, index: int) -> bool:
+        """One round of the device's work on queue index; True if it made progress and buffers remain."""
         if not self.live:
             # Spec "Device Initialization": no buffers are used before DRIVER_OK.  Drivers that kick
             # before it (older Linux primes and kicks the stats queue first) are served at DRIVER_OK.
             if self._tracer.virtio:
                 self.trace_event("QueueNotify", index, f"deferred: status is {flag_names(Status, self.status)}")
-            return
+            return False
         if index >= len(self.active_queue_names) or not self.queues[index].ready:
             self.guest_error(f"QueueNotify <- {index}: no such queue is enabled")
-            return
+            return False
+        return self._process(index)
+
+    def _process(self, index: int) -> bool:
+        """process_queue(index) once; True if it took buffers and more are available."""
+        q = self.queues[index]
+        before = q.last_avail
         self._run_device(self.device.process_queue, index)
+        if not self.live or not q.ready or q.last_avail == before:
+            return False
+        try:
+            return q.has_available()
+        except GuestMemoryError:
+            return False
 
     def _w_interrupt_ack(self, value: int) -> None:
         if value & ~(_USED | _CONFIG):
@@ -569,8 +607,12 @@ class VirtioMmio:
                     pending = q.has_available()
                 except GuestMemoryError:
                     pending = False
-                if pending:
-                    self._run_device(self.device.process_queue, q.index)
+                # At DRIVER_OK the lock is held through every round: only a driver that queued
+                # buffers before DRIVER_OK gets here, and it cannot have queued more than a ring.
+                rounds = 0
+                while pending and rounds < MAX_NOTIFY_ROUNDS:
+                    pending = self._process(q.index)
+                    rounds += 1
 
     def _w_shm_sel(self, value: int) -> None:
         self.shm_sel = value
@@ -688,6 +730,7 @@ class VirtioMmio:
                             offset=VIRTIO_MMIO_CONFIG + rel, size=size)
 
 
+_NOTIFY = int(Reg.QueueNotify)
 _REG_NAMES = {int(r): r.name for r in Reg}
 _DECIMAL_REGS = frozenset({Reg.QueueSel, Reg.QueueSizeMax, Reg.QueueSize, Reg.QueueNotify, Reg.QueueReady,
                            Reg.DeviceFeaturesSel, Reg.DriverFeaturesSel, Reg.ConfigGeneration, Reg.SHMSel,

@@ -42,6 +42,22 @@ class DescChain:
             return mem.read(gpa, length)
         return b"".join(mem.read(gpa, length) for gpa, length in self.readable)
 
+    def read_prefix(self, mem: GuestMemory, limit: int) -> bytes:
+        """At most limit device-readable bytes from the start of the chain.
+
+        The lengths are the guest's: a chain of a few huge descriptors must not make the device copy
+        gigabytes just to use the first few kilobytes of them.
+        """
+        parts = []
+        left = limit
+        for gpa, length in self.readable:
+            if left <= 0:
+                break
+            n = min(length, left)
+            parts.append(mem.read(gpa, n))
+            left -= n
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
     @property
     def readable_len(self) -> int:
         return sum(length for _, length in self.readable)

@@ -390,3 +390,78 @@ def test_monitor_thread_and_vcpu_thread_share_the_lock():
     assert errors == []
     assert r.balloon.ballooned_pages == 2048
     assert sum(x.bit_count() for x in r.balloon._bitmap) == 2048
+
+
+# --- bounded work per notification -------------------------------------------------------------------
+
+def _count_reads(mem, cap):
+    """Wrap mem.read to add up the bytes the device copies out of guest RAM; fail past cap at once."""
+    real = mem.read
+    seen = []
+
+    def read(gpa, length):
+        seen.append(length)
+        assert sum(seen) <= cap, f"the device read {sum(seen)} bytes of guest RAM"
+        return real(gpa, length)
+
+    mem.read = read
+    return seen
+
+
+def test_huge_descriptors_are_read_only_up_to_the_pfn_bound(caplog):
+    from pyvmm.virtio.balloon import MAX_PFN_BYTES
+
+    r = Rig(ram=16 * MiB)
+    r.driver.start()
+    q = r.driver.q["inflateq"]
+    data = 1 * MiB
+    r.mem.write(data, struct.pack("<1024I", *range(1024, 2048)))   # then zeros: PFN 0 over and over
+    for i in range(64):                 # 64 descriptors of 8 MiB each: 512 MiB readable in one chain
+        q.write_desc(i, data, 8 * MiB, 1 if i < 63 else 0, i + 1)
+    q.push_avail(0)
+    seen = _count_reads(r.mem, cap=2 * MiB)
+    q.kick()
+    assert sum(n for n in seen if n > 16) <= MAX_PFN_BYTES   # 16: descriptors and ring entries
+    assert q.used_idx() == 1 and r.balloon.ballooned_pages == 1025
+    assert r.balloon.duplicate_pfns == (MAX_PFN_BYTES // 4) - 1025
+    assert any("PFNs in one buffer" in x.getMessage() for x in caplog.records)
+
+
+def test_huge_stats_buffer_is_read_only_up_to_its_bound():
+    from pyvmm.virtio.balloon import MAX_STATS_BYTES
+
+    r = Rig(ram=16 * MiB)
+    r.driver.start(stats=[])
+    r.balloon.request_stats()
+    q = r.driver.q["statsq"]
+    q.reap()
+    r.mem.write(MiB, encode_stats([(S.VIRTIO_BALLOON_S_MEMFREE, 77)]))
+    q.write_desc(0, MiB, 8 * MiB, 1, 1)
+    q.write_desc(1, MiB, 8 * MiB, 0, 0)
+    q.push_avail(0)
+    seen = _count_reads(r.mem, cap=MiB)
+    q.kick()
+    assert sum(n for n in seen if n > 16) <= MAX_STATS_BYTES
+    assert r.balloon.stats["memfree"] == 77
+
+
+def test_one_notify_is_served_in_bounded_rounds():
+    from pyvmm.virtio.balloon import MAX_CHAINS_PER_CALL
+
+    r = Rig()
+    r.driver.start()
+    q = r.driver.q["inflateq"]
+    per_call = []
+    real = r.balloon.process_queue
+
+    def counting(index):
+        before = r.dev.queues[index].last_avail
+        real(index)
+        per_call.append((r.dev.queues[index].last_avail - before) & 0xFFFF)
+
+    r.balloon.process_queue = counting
+    for i in range(150):                # 150 buffers of one PFN, one kick
+        q.add([struct.pack("<I", 1000 + i)])
+    q.kick(force=True)
+    assert sum(per_call) == 150 and max(per_call) <= MAX_CHAINS_PER_CALL and len(per_call) >= 3
+    assert q.used_idx() == 150 and r.balloon.ballooned_pages == 150

@@ -47,6 +47,22 @@ def test_chain_with_readable_and_writable_parts():
     assert q.pop() is None
 
 
+def test_read_prefix_reads_no_more_than_its_limit():
+    mem, dq, q = make_queue()
+    dq.add([b"abc", b"defg", b"hij"], [16])
+    chain = q.pop()
+    assert chain.read_prefix(mem, 5) == b"abcde"
+    assert chain.read_prefix(mem, 3) == b"abc"
+    assert chain.read_prefix(mem, 100) == b"abcdefghij" == chain.read_all(mem)
+    assert chain.read_prefix(mem, 0) == b""
+    # A descriptor whose length is huge is cut to the limit before anything is copied.
+    big = type(chain)(chain.head, [(0, RAM)], [])
+    lengths = []
+    real = mem.read
+    mem.read = lambda gpa, n: lengths.append(n) or real(gpa, n)
+    assert len(big.read_prefix(mem, 64)) == 64 and lengths == [64]
+
+
 def test_indirect_chain():
     mem, dq, q = make_queue()
     dq.add([b"xy"], [32], indirect=True)
