@@ -392,6 +392,16 @@ class VirtioMmio:
                 self.guest_error(f"DriverFeatures[{sel}] <- {value:#x}: no such feature bits offered")
             return
         shift = 32 * sel
+        if self.version == 1:
+            # Spec "Legacy Interface: Device Initialization" has no FEATURES_OK step, so nothing else
+            # would refuse bits the device never offered (PAGE_REPORTING when off, VERSION_1):
+            # they are dropped here, as if the driver had not written them.
+            offered = (self.offered >> shift) & 0xFFFF_FFFF
+            extra = value & ~offered
+            if extra:
+                self.guest_error(f"DriverFeatures[{sel}] <- {value:#x} accepts bits never offered "
+                                 f"{extra:#x}: ignored")
+                value &= offered
         self.driver_features = (self.driver_features & ~(0xFFFF_FFFF << shift)) | (value << shift)
 
     def _w_guest_page_size(self, value: int) -> None:

@@ -428,3 +428,30 @@ def test_config_space_access(v2, caplog):
     assert any("2-byte config read of num_pages" in x for x in guest_lines(caplog))
     assert v2.dev.read(0x101, 2) == 0        # unaligned: refused
     assert v2.dev.read(0x1FC, 4) == 0        # beyond the balloon's fields: zero
+
+
+def test_legacy_driver_cannot_accept_features_never_offered(caplog):
+    from tests.support.virtio_driver import PAGE_REPORTING, STATS_VQ
+
+    r = Rig(version=1)            # PAGE_REPORTING is off by default; legacy never offers VERSION_1
+    d = r.drv
+    d.probe()
+    d.reset()
+    d.add_status(A)
+    d.add_status(D)
+    assert not d.device_features() & (PAGE_REPORTING | VERSION_1)
+    d.w(Reg.DriverFeaturesSel, 1)
+    d.w(Reg.DriverFeatures, VERSION_1 >> 32)
+    d.w(Reg.DriverFeaturesSel, 0)
+    d.w(Reg.DriverFeatures, STATS_VQ | PAGE_REPORTING)
+    assert r.dev.driver_features == STATS_VQ
+    assert r.dev.active_queue_names == ["inflateq", "deflateq", "statsq"]
+    for i in range(3):
+        d.setup_queue(i)
+    d.driver_ok()
+    assert r.dev.status & DOK and not r.dev.status & NEEDS_RESET
+    assert r.balloon._features == STATS_VQ
+    lines = guest_lines(caplog)
+    assert any("DriverFeatures[1]" in x and "never offered 0x1" in x for x in lines)
+    assert any(f"never offered {PAGE_REPORTING:#x}" in x for x in lines)
+    r.close()
