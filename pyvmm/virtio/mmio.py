@@ -62,6 +62,7 @@ _CONFIG = int(InterruptBit.CONFIG_CHANGE)
 _VERSION_1 = int(TransportFeature.VIRTIO_F_VERSION_1)
 _EVENT_IDX = int(TransportFeature.VIRTIO_F_EVENT_IDX)
 _INDIRECT = int(TransportFeature.VIRTIO_F_INDIRECT_DESC)
+_NOTIFICATION_DATA = int(TransportFeature.VIRTIO_F_NOTIFICATION_DATA)
 _QUEUE_REGS = frozenset({
     Reg.QueueSizeMax, Reg.QueueSize, Reg.QueueReady, Reg.QueueAlign, Reg.QueuePFN,
     Reg.QueueDescLow, Reg.QueueDescHigh, Reg.QueueDriverLow, Reg.QueueDriverHigh,
@@ -528,7 +529,16 @@ class VirtioMmio:
             self._notify(index)
 
     def _notify_index(self, value: int) -> int | None:
-        """The queue index a QueueNotify value names."""
+        """The queue index a QueueNotify value names, or None (and a guest error) if it names none.
+
+        Spec "MMIO Device Register Layout", QueueNotify: without VIRTIO_F_NOTIFICATION_DATA the value
+        is the queue index alone; only with it do bits 16..31 carry the next available offset.  So
+        0x10000 is not queue 0 with some noise, it is a value no driver may write.
+        """
+        if value > 0xFFFF and not self.driver_features & _NOTIFICATION_DATA:
+            self.guest_error(f"QueueNotify <- {value:#x}: bits above 15 set without "
+                             "VIRTIO_F_NOTIFICATION_DATA; no queue notified")
+            return None
         return value & 0xFFFF
 
     def _notify(self, index: int) -> bool:

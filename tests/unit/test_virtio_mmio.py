@@ -455,3 +455,16 @@ def test_legacy_driver_cannot_accept_features_never_offered(caplog):
     assert any("DriverFeatures[1]" in x and "never offered 0x1" in x for x in lines)
     assert any(f"never offered {PAGE_REPORTING:#x}" in x for x in lines)
     r.close()
+
+
+@pytest.mark.parametrize("value", [0x10000, 0x1_0001, 0xFFFF_0000])
+def test_queue_notify_with_high_bits_notifies_nothing(rig, caplog, value):
+    rig.driver.start(accept=0)
+    q = rig.driver.q["inflateq"]
+    q.add([(5).to_bytes(4, "little")])
+    rig.drv.w(Reg.QueueNotify, value)           # without NOTIFICATION_DATA: not queue value & 0xffff
+    assert q.used_idx() == 0 and rig.balloon.ballooned_pages == 0
+    assert any(f"QueueNotify <- {value:#x}" in x for x in guest_lines(caplog))
+    assert not rig.drv.status & NEEDS_RESET
+    rig.drv.w(Reg.QueueNotify, 0)
+    assert q.used_idx() == 1 and rig.balloon.ballooned_pages == 1
