@@ -585,9 +585,15 @@ class VirtioBalloon:
         if self._stats_head is None or t is None or not t.live or "statsq" not in self._names:
             return False
         index = self._names.index("statsq")
+        q = self._queues[index]
+        if not q.ready:
+            # Spec "MMIO Device Register Layout", QueueReady: the driver stopped the queue (QueueReady
+            # or legacy QueuePFN 0), and a device must not touch a queue that is not ready.  The held
+            # buffer is the driver's again; nothing is written into its rings.
+            return False
         head, self._stats_head = self._stats_head, None
         try:
-            self._queues[index].add_used(head, 0)
+            q.add_used(head, 0)
         except VirtqueueError as e:
             t.guest_error(f"statsq: {e}", fatal=True)
             return False

@@ -465,3 +465,16 @@ def test_one_notify_is_served_in_bounded_rounds():
     q.kick(force=True)
     assert sum(per_call) == 150 and max(per_call) <= MAX_CHAINS_PER_CALL and len(per_call) >= 3
     assert q.used_idx() == 150 and r.balloon.ballooned_pages == 150
+
+
+def test_stats_buffer_not_returned_into_a_stopped_queue(rig):
+    rig.driver.start(stats=[(S.VIRTIO_BALLOON_S_MEMFREE, 1)])
+    q = rig.driver.q["statsq"]
+    sq = rig.dev.queues[2]
+    used_ring = rig.mem.read(q.used, 6 + 8 * q.size)
+    rig.drv.w(Reg.QueueSel, 2)
+    rig.drv.w(Reg.QueueReady if rig.dev.version == 2 else Reg.QueuePFN, 0)   # the driver stops statsq
+    assert not sq.ready
+    assert not rig.balloon.request_stats()
+    assert rig.mem.read(q.used, 6 + 8 * q.size) == used_ring and sq.next_used == 0
+    assert not rig.drv.r(Reg.InterruptStatus) & 1
