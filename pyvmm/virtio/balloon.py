@@ -331,23 +331,24 @@ class VirtioBalloon:
         with self.lock:
             return self._return_stats_buffer()
 
-    def info(self) -> BalloonInfo:
+    def info(self, rss: bool = True) -> BalloonInfo:
+        """A snapshot of the balloon; rss=False skips measuring guest-RAM RSS (query-balloon's path).
+
+        The counters are taken under the device lock, the RSS after it is released: mincore over all
+        of guest RAM takes time in proportion to RAM, and a vCPU's notify must not wait for it.
+        """
         with self.lock:
-            rss: int | None = None
-            if all(r.is_mmap for r in self.mem.regions):
-                from ..hoststat import mapping_rss  # only info() needs it
-                rss = mapping_rss(self.mem)
             feats = tuple(f.name or "" for f in BalloonFeature if self._features & f)
-            return BalloonInfo(
+            snapshot = BalloonInfo(
                 ram_size=self.ram_size,
                 target=self.target,
-                actual=self.ram_size - (min(self.actual, self.ram_pages) << VIRTIO_BALLOON_PFN_SHIFT),
+                actual=self.actual_bytes,
                 num_pages=self.num_pages,
                 actual_pages=self.actual,
                 ballooned_pages=self.ballooned_pages,
                 discarded_bytes=self.discarded_bytes,
                 reported_bytes=self.reported_bytes,
-                guest_ram_rss=rss,
+                guest_ram_rss=None,
                 stats=dict(self.stats),
                 stats_age=None if self.stats_updated is None else max(0.0, time.time() - self.stats_updated),
                 features=feats,
@@ -358,6 +359,15 @@ class VirtioBalloon:
                 guest_errors=self.guest_errors,
                 agree=self.ballooned_pages == self.actual,
             )
+        if rss and all(r.is_mmap for r in self.mem.regions):
+            from ..hoststat import mapping_rss  # only info() needs it
+            snapshot = replace(snapshot, guest_ram_rss=mapping_rss(self.mem))
+        return snapshot
+
+    @property
+    def actual_bytes(self) -> int:
+        """The logical guest size the driver reports, bytes (QEMU's query-balloon `actual`)."""
+        return self.ram_size - (min(self.actual, self.ram_pages) << VIRTIO_BALLOON_PFN_SHIFT)
 
     def is_ballooned(self, pfn: int) -> bool:
         return bool(self._bitmap[pfn >> 3] & (1 << (pfn & 7))) if 0 <= pfn < len(self._bitmap) * 8 else False

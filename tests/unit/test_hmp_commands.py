@@ -221,3 +221,40 @@ def test_system_reset_and_quit(m):
     no_reset = FakeMachine(can_reset=False, driver=False)
     assert run_hmp(no_reset, "system_reset") == "Error: system_reset is not supported by this machine\n"
     no_reset.close()
+
+
+def test_query_balloon_does_not_measure_rss(m, monkeypatch):
+    from pyvmm import hoststat
+    from pyvmm.monitor import commands as C
+
+    calls = []
+    real = hoststat.mapping_rss
+    monkeypatch.setattr(hoststat, "mapping_rss", lambda mem: calls.append(mem) or real(mem))
+    assert C.query_balloon(m) == {"actual": 64 * MiB}
+    assert calls == []                               # query-balloon: no mincore over guest RAM
+    assert m.balloon.info().guest_ram_rss is not None and len(calls) == 1
+
+
+def test_balloon_info_measures_rss_outside_the_device_lock(m, monkeypatch):
+    import threading
+
+    from pyvmm import hoststat
+
+    free = []
+    real = hoststat.mapping_rss
+
+    def probing(mem):
+        def other_thread():        # the lock is re-entrant: only another thread can tell
+            got = m.balloon.lock.acquire(blocking=False)
+            if got:
+                m.balloon.lock.release()
+            free.append(got)
+        t = threading.Thread(target=other_thread)
+        t.start()
+        t.join()
+        return real(mem)
+
+    monkeypatch.setattr(hoststat, "mapping_rss", probing)
+    info = m.balloon.info()
+    assert free == [True] and info.guest_ram_rss is not None
+    assert m.balloon.info(rss=False).guest_ram_rss is None and free == [True]
