@@ -69,6 +69,9 @@ class MSR(IntFlag):
 
 
 FIFO_SIZE = 64
+# The host keeps more than the 16550A's 64-byte FIFO so pasted text is not lost, but not without end:
+# past this the byte is dropped and LSR.OE set, from the keyboard and from loopback alike.
+RX_LIMIT = FIFO_SIZE * 64
 IIR_FIFO_ENABLED = 0xC0
 
 # Plain ints of the bits the access paths test: IntFlag arithmetic builds a new enum member per
@@ -107,7 +110,7 @@ class Serial16550:
         """Bytes typed by the user (or a test) into the guest's receive FIFO."""
         with self.lock:
             for b in data:
-                if len(self.rx) >= FIFO_SIZE * 64:
+                if len(self.rx) >= RX_LIMIT:
                     self.lsr |= _OE
                     break
                 self.rx.append(b)
@@ -165,7 +168,11 @@ class Serial16550:
                 self.dll = value
                 return
             if self.mcr & _LOOP:
-                self.rx.append(value)
+                # The guest fills its own receive FIFO here: bounded, or it could grow host memory.
+                if len(self.rx) >= RX_LIMIT:
+                    self.lsr |= _OE
+                else:
+                    self.rx.append(value)
             else:
                 self.sink(bytes((value,)))
             # The byte leaves at once: THR is empty again, so a THRE interrupt is due if enabled.

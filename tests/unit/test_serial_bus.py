@@ -44,6 +44,21 @@ def test_loopback_as_linux_autoconfig_tests_it(uart):
     assert u.read(UartReg.RBR_THR_DLL, 1) == ord("x")
 
 
+def test_loopback_receive_is_bounded_with_overrun(uart):
+    from pyvmm.devices.serial import RX_LIMIT
+
+    u, out, _ = uart
+    u.write(UartReg.IER_DLM, 1, IER.RLSI)
+    u.write(UartReg.MCR, 1, MCR.LOOP)
+    for i in range(RX_LIMIT + 1000):          # a guest writing THR in loopback and never reading RBR
+        u.write(UartReg.RBR_THR_DLL, 1, i & 0xFF)
+    assert len(u.rx) == RX_LIMIT and out == b""
+    assert u.read(UartReg.IIR_FCR, 1) & 0x0F == IIR.RLSI
+    assert u.read(UartReg.LSR, 1) & LSR.OE
+    assert not u.read(UartReg.LSR, 1) & LSR.OE  # reading LSR clears OE
+    assert u.read(UartReg.RBR_THR_DLL, 1) == 0  # the oldest bytes are kept
+
+
 def test_receive_interrupt(uart):
     u, _, irq = uart
     assert u.read(UartReg.IIR_FCR, 1) & 1 == IIR.NO_INT
