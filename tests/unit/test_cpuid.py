@@ -103,6 +103,19 @@ def test_intel_leaf4_cache_sharing() -> None:
     assert not any(e.function == 0x8000_0008 for e in out)                # nothing invented for Intel
 
 
+def test_intel_leaf4_fields_clamped_above_64_vcpus() -> None:
+    intel = [(0x0, 0, 0x1F, 0x756E6547, 0x6C65746E, 0x49656E69, 0),
+             (0x1, 0, 0x906EA, 0x00010800, 0x80202000, 0x078BFBFF, 0),
+             (0x4, 0, 0x1C004121, 0x01C0003F, 0x3F, 0, 1),               # L1d
+             (0x4, 3, 0x1C03C163, 0x03C0003F, 0x3FFF, 6, 1)]             # L3
+    for num_cpus in (64, 65, 100, 255):
+        out = c.apply_policy(intel, passthrough=False, num_cpus=num_cpus, cpu_index=num_cpus - 1)
+        assert all(0 <= r < 1 << 32 for e in out for r in (e.eax, e.ebx, e.ecx, e.edx))
+        l1d, l3 = leaf(out, 0x4, 0), leaf(out, 0x4, 3)
+        assert (l1d.eax >> 26, (l1d.eax >> 14) & 0xFFF, l1d.eax & 0x3FFF) == (63, 0, 0x0121)
+        assert (l3.eax >> 26, (l3.eax >> 14) & 0xFFF, l3.eax & 0x3FFF) == (63, num_cpus - 1, 0x0163)
+
+
 def test_bad_arguments() -> None:
     with pytest.raises(ValueError):
         c.apply_policy(HOST, passthrough=False, num_cpus=2, cpu_index=2)

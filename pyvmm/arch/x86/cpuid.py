@@ -224,8 +224,12 @@ def _set_topology(entries: list[CpuidEntry], num_cpus: int, cpu_index: int) -> N
     for i, e in enumerate(entries):
         if e.function == 0x4 and e.eax & 0x1F:           # a valid deterministic cache parameters subleaf
             level = (e.eax >> 5) & 0x7
-            sharing = num_cpus - 1 if level >= 3 else 0  # L3 shared by the package; L1/L2 per core
-            eax = (e.eax & 0x0000_3FFF) | (sharing << 14) | ((num_cpus - 1) << 26)
+            # SDM leaf 4: EAX[25:14] = logical processors sharing the cache - 1 (12 bits), EAX[31:26] =
+            # cores in the package - 1 (6 bits).  Both are clamped to their fields: above 64 vCPUs the
+            # core count would run past bit 31 (and ctypes would truncate it without a word).
+            sharing = min(num_cpus, 1 << 12) - 1 if level >= 3 else 0  # L3 per package; L1/L2 per core
+            cores = min(num_cpus, 1 << 6) - 1
+            eax = (e.eax & 0x0000_3FFF) | (sharing << 14) | (cores << 26)
             entries[i] = e._replace(eax=eax)
     for function in (0xB, 0x1F):
         existing = [e for e in entries if e.function == function]
