@@ -48,8 +48,11 @@ def build_vm(m, cfg: VmConfig) -> None:
 
     from .trace import Tracer
 
-    m.tracer = Tracer(set(cfg.trace), stream=sys.stderr,
-                      json_path=str(cfg.trace_file) if cfg.trace_file else None)
+    try:
+        m.tracer = Tracer(set(cfg.trace), stream=sys.stderr,
+                          json_path=str(cfg.trace_file) if cfg.trace_file else None)
+    except OSError as e:
+        raise ConfigError(f"--trace-file {cfg.trace_file}: {e.strerror}") from None
     m._closers.append(m.tracer.close)
 
     # The VM, its interrupt controllers and timer.
@@ -95,15 +98,15 @@ def build_vm(m, cfg: VmConfig) -> None:
         balloon = VirtioBalloon(mem, opts, discard=mem.discard)
         m._closers.append(balloon.close)
         if cfg.irqfd:
-            holder = {}
-            irq = IrqfdLine(vm, gsi, lambda: holder["t"].read(0x60, 4) != 0)
+            # After the guest's EOI the kernel lowers the line; raise it again if the device still
+            # has something pending (the transport is bound below, before any interrupt can happen).
+            irq = IrqfdLine(vm, gsi, lambda: transport.interrupt_status != 0)
+            m._closers.append(irq.close)
             m.event_loop.add(irq.resample_fd, irq.on_resample)
         else:
             irq = KvmIrqLine(vm, gsi)
         transport = VirtioMmio(balloon, mem, irq, version=cfg.virtio_version, name="balloon0",
                                tracer=m.tracer)
-        if cfg.irqfd:
-            holder["t"] = transport
         transport.base = base
         transport.irq_gsi = gsi
         m.mmio_bus.insert(transport, base, VirtioMmio.WINDOW_SIZE, "virtio-mmio balloon0")
@@ -130,10 +133,9 @@ def build_vm(m, cfg: VmConfig) -> None:
     if not kernel.exists():
         hint = " (run `make build` to build the demo guest)" if cfg.kernel is None else ""
         raise LoaderError(f"kernel {kernel}: no such file{hint}")
-    if kernel.is_dir():
-        raise LoaderError(f"kernel {kernel}: is a directory, not a kernel file")
-    if not os.access(kernel, os.R_OK):
-        raise LoaderError(f"kernel {kernel}: permission denied")
+    _check_file(kernel, "kernel", cfg.memory)
+    if cfg.initrd is not None:
+        _check_file(Path(cfg.initrd), "initrd", cfg.memory)
     from .loader.cache import load_cached
     from .loader.elf import is_elf, load_elf, place_segments
 
@@ -238,6 +240,27 @@ def build_vm(m, cfg: VmConfig) -> None:
         m.console_out = _stdout_writer()
 
 
+def _check_file(path: Path, what: str, limit: int) -> None:
+    """A kernel or initrd must be a readable regular file that could fit in guest RAM: /dev/zero or a
+    FIFO would otherwise be read until the host runs out of memory (or forever)."""
+    import stat
+
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise LoaderError(f"{what} {path}: no such file") from None
+    except OSError as e:
+        raise LoaderError(f"{what} {path}: {e.strerror}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise LoaderError(f"{what} {path}: is a directory, not a {what} file")
+    if not stat.S_ISREG(st.st_mode):
+        raise LoaderError(f"{what} {path}: not a regular file")
+    if not os.access(path, os.R_OK):
+        raise LoaderError(f"{what} {path}: permission denied")
+    if st.st_size > limit:
+        raise LoaderError(f"{what} {path}: {st.st_size} bytes do not fit in {limit >> 20} MiB of guest RAM")
+
+
 def _stdout_writer():
     fd = sys.stdout.fileno() if hasattr(sys.stdout, "fileno") else 1
 
@@ -267,13 +290,13 @@ def _wire_ioeventfds(m, vm, transport, base: int) -> None:
     """QueueNotify through KVM_IOEVENTFD: one eventfd per queue index (datamatch), served by the
     event loop, so a notify does not return to Python on the vCPU thread."""
     notify = base + transport.QUEUE_NOTIFY_OFFSET
-    for index in range(getattr(transport, "MAX_QUEUES", 5)):
+    for index in range(len(transport.queues)):
         efd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        m._closers.append(lambda efd=efd: os.close(efd))
         try:
             vm.ioeventfd(efd, notify, 4, datamatch=index)
         except PyvmmError:
-            os.close(efd)
-            return
+            return      # the plain exit path still serves this queue
 
         def handler(efd=efd, index=index) -> None:
             try:
@@ -283,4 +306,3 @@ def _wire_ioeventfds(m, vm, transport, base: int) -> None:
             transport.queue_notify(index)
 
         m.event_loop.add(efd, handler)
-        m._closers.append(lambda efd=efd: os.close(efd))

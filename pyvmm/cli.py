@@ -38,7 +38,8 @@ def _add_run_parser(sub) -> None:
     p.add_argument("--virtio-version", type=int, default=2, choices=(1, 2),
                    help="virtio-mmio version: 2 (modern, default) or 1 (legacy)")
     p.add_argument("--trace", default="", metavar="CATS",
-                   help="comma-separated trace categories: virtio, boot, irq, balloon, exits")
+                   help="comma-separated trace categories: virtio (every virtio-mmio register access, "
+                        "interrupt and balloon event), boot (firmware stages), all")
     p.add_argument("--trace-file", type=Path, help="also write trace events as JSON lines to this file")
     p.add_argument("--qmp", action="append", default=[], metavar="ADDR",
                    help="QMP server: unix:PATH[,server,wait=off] or tcp:127.0.0.1:PORT (repeatable)")
@@ -135,6 +136,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
                         format="pyvmm: %(name)s: %(message)s")
+    if sys.stderr.isatty():
+        # The console may be in raw mode while the guest runs (no newline translation there).
+        for handler in logging.getLogger().handlers:
+            handler.terminator = "\r\n"
     if args.verb is None:
         parser.print_help()
         return 2

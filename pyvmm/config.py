@@ -101,6 +101,8 @@ class VmConfig:
                               f"({format_size(host_memory())})")
         if self.smp < 1:
             raise ConfigError("--smp must be at least 1")
+        if self.smp > MAX_SMP:
+            raise ConfigError(f"--smp {self.smp}: at most {MAX_SMP} vCPUs (xAPIC ids)")
         if max_vcpus is not None and self.smp > max_vcpus:
             raise ConfigError(f"--smp {self.smp} is more than this host's KVM allows ({max_vcpus})")
         if self.virtio_version not in (1, 2):
@@ -116,4 +118,5 @@ class VmConfig:
         return self.kernel if self.kernel is not None else DEFAULT_GUEST
 
 
-TRACE_CATEGORIES = frozenset({"virtio", "boot", "irq", "balloon", "exits"})
+TRACE_CATEGORIES = frozenset({"virtio", "boot", "all"})
+MAX_SMP = 254          # xAPIC ids in the MADT (255 is the broadcast id)

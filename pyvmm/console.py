@@ -16,6 +16,7 @@ def run_machine(cfg: VmConfig, *, demo: bool = False) -> int:
 
     interactive = cfg.console == "stdio" and sys.stdin.isatty() and not demo
     machine = Machine(cfg)
+    machine.report_crashes = not interactive   # printed below, once the terminal is cooked again
     stack = contextlib.ExitStack()
     try:
         signal.signal(signal.SIGTERM, lambda s, f: machine.stop(143, "terminated (SIGTERM)"))
@@ -38,6 +39,8 @@ def run_machine(cfg: VmConfig, *, demo: bool = False) -> int:
     finally:
         stack.close()           # the terminal's settings come back on every way out
         machine.close()
+        if machine.crash_report and not machine.report_crashes:
+            sys.stderr.write(machine.crash_report + "\n")
     if machine.emulation_fixups:
         done = ", ".join(f"{k} x{v}" for k, v in sorted(machine.emulation_fixups.items()))
         sys.stderr.write(f"pyvmm: finished for the guest what this host's emulator could not: {done}\n")

@@ -72,6 +72,15 @@ class IrqfdLine:
         if level:
             self._write(self.efd, 1)
 
+    def close(self) -> None:
+        import os
+
+        for fd in (self.efd, self.resample_fd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
     def on_resample(self) -> None:
         import os
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 # Categories that get a bool attribute of their own; emit() takes any other name as well.
-KNOWN_CATEGORIES = ("virtio", "balloon", "boot", "exits", "irq", "monitor", "pio", "mmio")
+KNOWN_CATEGORIES = ("virtio", "boot")    # virtio: every virtio-mmio access, interrupt and balloon event
 
 _local = threading.local()
 
@@ -34,13 +34,7 @@ class Tracer:
 
     # Attributes of the known categories; set in __init__ (declared for type checkers).
     virtio: bool
-    balloon: bool
     boot: bool
-    exits: bool
-    irq: bool
-    monitor: bool
-    pio: bool
-    mmio: bool
 
     def __init__(
         self,
@@ -57,6 +51,10 @@ class Tracer:
             setattr(self, name, name in self.categories)
         self.enabled = bool(self.categories)
         self._stream = stream
+        try:   # a terminal may be in raw mode while the guest runs: end lines with CR LF there
+            self._newline = "\r\n" if stream is not None and stream.isatty() else "\n"
+        except (AttributeError, ValueError):
+            self._newline = "\n"
         self._json = open(json_path, "w", encoding="utf-8") if json_path else None  # noqa: SIM115
         self._clock = clock or time.monotonic
         self._t0 = self._clock()
@@ -67,6 +65,18 @@ class Tracer:
         """A tracer with every category off: the default of every device."""
         return cls(frozenset(), stream=None)
 
+    def set(self, category: str, on: bool) -> None:
+        """Turn a category ("all" for every one) on or off while the VM runs (the monitor's `trace`)."""
+        names = KNOWN_CATEGORIES if category == "all" else (category,)
+        if any(n not in KNOWN_CATEGORIES for n in names):
+            raise ValueError(f"unknown trace category {category!r} (choose from all, {', '.join(KNOWN_CATEGORIES)})")
+        cats = set(self.categories)
+        cats = cats | set(names) if on else cats - set(names)
+        self.categories = frozenset(cats)
+        for name in names:
+            setattr(self, name, on)
+        self.enabled = bool(cats)
+
     def wants(self, category: str) -> bool:
         return category in self.categories
 
@@ -75,7 +85,7 @@ class Tracer:
     def _write(self, line: str, record: dict[str, Any]) -> None:
         with self._lock:
             if self._stream is not None:
-                self._stream.write(line + "\n")
+                self._stream.write(line + self._newline)
                 self._stream.flush()
             if self._json is not None:
                 self._json.write(json.dumps(record, separators=(",", ":")) + "\n")

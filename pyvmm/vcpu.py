@@ -19,7 +19,6 @@ if TYPE_CHECKING:
     from .vm import Machine
 
 log = logging.getLogger("pyvmm.vcpu")
-guest_log = logging.getLogger("pyvmm.guest")
 
 KICK_SIGNAL = signal.SIGUSR1
 _current = threading.local()
@@ -50,7 +49,10 @@ class Vcpu:
 
     def kick(self) -> None:
         """Make KVM_RUN return: immediate_exit covers the window before entry, the signal the rest."""
-        self.fd.kvm_run.immediate_exit = 1
+        run = self.fd.kvm_run
+        if run is None:          # closed
+            return
+        run.immediate_exit = 1
         t = self.thread
         if t is not None and t.is_alive() and t.ident is not None:
             try:
@@ -90,11 +92,11 @@ class Vcpu:
             except OSError as e:
                 if e.errno in (errno.EINTR, errno.EAGAIN):
                     self.fd.kvm_run.immediate_exit = 0
-                    if m._should_stop():
+                    if m._stop_requested:
                         return
                     if m._pause_requested:
                         self._wait_while_paused()
-                        if m._should_stop():
+                        if m._stop_requested:
                             return
                     continue
                 raise KvmError("KVM_RUN", e.errno) from None
@@ -131,11 +133,13 @@ class Vcpu:
                 if r is None or not r.base <= gpa < r.base + r.size:
                     r = mmio_find(gpa)
                 if r is None:
+                    # Nothing there: reads float high as on a PC bus, writes are dropped; both are
+                    # guest errors worth a (rate-limited) line.
                     self.unhandled_io += 1
                     if not is_write:
                         buf[mmio_data : mmio_data + length] = b"\xff" * length
-                    elif m.guest_error_log:
-                        guest_log.debug("write of %d bytes to unmapped gpa %#x", length, gpa)
+                    m.mmio_errors(f"{'write to' if is_write else 'read of'} unmapped gpa {gpa:#x} "
+                                  f"({length} bytes)")
                 elif is_write:
                     r.device.write(gpa - r.base, length, int.from_bytes(data[:length], "little"))
                 else:
@@ -151,7 +155,7 @@ class Vcpu:
         m = self.machine
         self.paused.set()
         with m._pause_cond:
-            while m._pause_requested and not m._should_stop():
+            while m._pause_requested and not m._stop_requested:
                 m._pause_cond.wait(0.5)
         self.paused.clear()
 
@@ -252,10 +256,24 @@ class Vcpu:
         return text
 
 
+def _kick(signum, frame) -> None:
+    """The kick signal only interrupts KVM_RUN; there is nothing to do on delivery."""
+
+
 def install_kick_handler() -> None:
-    """A no-op handler, so the kick signal interrupts KVM_RUN instead of killing the process."""
+    """A no-op handler, so the kick signal interrupts KVM_RUN instead of killing the process.
+
+    Python sets signal handlers only from the main thread: a machine started on another thread
+    needs the handler installed on the main thread first (this function, called there)."""
+    if signal.getsignal(KICK_SIGNAL) is _kick:
+        return
     if threading.current_thread() is threading.main_thread():
-        signal.signal(KICK_SIGNAL, lambda signum, frame: None)
+        signal.signal(KICK_SIGNAL, _kick)
+        return
+    from .errors import PyvmmError
+
+    raise PyvmmError("a Machine started off the main thread needs pyvmm.vcpu.install_kick_handler() "
+                     "called on the main thread first (it makes SIGUSR1 interrupt KVM_RUN)")
 
 
 __all__ = ["Vcpu", "current_vcpu", "install_kick_handler", "GuestCrash"]

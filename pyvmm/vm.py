@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -45,6 +46,8 @@ class EventLoop:
                 key.data()
 
     def stop(self) -> None:
+        if self._stop:
+            return
         self._stop = True
         try:
             os.write(self._wake_w, b"x")
@@ -52,6 +55,9 @@ class EventLoop:
             pass
         if self.thread is not None:
             self.thread.join(2)
+        self.sel.close()
+        for fd in (self._wake_r, self._wake_w):
+            os.close(fd)
 
 
 class Machine:
@@ -80,7 +86,9 @@ class Machine:
         self.balloon_transport = None
         self.firmware_image: bytes | None = None
         self.firmware_base = 0
-        self.guest_error_log = True
+        from .guestlog import GuestErrorLog
+
+        self.mmio_errors = GuestErrorLog("mmio")
         self.emulation_fixups: dict[str, int] = {}
         self.qmp_servers: list = []
         self._listeners: list[Callable[[str, dict], None]] = []
@@ -96,7 +104,15 @@ class Machine:
         self.event_loop = EventLoop()
         self.start_time = time.monotonic()
         self.guest_start_time: float | None = None
-        builder.build_vm(self, config)
+        self._state_lock = threading.RLock()
+        self._quiesce_count = 0
+        self._user_paused = False
+        try:
+            builder.build_vm(self, config)
+        except BaseException:
+            self._state = "shutdown"
+            self._close_resources()   # nothing a failed build opened outlives it
+            raise
 
     # --- console ------------------------------------------------------------------------------
 
@@ -117,19 +133,30 @@ class Machine:
             return self._console.decode("utf-8", "replace")
 
     def wait_for_console(self, pattern: str, timeout: float = 30.0) -> re.Match:
-        """Wait until the guest's console output matches the regex; TimeoutError otherwise."""
+        """Wait until the guest's console output matches the regex; TimeoutError otherwise.
+
+        Each wake-up searches only what arrived since the last look (plus an overlap of 4 KiB for a
+        match that straddles it), and waits at least 20 ms between looks, so a chatty guest does not
+        turn the waiting thread into a busy loop that competes with the vCPU for the GIL.
+        """
         rx = re.compile(pattern)
         deadline = time.monotonic() + timeout
-        with self._console_cond:
-            while True:
-                m = rx.search(self._console.decode("utf-8", "replace"))
-                if m:
-                    return m
-                left = deadline - time.monotonic()
-                if left <= 0 or (self._stopped.is_set() and not m):
-                    raise TimeoutError(f"console never matched {pattern!r}"
-                                       + (" (the VM stopped)" if self._stopped.is_set() else ""))
-                self._console_cond.wait(min(left, 0.2))
+        start = 0
+        while True:
+            with self._console_cond:
+                text = self._console.decode("utf-8", "replace")
+            m = rx.search(text, max(0, start - 4096))
+            if m:
+                return rx.search(text) if start else m     # the first match, as re.search gives
+            start = len(text)
+            left = deadline - time.monotonic()
+            if left <= 0 or self._stopped.is_set():
+                raise TimeoutError(f"console never matched {pattern!r}"
+                                   + (" (the VM stopped)" if self._stopped.is_set() else ""))
+            time.sleep(min(left, 0.02))
+            with self._console_cond:
+                if len(self._console) == start:
+                    self._console_cond.wait(min(max(0.0, deadline - time.monotonic()), 0.5))
 
     # --- events -------------------------------------------------------------------------------
 
@@ -150,7 +177,7 @@ class Machine:
 
         if self._state != "created":
             raise RuntimeError("a machine starts once")
-        install_kick_handler()
+        install_kick_handler()   # PyvmmError off the main thread unless it was installed there before
         for address in self.config.qmp:
             from .monitor.qmp import QmpServer
 
@@ -168,32 +195,79 @@ class Machine:
     def status(self) -> str:
         return self._state
 
-    def _should_stop(self) -> bool:
-        return self._stop_requested
-
     def stop(self, exit_code: int = 0, reason: str = "stopped by the host", *,
              event_reason: str = "host-signal") -> None:
         """Stop the VM (from any thread); the first reason and exit code win.  ``event_reason`` is
         the SHUTDOWN event's reason in QEMU's vocabulary (host-qmp-quit, guest-shutdown, ...)."""
-        if self._stop_requested:
-            return
-        self.exit_code = exit_code if self.exit_code is None else self.exit_code
-        self.stop_reason = reason
-        self._stop_requested = True
+        with self._state_lock:
+            if self._stop_requested:
+                return
+            self._stop_requested = True
+            self.exit_code = exit_code if self.exit_code is None else self.exit_code
+            self.stop_reason = reason
+            self._state = "shutdown"
         with self._pause_cond:
             self._pause_cond.notify_all()
         for v in self.vcpus:
             v.kick()
-        self._state = "shutdown"
         self._emit("SHUTDOWN", {"guest": event_reason.startswith("guest"), "reason": event_reason})
         self._stopped.set()
         with self._console_cond:
             self._console_cond.notify_all()
 
+    # Pausing: the vCPUs stay out of KVM_RUN while anyone holds them (a user's pause, or a moment's
+    # quiescing to read registers).  The state lock is held only to change counters and state, never
+    # while waiting for the vCPUs, since a vCPU may itself need it to stop the machine.
+
     def pause(self) -> None:
-        if self._state != "running":
-            return
+        """Stop the vCPUs (QMP `stop`): emits STOP once they are all out of KVM_RUN."""
+        with self._state_lock:
+            if self._state != "running" or self._user_paused:
+                return
+            self._user_paused = True
+            self._hold()
+        self._wait_vcpus_out()
+        with self._state_lock:
+            if self._stop_requested or not self._user_paused:
+                return          # stopped (or resumed) meanwhile: not a pause to report
+            self._state = "paused"
+        self._emit("STOP")
+
+    def resume(self) -> None:
+        """Let the vCPUs run again (QMP `cont`): emits RESUME."""
+        with self._state_lock:
+            if not self._user_paused or self._stop_requested:
+                return
+            self._user_paused = False
+            self._state = "running"
+            self._unhold()
+        self._emit("RESUME")
+
+    @contextlib.contextmanager
+    def quiesced(self):
+        """The vCPUs held out of KVM_RUN for a moment (to read their registers), with no STOP/RESUME
+        event and no change of state: a user's pause stays a pause."""
+        with self._state_lock:
+            self._hold()
+        try:
+            self._wait_vcpus_out()
+            yield
+        finally:
+            with self._state_lock:
+                self._unhold()
+
+    def _hold(self) -> None:
+        self._quiesce_count += 1
         self._pause_requested = True
+
+    def _unhold(self) -> None:
+        self._quiesce_count -= 1
+        if self._quiesce_count == 0:
+            with self._pause_cond:
+                self._pause_requested = False
+                self._pause_cond.notify_all()
+
+    def _wait_vcpus_out(self) -> None:
         for v in self.vcpus:
             v.kick()
         for v in self.vcpus:
@@ -201,17 +275,6 @@ class Machine:
                 if self._stop_requested or not (v.thread and v.thread.is_alive()):
                     break
                 v.kick()
-        self._state = "paused"
-        self._emit("STOP")
-
-    def resume(self) -> None:
-        if self._state != "paused":
-            return
-        with self._pause_cond:
-            self._pause_requested = False
-            self._pause_cond.notify_all()
-        self._state = "running"
-        self._emit("RESUME")
 
     def wait(self, timeout: float | None = None) -> int | None:
         """Block until the VM stops; returns its exit code (None on timeout).  Ctrl-C stops it."""
@@ -236,6 +299,9 @@ class Machine:
         for v in self.vcpus:
             if v.thread is not None and v.thread.is_alive() and v.thread is not threading.current_thread():
                 v.thread.join(2)
+        self._close_resources()
+
+    def _close_resources(self) -> None:
         self.event_loop.stop()
         for c in reversed(self._closers):
             try:
@@ -267,9 +333,7 @@ class Machine:
             dump = vcpu.register_dump()
         except Exception as e:  # the registers may be unreadable after some failures
             dump = f"(registers unavailable: {e})"
-        self.crash_report = f"pyvmm: {reason} on vCPU {vcpu.index}\n{dump}"
-        sys.stderr.write(self.crash_report + "\n")
-        sys.stderr.flush()
+        self._report(f"pyvmm: {reason} on vCPU {vcpu.index}\n{dump}")
         self.stop(GuestCrash.exit_code, reason, event_reason="guest-panic")
 
     def _vcpu_failed(self, vcpu, exc: BaseException) -> None:
@@ -277,10 +341,19 @@ class Machine:
             dump = vcpu.register_dump()
         except Exception as e:
             dump = f"(registers unavailable: {e})"
-        self.crash_report = f"pyvmm: internal error on vCPU {vcpu.index}: {exc!r}\n{dump}"
-        sys.stderr.write(self.crash_report + "\n")
+        self._report(f"pyvmm: internal error on vCPU {vcpu.index}: {exc!r}\n{dump}")
         self._vcpu_exc = exc
         self.stop(70, f"internal error on vCPU {vcpu.index}: {exc!r}")
+
+    # Where a crash report goes: stderr at once, unless the CLI holds the terminal in raw mode and
+    # prints it itself once the terminal is restored (a raw terminal would staircase the lines).
+    report_crashes = True
+
+    def _report(self, text: str) -> None:
+        self.crash_report = text
+        if self.report_crashes:
+            sys.stderr.write(text + "\n")
+            sys.stderr.flush()
 
     def _guest_exit(self, code: int) -> None:
         self.stop(code, f"the guest exited with code {code}", event_reason="guest-shutdown")
@@ -305,14 +378,8 @@ class Machine:
     def vcpu_registers(self, cpu: int = 0) -> str:
         if not 0 <= cpu < len(self.vcpus):
             raise ValueError(f"no vCPU {cpu} (the machine has {len(self.vcpus)})")
-        was_running = self._state == "running"
-        if was_running:
-            self.pause()
-        try:
+        with self.quiesced():
             return self.vcpus[cpu].register_dump()
-        finally:
-            if was_running:
-                self.resume()
 
     def _boot_stage(self, code: int) -> None:
         """A stage code from the firmware on the POST port: record it and, with --trace boot, print the

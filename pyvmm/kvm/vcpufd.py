@@ -28,6 +28,12 @@ class VcpuFd:
         self._finalizer = weakref.finalize(self, close_fd, fd)
 
     def close(self) -> None:
+        """Unmap kvm_run and close the fd: only then does the kernel let the vCPU (and its VM) go."""
+        self.kvm_run = None
+        try:
+            self.run_mmap.close()
+        except BufferError:
+            pass  # a view of kvm_run is still alive somewhere; the mapping goes with it
         self._finalizer()
 
     def run(self) -> None:

@@ -86,6 +86,13 @@ def load_firmware(path: str | os.PathLike[str]) -> FirmwareImage:
     path = Path(path)
     where = f"firmware {path}"
     try:
+        import stat
+
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            raise LoaderError(f"{where}: not a regular file")
+        if st.st_size > 16 << 20:        # an ELF of a 64 KiB ROM is a few KiB; /dev/zero is endless
+            raise LoaderError(f"{where}: {st.st_size} bytes is not a 64 KiB boot ROM's ELF")
         data = path.read_bytes()
     except FileNotFoundError:
         raise LoaderError(f"{where}: no such file (build it with `make -C firmware`)") from None

@@ -8,7 +8,7 @@ import time
 import pexpect
 import pytest
 
-from tests.support.guest import GUEST, ROOT, ensure_built, machine
+from tests.support.guest import GUEST, MiB, ROOT, ensure_built, machine
 
 pytestmark = pytest.mark.kvm
 
@@ -55,3 +55,52 @@ def test_exception_on_a_vcpu_thread_stops_the_vm_and_reraises():
             m.wait(30)
         assert m.status() == "shutdown" and m.exit_code == 70
         assert "internal error on vCPU 0" in m.crash_report and "RIP=" in m.crash_report
+
+
+def test_pause_resume_and_register_reads_keep_state_and_events_straight():
+    events = []
+    with machine("scenario=demo dirty=8M", memory=64 * MiB) as m:
+        m.add_listener(lambda e, d: events.append(e))
+        m.wait_for_console(r"balloon: version 2 features", 60)
+        dump = m.vcpu_registers(0)                 # quiesces without events or state change
+        assert "RIP=" in dump and m.status() == "running" and events == []
+        m.pause()
+        assert m.status() == "paused" and events == ["STOP"]
+        exits = m.vcpus[0].exits
+        time.sleep(0.3)
+        assert m.vcpus[0].exits == exits           # nothing runs while paused
+        m.vcpu_registers(0)
+        assert m.status() == "paused" and events == ["STOP"]   # a user's pause stays a pause
+        m.resume()
+        assert m.status() == "running" and events == ["STOP", "RESUME"]
+        m.stop(0, "test")
+        m.pause()
+        m.resume()
+        assert m.status() == "shutdown" and events == ["STOP", "RESUME", "SHUTDOWN"]
+
+
+def test_machine_started_off_the_main_thread():
+    """Needs the kick handler from the main thread: a clear error without it, a working VM with it."""
+    code = (
+        "import threading, sys\n"
+        "from pyvmm.vm import Machine\nfrom pyvmm.config import VmConfig\nfrom pyvmm.errors import PyvmmError\n"
+        "from pyvmm.vcpu import install_kick_handler\n"
+        "out = {}\n"
+        "def run():\n"
+        "    m = Machine(VmConfig(memory=64 << 20, append='scenario=selftest', console='none'))\n"
+        "    try:\n"
+        "        m.start(); out['code'] = m.wait(30)\n"
+        "    except PyvmmError as e:\n"
+        "        out['error'] = str(e)\n"
+        "    finally:\n"
+        "        m.close()\n"
+        "t = threading.Thread(target=run); t.start(); t.join()\n"
+        "print(out.get('error', ''))\n"
+        "install_kick_handler()\n"
+        "t = threading.Thread(target=run); t.start(); t.join()\n"
+        "print(out.get('code'))\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    lines = res.stdout.splitlines()
+    assert "install_kick_handler() called on the main thread" in lines[0], res
+    assert lines[1] == "0"

@@ -68,8 +68,8 @@ def test_smp_zero(hello):
     assert_one_line_error(pyvmm("run", str(hello), "--smp", "0"), "--smp")
 
 
-def test_smp_above_kvm_limit(hello):
-    assert_one_line_error(pyvmm("run", str(hello), "--smp", "100000"), "--smp", "KVM allows")
+def test_smp_above_the_limit(hello):
+    assert_one_line_error(pyvmm("run", str(hello), "--smp", "100000"), "--smp", "at most 254")
 
 
 def test_bad_option():
@@ -115,3 +115,19 @@ def test_string_io(tmp_path):
     res = pyvmm("run", str(build_string_io_elf(tmp_path)), "-m", "16M", "--balloon", "off", "--no-firmware")
     assert res.returncode == 0, res.stderr
     assert res.stdout == "string I/O works\nZZZZ\n"
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--trace-file", "/nonexistent/dir/x.jsonl"], ["--trace-file", "No such file"]),
+    (["--smp", "255"], ["at most 254"]),
+    (["--smp", "300", "--no-acpi"], ["at most 254"]),
+    (["--initrd", "/dev/zero"], ["initrd /dev/zero: not a regular file"]),
+    (["--firmware", "/dev/zero"], ["firmware /dev/zero: not a regular file"]),
+    (["--trace", "exits"], ["unknown trace category"]),
+])
+def test_more_bad_input(hello, args, words):
+    assert_one_line_error(pyvmm("run", str(hello), "-m", "16M", *args), *words)
+
+
+def test_kernel_that_is_not_a_regular_file():
+    assert_one_line_error(pyvmm("run", "/dev/zero"), "not a regular file")

@@ -159,7 +159,7 @@ def test_missing_file(tmp_path: Path) -> None:
 
 
 def test_directory_is_not_readable_as_a_rom(tmp_path: Path) -> None:
-    _one_line_error(tmp_path, r"cannot read it")
+    _one_line_error(tmp_path, r"not a regular file")
 
 
 def test_not_an_elf(built: Path, tmp_path: Path) -> None:
