@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import struct
@@ -15,6 +16,8 @@ from ..config import parse_size
 from ..errors import GuestMemoryError, PyvmmError
 from . import commands as C
 from .commands import CommandError, MachineControl
+
+log = logging.getLogger("pyvmm.monitor")
 
 MAX_DUMP = 64 * 1024          # bytes one x/ command may show
 MAX_TABLE_ROWS = 32           # descriptor/ring entries `info virtqueue` lists before eliding
@@ -43,7 +46,11 @@ def _err(text: str) -> str:
 
 
 def run_hmp(machine: MachineControl, line: str, cpu: int = 0) -> str:
-    """Run one human-monitor command line; returns its output ("" when there is none), never raises."""
+    """Run one human-monitor command line; returns its output ("" when there is none), never raises.
+
+    An unexpected exception (a pyvmm bug) is logged with its traceback and answered with one
+    "internal error: ..." line.
+    """
     words = line.split()
     if not words:
         return ""
@@ -61,6 +68,11 @@ def run_hmp(machine: MachineControl, line: str, cpu: int = 0) -> str:
         return _err(str(e))
     except (ValueError, IndexError, NotImplementedError) as e:
         return _err(str(e) or type(e).__name__)
+    except Exception as e:  # noqa: BLE001 - a bug in one command must not take the console with it
+        # The caller may be the console's stdin thread: an exception there would end Ctrl-A handling
+        # and leave the terminal raw.  The traceback goes to the log; the user gets one line.
+        log.exception("monitor command %r failed", line)
+        return f"internal error: {type(e).__name__}: {e}\n"
 
 
 # --- commands ---------------------------------------------------------------------------------------
@@ -610,7 +622,10 @@ def stdio_console(mux: ConsoleMux | RawInput, stdin_fd: int | None = None) -> It
                 return
             if not data:
                 return
-            mux.feed(data)
+            try:
+                mux.feed(data)
+            except Exception:  # noqa: BLE001 - this thread is what Ctrl-A x needs: it must survive
+                log.exception("console input handling failed; input goes on")
 
     t = threading.Thread(target=reader, name="console-stdin", daemon=True)
     t.start()

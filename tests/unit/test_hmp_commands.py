@@ -258,3 +258,15 @@ def test_balloon_info_measures_rss_outside_the_device_lock(m, monkeypatch):
     info = m.balloon.info()
     assert free == [True] and info.guest_ram_rss is not None
     assert m.balloon.info(rss=False).guest_ram_rss is None and free == [True]
+
+
+def test_unexpected_exception_is_an_internal_error_line(m, monkeypatch, caplog):
+    def broken():
+        raise KeyError("oops")
+
+    monkeypatch.setattr(m, "status", broken)
+    with caplog.at_level("ERROR", logger="pyvmm.monitor"):
+        out = run_hmp(m, "info status")
+    assert out == "internal error: KeyError: 'oops'\n"
+    assert any(r.exc_info and "info status" in r.getMessage() for r in caplog.records)
+    assert run_hmp(m, "info balloon").startswith("balloon: actual=")   # the monitor goes on

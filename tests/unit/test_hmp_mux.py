@@ -190,3 +190,44 @@ def test_terminal_is_raw_so_ctrl_c_reaches_the_monitor_line(term):
     term.send("quit\r")
     term.expect_exact("mux: machine shut down")
     term.expect(pexpect.EOF)
+
+
+def test_stdin_reader_survives_an_exception_in_feed(caplog):
+    import threading
+    import time
+
+    from pyvmm.monitor.hmp import stdio_console
+
+    class Flaky:
+        """A mux whose first feed() fails, as a bug would make it."""
+
+        def __init__(self) -> None:
+            self.quitting = False
+            self.fed: list[bytes] = []
+            self.second = threading.Event()
+
+        def feed(self, data: bytes) -> None:
+            self.fed.append(data)
+            if len(self.fed) == 1:
+                raise RuntimeError("bug")
+            self.second.set()
+
+    rfd, wfd = os.pipe()
+    mux = Flaky()
+    try:
+        with caplog.at_level("ERROR", logger="pyvmm.monitor"), stdio_console(mux, stdin_fd=rfd) as t:
+            os.write(wfd, b"a")
+            while len(mux.fed) < 1:       # let the first read be a read of its own
+                time.sleep(0.01)
+            os.write(wfd, b"\x01x")
+            assert mux.second.wait(10)
+            assert t.is_alive() and mux.fed == [b"a", b"\x01x"]
+            mux.quitting = True
+            os.close(wfd)
+            wfd = -1
+            t.join(10)
+        assert any(r.exc_info and "console input" in r.getMessage() for r in caplog.records)
+    finally:
+        os.close(rfd)
+        if wfd >= 0:
+            os.close(wfd)
