@@ -36,7 +36,7 @@ class Bus:
         self._bases: list[int] = []
         # 4 KiB page -> the range on it, for ranges of a few pages (device windows): the vCPU loop's
         # first lookup.  A page shared by two ranges, or a large range, is left to find().
-        self.pages: dict[int, BusRange] = {}
+        self.pages: dict[int, BusRange | None] = {}
 
     def insert(self, device: BusDevice, base: int, size: int, name: str) -> None:
         if size <= 0:

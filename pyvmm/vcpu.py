@@ -77,6 +77,7 @@ class Vcpu:
         run = fcntl.ioctl
         KVM_RUN = abi.KVM_RUN
         reason_of = exits.EXIT_REASON.unpack_from
+        reason_at = exits.EXIT_REASON_OFFSET
         io_of = exits.IO.unpack_from
         mmio_of = exits.MMIO.unpack_from
         union = exits.EXIT_UNION_OFFSET
@@ -101,7 +102,7 @@ class Vcpu:
                     continue
                 raise KvmError("KVM_RUN", e.errno) from None
             self.exits += 1
-            reason = reason_of(buf, 8)[0]
+            reason = reason_of(buf, reason_at)[0]
             if reason == EXIT_IO:
                 direction, size, port, count, off = io_of(buf, union)
                 entry = pio_ports.get(port)
@@ -194,8 +195,6 @@ class Vcpu:
                 else:
                     m._guest_crashed(self, f"KVM_EXIT_SYSTEM_EVENT {ex.type_name}")
                 return True
-            case exits.IoExit() | exits.MmioExit():
-                return False
             case _:
                 m._guest_crashed(self, f"unexpected exit {ex}")
                 return True
@@ -218,7 +217,11 @@ class Vcpu:
         state has no pending exception) is skipped.  Counted in Machine.emulation_fixups."""
         if not code:
             return False
-        if code[0] == 0xCC:                      # int3: a trap, so #BP is delivered with RIP after it
+        if code[0] == 0xCC:
+            # int3 is a trap: #BP is delivered with RIP after the instruction.  pyvmm steps over it
+            # and injects #BP as an exception, as the nested kvm_pvm host delivers it (the tiny
+            # guest's scenario=gaps checks the handler runs and returns past the int3); a VMX host
+            # runs int3 itself and never exits here.
             regs = self.fd.get_regs()
             regs.rip += 1
             self.fd.set_regs(regs)
@@ -247,8 +250,9 @@ class Vcpu:
         sregs = self.fd.get_sregs()
         text = cpu.format_registers(regs, sregs)
         gpa = cpu.translate(self.machine.memory, sregs, cpu.linear_rip(regs, sregs))
-        if gpa is not None and self.machine.memory.contains(gpa, 16):
-            text += f"\ncode at RIP (gpa {gpa:#x}): {self.machine.memory.read(gpa, 16).hex(' ')}"
+        code = self._code_at_rip()
+        if code:
+            text += f"\ncode at RIP (gpa {gpa:#x}): {code.hex(' ')}"
         elif gpa is not None and self.machine.firmware_image is not None and gpa >= self.machine.firmware_base:
             off = gpa - self.machine.firmware_base
             code = self.machine.firmware_image[off : off + 16]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import os
 
 from ..errors import KvmError
@@ -71,7 +72,7 @@ def ioctl(fd: int, request: int, arg=None, *, name: str) -> int:
         if ret >= 0:
             return ret
         err = ctypes.get_errno()
-        if err != 4:  # EINTR
+        if err != errno.EINTR:
             raise KvmError(name, err)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import weakref
 from typing import TYPE_CHECKING
 
@@ -80,7 +79,3 @@ class VmFd:
         fd = ioctl(self.fd, abi.KVM_CREATE_VCPU, index, name="KVM_CREATE_VCPU")
         return VcpuFd(self, fd, index)
 
-
-def eventfd(initval: int = 0, *, nonblock: bool = True) -> int:
-    flags = os.EFD_CLOEXEC | (os.EFD_NONBLOCK if nonblock else 0)
-    return os.eventfd(initval, flags)

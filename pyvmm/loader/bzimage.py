@@ -241,21 +241,8 @@ def parse_bzimage(data: bytes, name: str = "kernel") -> BzImage:
 
 
 def e820_map(ram_size: int) -> list[tuple[int, int, E820Type]]:
-    """The e820 map of a pyvmm guest with ram_size bytes: (addr, size, type), sorted.
-
-    Low RAM stops at the EBDA; the EBDA and 0xE0000-0xFFFFF (ACPI tables, ROM) are reserved, so the
-    kernel never hands them out; RAM resumes at 1 MiB and, for large guests, above 4 GiB.
-    """
-    entries: list[tuple[int, int, E820Type]] = [
-        (0, layout.EBDA_START, E820Type.E820_TYPE_RAM),
-        (layout.EBDA_START, 0xA_0000 - layout.EBDA_START, E820Type.E820_TYPE_RESERVED),
-        (layout.ACPI_START, layout.KERNEL_START - layout.ACPI_START, E820Type.E820_TYPE_RESERVED),
-    ]
-    for gpa, size in layout.ram_layout(ram_size):
-        start = max(gpa, layout.KERNEL_START)
-        if gpa + size > start:
-            entries.append((start, gpa + size - start, E820Type.E820_TYPE_RAM))
-    return entries
+    """The guest's memory map (pyvmm.arch.x86.layout.e820_map) with the boot protocol's type names."""
+    return [(addr, size, E820Type(kind)) for addr, size, kind in layout.e820_map(ram_size)]
 
 
 def place_initrd(image: BzImage, initrd_size: int, ram_size: int) -> int:

@@ -50,3 +50,26 @@ def ram_layout(ram_size: int) -> list[tuple[int, int]]:
 def virtio_mmio_slot(index: int) -> tuple[int, int]:
     """(base gpa, irq) of the index-th virtio-mmio device."""
     return VIRTIO_MMIO_BASE + index * VIRTIO_MMIO_STRIDE, VIRTIO_IRQ_BASE + index
+
+
+E820_RAM = 1
+E820_RESERVED = 2
+
+
+def e820_map(ram_size: int) -> list[tuple[int, int, int]]:
+    """The guest's memory map, (addr, size, type) sorted, for both boot paths (PVH's memmap and the
+    boot protocol's e820 table).
+
+    Low RAM stops at the EBDA; the EBDA and 0xE0000-0xFFFFF (ACPI tables, ROM) are reserved, so the
+    kernel never hands them out; RAM resumes at 1 MiB and, for large guests, above 4 GiB.
+    """
+    entries = [
+        (0, EBDA_START, E820_RAM),
+        (EBDA_START, 0xA_0000 - EBDA_START, E820_RESERVED),
+        (ACPI_START, KERNEL_START - ACPI_START, E820_RESERVED),
+    ]
+    for gpa, size in ram_layout(ram_size):
+        start = max(gpa, KERNEL_START)
+        if gpa + size > start:
+            entries.append((start, gpa + size - start, E820_RAM))
+    return entries

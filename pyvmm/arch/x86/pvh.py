@@ -8,8 +8,6 @@ from ctypes import c_uint32, c_uint64
 from . import layout
 
 XEN_HVM_START_MAGIC_VALUE = 0x336EC578
-E820_RAM = 1
-E820_RESERVED = 2
 
 
 class hvm_start_info(ctypes.Structure):
@@ -35,27 +33,13 @@ class hvm_memmap_table_entry(ctypes.Structure):
     _fields_ = [("addr", c_uint64), ("size", c_uint64), ("type", c_uint32), ("reserved", c_uint32)]
 
 
-def e820_map(ram_size: int) -> list[tuple[int, int, int]]:
-    """(addr, size, type) of the guest's memory map: RAM below the EBDA, the BIOS area reserved,
-    RAM from 1 MiB, and high RAM above 4 GiB."""
-    entries = [(0, layout.EBDA_START, E820_RAM),
-               (layout.EBDA_START, 0x10_0000 - layout.EBDA_START, E820_RESERVED)]
-    for gpa, size in layout.ram_layout(ram_size):
-        if gpa == 0:
-            if size > layout.KERNEL_START:
-                entries.append((layout.KERNEL_START, size - layout.KERNEL_START, E820_RAM))
-        else:
-            entries.append((gpa, size, E820_RAM))
-    return entries
-
-
 def write_start_info(mem, ram_size: int, cmdline: bytes, *, initrd: tuple[int, int] | None = None,
                      rsdp: int = 0) -> int:
     """Write hvm_start_info, the memory map and the command line into guest memory; return its gpa."""
     if len(cmdline) >= layout.BOOT_CMDLINE_MAX:
         raise ValueError("command line too long")
     mem.write(layout.BOOT_CMDLINE, cmdline + b"\0")
-    entries = e820_map(ram_size)
+    entries = layout.e820_map(ram_size)
     table = (hvm_memmap_table_entry * len(entries))(*[hvm_memmap_table_entry(a, s, t) for a, s, t in entries])
     mem.write(layout.BOOT_MEMMAP, bytes(table))
     info = hvm_start_info(
