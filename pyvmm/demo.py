@@ -1,21 +1,22 @@
-"""The `make run` demo: the guest dirties its memory, the host balloons it to 64 MiB and back, and shows it."""
+"""The `make run` demo: the guest dirties its memory, the host balloons it down and back, and shows it."""
 
 from __future__ import annotations
 
 import sys
 import time
 
+from . import hoststat
+
 MiB = 1 << 20
 
 
 def _rss(machine) -> int:
-    from .hoststat import mapping_rss
-
-    return sum(mapping_rss(r) for r in machine.memory.regions)
+    return hoststat.mapping_rss(machine.memory)
 
 
 class _Progress:
-    """A live line on a terminal (rich), a line a second otherwise."""
+    """A live line on a terminal (rich), a line a second otherwise; a context manager that always
+    stops the live display, so an exception (Ctrl-C) does not leave the cursor hidden."""
 
     def __init__(self) -> None:
         self.tty = sys.stderr.isatty()
@@ -36,10 +37,20 @@ class _Progress:
             self.last = time.monotonic()
             sys.stderr.write(text + "\n")
 
-    def done(self, text: str) -> None:
+    def stop(self) -> None:
         if self.live is not None:
             self.live.stop()
+            self.live = None
+
+    def done(self, text: str) -> None:
+        self.stop()
         sys.stderr.write(text + "\n")
+
+    def __enter__(self) -> _Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 def move_balloon(machine, target: int, *, timeout: float = 300.0, label: str = "") -> tuple[float, bool]:
@@ -47,23 +58,23 @@ def move_balloon(machine, target: int, *, timeout: float = 300.0, label: str = "
     balloon = machine.balloon
     balloon.set_target(target)
     want_pages = (machine.ram_size - target) >> 12
-    progress = _Progress()
-    t0 = time.monotonic()
-    reached = False
-    while time.monotonic() - t0 < timeout and not machine._stopped.is_set():
-        info = balloon.info()
-        progress.update(f"balloon {label}: target {target // MiB} MiB, guest at {info.actual // MiB} MiB "
-                        f"({info.actual_pages} pages ballooned), host RSS of guest RAM "
-                        f"{(info.guest_ram_rss or _rss(machine)) // MiB} MiB")
-        if info.actual_pages == want_pages and info.ballooned_pages == want_pages:
-            reached = True
-            break
-        time.sleep(0.1)
-    elapsed = time.monotonic() - t0
-    info = balloon.info()
-    progress.done(f"balloon {label}: {'reached' if reached else 'did not reach'} {target // MiB} MiB in "
-                  f"{elapsed:.2f} s (actual {info.actual // MiB} MiB, host RSS "
-                  f"{_rss(machine) // MiB} MiB)")
+    with _Progress() as progress:
+        t0 = time.monotonic()
+        reached = False
+        while time.monotonic() - t0 < timeout and not machine._stopped.is_set():
+            info = balloon.info()
+            progress.update(f"balloon {label}: target {target // MiB} MiB, guest at {info.actual // MiB} MiB "
+                            f"({info.actual_pages} pages ballooned), host RSS of guest RAM "
+                            f"{(info.guest_ram_rss or _rss(machine)) // MiB} MiB")
+            if info.actual_pages == want_pages and info.ballooned_pages == want_pages:
+                reached = True
+                break
+            time.sleep(0.1)
+        elapsed = time.monotonic() - t0
+        info = balloon.info(rss=False)
+        progress.done(f"balloon {label}: {'reached' if reached else 'did not reach'} {target // MiB} MiB in "
+                      f"{elapsed:.2f} s (actual {info.actual // MiB} MiB, host RSS "
+                      f"{_rss(machine) // MiB} MiB)")
     return elapsed, reached
 
 
@@ -87,20 +98,20 @@ def drive_demo(machine, *, low: int = 64 * MiB) -> None:
         t_out, ok_out = move_balloon(machine, ram, label="deflate")
         rss_high = _rss(machine)
         rows.append(("deflate", low, ram, t_out, ok_out, rss_low, rss_high))
-        _table(machine, rows, stats_low)
+        _table(machine, rows, stats_low, low)
         machine.stop(0 if ok_in and ok_out else 1, "demo finished")
     except TimeoutError as e:
         sys.stderr.write(f"pyvmm: demo: {e}\n")
         machine.stop(1, "demo failed")
 
 
-def _table(machine, rows, stats_low) -> None:
-    info = machine.balloon.info()
+def _table(machine, rows, stats_low, low: int) -> None:
+    info = machine.balloon.info(rss=False)
     lines = [("step", "from", "to", "time", "reached", "host RSS before", "host RSS after")]
     for step, a, b, t, ok, r0, r1 in rows:
         lines.append((step, f"{a // MiB} MiB", f"{b // MiB} MiB", f"{t:.2f} s", "yes" if ok else "NO",
                       f"{r0 // MiB} MiB", f"{r1 // MiB} MiB"))
-    stats = ", ".join(f"{k}={v // MiB if 'mem' in k or 'avail' in k else v}{' MiB' if 'mem' in k or 'avail' in k else ''}"
+    stats = ", ".join(f"{k}={v // MiB} MiB" if "mem" in k or "avail" in k else f"{k}={v}"
                       for k, v in stats_low.items()) or "none received"
     if sys.stderr.isatty():
         from rich.console import Console
@@ -113,13 +124,13 @@ def _table(machine, rows, stats_low) -> None:
             table.add_row(*row)
         console = Console(file=sys.stderr)
         console.print(table)
-        console.print(f"guest stats at 64 MiB: {stats}")
+        console.print(f"guest stats at {low // MiB} MiB: {stats}")
         console.print(f"discarded in all: {info.discarded_bytes // MiB} MiB; bad PFNs {info.bad_pfns}; "
                       f"host and guest agree: {info.agree}")
     else:
         widths = [max(len(r[i]) for r in lines) for i in range(len(lines[0]))]
         for r in lines:
             sys.stderr.write("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "\n")
-        sys.stderr.write(f"guest stats at 64 MiB: {stats}\n")
+        sys.stderr.write(f"guest stats at {low // MiB} MiB: {stats}\n")
         sys.stderr.write(f"discarded in all: {info.discarded_bytes // MiB} MiB; bad PFNs {info.bad_pfns}; "
                          f"host and guest agree: {info.agree}\n")

@@ -1,0 +1,102 @@
+"""The `make run` demo's driver on a fake machine: the live display always stops, the summary says the
+low point it used, and host RSS comes from pyvmm.hoststat."""
+
+from __future__ import annotations
+
+import io
+import sys
+import threading
+from types import SimpleNamespace
+
+import pytest
+
+from pyvmm import demo, hoststat
+from pyvmm.memory import GuestMemory
+
+MiB = 1 << 20
+
+
+class _Balloon:
+    """Reaches every target at once; info() can be made to raise as Ctrl-C would."""
+
+    def __init__(self, ram: int, interrupt_after: int | None = None) -> None:
+        self.ram = ram
+        self.pages = 0
+        self.stats = {"memfree": 100 * MiB, "minflt": 7}
+        self.stats_interval = 0
+        self.calls = 0
+        self.interrupt_after = interrupt_after
+
+    def set_target(self, target: int) -> None:
+        self.pages = (self.ram - target) >> 12
+
+    def info(self, rss: bool = True):
+        self.calls += 1
+        if self.interrupt_after is not None and self.calls > self.interrupt_after:
+            raise KeyboardInterrupt
+        return SimpleNamespace(actual=self.ram - (self.pages << 12), actual_pages=self.pages,
+                               ballooned_pages=self.pages, guest_ram_rss=None, discarded_bytes=0,
+                               bad_pfns=0, agree=True)
+
+
+class _Machine:
+    def __init__(self, balloon: _Balloon) -> None:
+        self.ram_size = balloon.ram
+        self.balloon = balloon
+        self.memory = GuestMemory.from_bytearray(1 * MiB)
+        self._stopped = threading.Event()
+        self.stopped_with: tuple[int, str] | None = None
+
+    def wait_for_console(self, pattern: str, timeout: float) -> None:
+        pass
+
+    def stop(self, code: int, why: str) -> None:
+        self.stopped_with = (code, why)
+
+
+class _Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.fixture
+def lives(monkeypatch):
+    """Every rich Live the demo creates."""
+    from rich import live
+
+    made = []
+
+    class Recording(live.Live):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            made.append(self)
+
+    monkeypatch.setattr(live, "Live", Recording)
+    return made
+
+
+def test_live_display_is_stopped_when_the_loop_raises(lives, monkeypatch):
+    monkeypatch.setattr(sys, "stderr", _Tty())   # here, not in a fixture: capture resets it per phase
+    machine = _Machine(_Balloon(256 * MiB, interrupt_after=0))
+    with pytest.raises(KeyboardInterrupt):
+        demo.move_balloon(machine, 128 * MiB, label="inflate")
+    assert len(lives) == 1 and not lives[0].is_started
+
+
+def test_summary_names_the_low_point_and_rss_comes_from_hoststat(monkeypatch, capsys):
+    machine = _Machine(_Balloon(256 * MiB))
+    seen = []
+
+    def rss(mem):
+        assert mem is machine.memory, "the demo measures all of guest RAM through hoststat"
+        seen.append(mem)
+        return 42 * MiB
+
+    monkeypatch.setattr(hoststat, "mapping_rss", rss)
+    monkeypatch.setattr(demo.time, "sleep", lambda s: None)
+    demo.drive_demo(machine, low=128 * MiB)
+    err = capsys.readouterr().err
+    assert "guest stats at 128 MiB: memfree=100 MiB, minflt=7" in err
+    assert "64 MiB" not in err
+    assert "42 MiB" in err and seen
+    assert machine.stopped_with == (0, "demo finished")
