@@ -9,12 +9,11 @@ DEVICE_NEEDS_RESET; nothing a guest writes raises out of here.
 
 from __future__ import annotations
 
-import logging
 import threading
-import time
 from collections.abc import Callable
 
 from ..errors import GuestMemoryError
+from ..guestlog import GuestErrorLog
 from ..irq import IrqLine
 from ..memory import GuestMemory
 from ..trace import Tracer
@@ -32,7 +31,6 @@ from .abi import (
 from .device import VirtioDevice
 from .queue import SplitQueue, VirtqueueError
 
-guest_log = logging.getLogger("pyvmm.guest")
 
 _A = Status.ACKNOWLEDGE
 _D = Status.DRIVER
@@ -73,32 +71,6 @@ VENDOR_ID = int.from_bytes(b"pyvm", "little")
 # with the lock released in between (so the monitor waits one round at most), up to this many.  What a
 # guest that keeps refilling the ring leaves after that is served on its next notification.
 MAX_NOTIFY_ROUNDS = 64
-
-
-class GuestErrorLog:
-    """Rate-limited guest-error lines: a burst, then at most one per interval, with a count of the rest."""
-
-    def __init__(self, name: str, burst: int = 10, interval: float = 1.0) -> None:
-        self.name = name
-        self.burst = burst
-        self.interval = interval
-        self._window = -1e9
-        self._in_window = 0
-        self.suppressed = 0
-
-    def __call__(self, text: str) -> None:
-        now = time.monotonic()
-        if now - self._window >= self.interval:
-            if self.suppressed:
-                guest_log.warning("%s: %d more guest errors not shown", self.name, self.suppressed)
-                self.suppressed = 0
-            self._window = now
-            self._in_window = 0
-        if self._in_window < self.burst:
-            self._in_window += 1
-            guest_log.warning("%s: guest error: %s", self.name, text)
-        else:
-            self.suppressed += 1
 
 
 class VirtioMmio:
