@@ -15,8 +15,8 @@ from common import Result, Unavailable
 MIB = 1 << 20
 PAGE = 4096
 # Guest code runs emulated on a kvm_pvm host: boot to /init takes about half a minute and every page the
-# driver balloons costs 1-3 ms (measured 2.3-2.8 ms with the machine shared). 512 MiB with a 32 MiB step
-# (8192 pages each way) keeps one cycle near 75 s, two rounds of both VMMs about five minutes, so that
+# driver balloons costs 1.5-4 ms (as measured here, with the machine shared). 512 MiB with a 32 MiB step
+# (8192 pages each way) keeps one cycle near 90 s, two rounds of both VMMs about six minutes, so that
 # `make bench` as a whole stays under ten; `--ram 1024 --low 256` is issue 8's full-size run.
 RAM_MIB = 512
 LOW_MIB = 480
