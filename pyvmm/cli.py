@@ -12,7 +12,23 @@ from . import __version__
 from .errors import ConfigError, PyvmmError
 
 
+class _Formatter(argparse.HelpFormatter):
+    """argparse's formatter, without importing shutil at start-up just to learn the terminal width."""
+
+    def __init__(self, prog: str, **kw) -> None:
+        if kw.get("width") is None:
+            try:
+                kw["width"] = int(os.environ.get("COLUMNS") or os.get_terminal_size(sys.stdout.fileno()).columns) - 2
+            except (OSError, ValueError):
+                kw["width"] = 78
+        super().__init__(prog, **kw)
+
+
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kw) -> None:
+        kw.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kw)
+
     def error(self, message: str) -> None:  # one line, exit 2, as argparse does, but with our prefix
         self.exit(2, f"pyvmm: {message} (see pyvmm {self.prog.split()[-1]} --help)\n"
                   if " " in self.prog else f"pyvmm: {message} (see pyvmm --help)\n")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import sys
 import time
 from typing import Any, Self
@@ -18,6 +17,8 @@ class QmpConnection:
     """A small blocking QMP client (the runtime needs no asyncio library): connect, negotiate, execute."""
 
     def __init__(self, address: str, timeout: float = 10.0) -> None:
+        import socket
+
         from .monitor.qmp import JsonStream, parse_address
 
         if address.startswith(("unix:", "tcp:")):

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from . import trace
 from .arch.x86 import cpu
 from .errors import GuestCrash, KvmError
-from .kvm import abi, exits
+from .kvm import abi, runlayout
 from .kvm.abi import KvmExit, KvmInternalError, KvmSystemEvent
 
 if TYPE_CHECKING:
@@ -76,12 +76,12 @@ class Vcpu:
         buf = self.fd.run_mmap
         run = fcntl.ioctl
         KVM_RUN = abi.KVM_RUN
-        reason_of = exits.EXIT_REASON.unpack_from
-        reason_at = exits.EXIT_REASON_OFFSET
-        io_of = exits.IO.unpack_from
-        mmio_of = exits.MMIO.unpack_from
-        union = exits.EXIT_UNION_OFFSET
-        mmio_data = exits.MMIO_DATA_OFFSET
+        reason_of = runlayout.EXIT_REASON.unpack_from
+        reason_at = runlayout.EXIT_REASON_OFFSET
+        io_of = runlayout.IO.unpack_from
+        mmio_of = runlayout.MMIO.unpack_from
+        union = runlayout.EXIT_UNION_OFFSET
+        mmio_data = runlayout.MMIO_DATA_OFFSET
         pio_ports = m.pio_ports            # port -> (device, base): a dict is the cheapest lookup
         mmio_find = m.mmio_bus.find
         mmio_page = m.mmio_bus.pages.get     # 4 KiB page -> range: one dict probe for a device window
@@ -147,6 +147,8 @@ class Vcpu:
                     value = r.device.read(gpa - r.base, length) & ((1 << (8 * length)) - 1)
                     buf[mmio_data : mmio_data + length] = value.to_bytes(length, "little")
             else:
+                from .kvm import exits   # the rare exits: decoded once into a typed value
+
                 if self._slow_exit(exits.decode(self.fd.kvm_run)):
                     return
             if m._stop_requested:
@@ -160,8 +162,10 @@ class Vcpu:
                 m._pause_cond.wait(0.5)
         self.paused.clear()
 
-    def _slow_exit(self, ex: exits.Exit) -> bool:
-        """The rare exits; True when the VM must stop."""
+    def _slow_exit(self, ex) -> bool:
+        """The rare exits (a typed value from kvm.exits.decode); True when the VM must stop."""
+        from .kvm import exits
+
         m = self.machine
         match ex:
             case exits.HltExit():

@@ -7,14 +7,8 @@ from dataclasses import dataclass
 
 from .abi import KvmExit, KvmInternalError, KvmSystemEvent, kvm_run
 
-# Byte layouts of the kvm_run members, read straight from the shared page.  The vCPU loop uses
-# these for the frequent exits (I/O and MMIO) so that decoding allocates nothing but a tuple.
-EXIT_REASON = struct.Struct("<I")
-EXIT_REASON_OFFSET = kvm_run.exit_reason.offset
-EXIT_UNION_OFFSET = kvm_run.u.offset
-IO = struct.Struct("<BBHIQ")        # direction, size, port, count, data_offset
-MMIO = struct.Struct("<Q8sIB")      # phys_addr, data[8], len, is_write
-MMIO_DATA_OFFSET = EXIT_UNION_OFFSET + 8
+from .runlayout import (  # noqa: F401 - re-exported: the byte layouts belong with the decoder
+    EXIT_REASON, EXIT_REASON_OFFSET, EXIT_UNION_OFFSET, IO, MMIO, MMIO_DATA_OFFSET)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +99,10 @@ class OtherExit:
         except ValueError:
             return f"exit {self.reason}"
 
+
+__all__ = ["EXIT_REASON", "EXIT_REASON_OFFSET", "EXIT_UNION_OFFSET", "IO", "MMIO", "MMIO_DATA_OFFSET",
+           "IoExit", "MmioExit", "HltExit", "ShutdownExit", "FailEntryExit", "InternalErrorExit",
+           "SystemEventExit", "DebugExit", "OtherExit", "Exit", "decode"]
 
 Exit = (IoExit | MmioExit | HltExit | ShutdownExit | FailEntryExit | InternalErrorExit
         | SystemEventExit | DebugExit | OtherExit)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import os
 
@@ -49,7 +48,9 @@ def _IOWR(type_: int, nr: int, t) -> int:
     return _IOC(_IOC_READ | _IOC_WRITE, type_, nr, _size(t))
 
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# The process's own symbols (dlopen(NULL)) include libc's ioctl: no find_library(), which runs
+# ldconfig in a subprocess and costs milliseconds of every start.
+_libc = ctypes.CDLL(None, use_errno=True)
 _ioctl = _libc.ioctl
 _ioctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p)
 _ioctl.restype = ctypes.c_int

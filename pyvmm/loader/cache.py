@@ -8,9 +8,9 @@ PYVMM_NO_CACHE=1 turns it off.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
+import zlib
 from pathlib import Path
 from typing import Callable, TypeVar
 
@@ -33,9 +33,11 @@ def load_cached(loader: Callable[[Path], T], path: Path, kind: str) -> T:
     try:
         st = os.stat(path)
         key = f"{kind}\0{os.path.abspath(path)}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}\0{__version__}\0{SCHEMA}"
-        entry = cache_dir() / (hashlib.sha256(key.encode()).hexdigest()[:32] + ".pickle")
+        entry = cache_dir() / f"{zlib.crc32(key.encode()):08x}-{len(key)}.pickle"
         with open(entry, "rb") as f:
-            return pickle.load(f)
+            stored_key, result = pickle.load(f)
+        if stored_key == key:          # the name is a short hash; the key inside is the truth
+            return result
     except Exception:
         pass  # not cached yet (or unreadable): parse, and let the loader's own errors speak
     result = loader(path)
@@ -43,7 +45,7 @@ def load_cached(loader: Callable[[Path], T], path: Path, kind: str) -> T:
         entry.parent.mkdir(parents=True, exist_ok=True)
         tmp = entry.with_suffix(f".{os.getpid()}.tmp")
         with open(tmp, "wb") as f:
-            pickle.dump(result, f, protocol=pickle.HIGHEST_PROTOCOL)
+            pickle.dump((key, result), f, protocol=pickle.HIGHEST_PROTOCOL)
         os.replace(tmp, entry)
     except Exception:
         pass  # a read-only home or a full disk only costs the next boot a parse
