@@ -162,7 +162,7 @@ def run(repeats: int = ROUNDS) -> Result:
                      "RAM mapping (pyvmm.hoststat), QEMU from /proc/PID/smaps (its largest anonymous mapping).")
     res.notes.append("The guest posts PFNs in batches of up to 256 per buffer; pyvmm merges each batch into "
                      "runs and discards each run with one madvise(MADV_DONTNEED); QEMU discards page by page. "
-                     "The Linux-guest variant (1024 -> 256 MiB -> 1024) is not part of this run.")
+                     "Linux's own driver is measured by bench/linux.py (see its section).")
     return res
 
 
