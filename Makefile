@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 CACHE  ?= $(HOME)/.cache/pyvmm
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all build run test clean guest firmware host-deps bench fuzz soak linux-guest lint
+.PHONY: all build run test test-quick clean guest firmware host-deps bench fuzz soak linux-guest lint
 
 all: build
 
@@ -39,6 +39,10 @@ run: build
 
 test: build host-deps
 	$(PY) -m pytest -q -ra
+
+# Everything but the slow Linux tests (the stock Debian kernel alone takes 10-20 minutes here).
+test-quick: build host-deps
+	$(PY) -m pytest -q -ra -m "not slow"
 
 bench: build host-deps
 	$(MAKE) -s -C bench
