@@ -65,7 +65,7 @@ def move_balloon(machine, target: int, *, timeout: float = 300.0, label: str = "
             info = balloon.info()
             progress.update(f"balloon {label}: target {target // MiB} MiB, guest at {info.actual // MiB} MiB "
                             f"({info.actual_pages} pages ballooned), host RSS of guest RAM "
-                            f"{(info.guest_ram_rss or _rss(machine)) // MiB} MiB")
+                            f"{(info.guest_ram_rss or _rss(machine)) / MiB:.1f} MiB")
             if info.actual_pages == want_pages and info.ballooned_pages == want_pages:
                 reached = True
                 break
@@ -74,7 +74,7 @@ def move_balloon(machine, target: int, *, timeout: float = 300.0, label: str = "
         info = balloon.info(rss=False)
         progress.done(f"balloon {label}: {'reached' if reached else 'did not reach'} {target // MiB} MiB in "
                       f"{elapsed:.2f} s (actual {info.actual // MiB} MiB, host RSS "
-                      f"{_rss(machine) // MiB} MiB)")
+                      f"{_rss(machine) / MiB:.1f} MiB)")
     return elapsed, reached
 
 
@@ -110,7 +110,7 @@ def _table(machine, rows, stats_low, low: int) -> None:
     lines = [("step", "from", "to", "time", "reached", "host RSS before", "host RSS after")]
     for step, a, b, t, ok, r0, r1 in rows:
         lines.append((step, f"{a // MiB} MiB", f"{b // MiB} MiB", f"{t:.2f} s", "yes" if ok else "NO",
-                      f"{r0 // MiB} MiB", f"{r1 // MiB} MiB"))
+                      f"{r0 / MiB:.1f} MiB", f"{r1 / MiB:.1f} MiB"))
     stats = ", ".join(f"{k}={v // MiB} MiB" if "mem" in k or "avail" in k else f"{k}={v}"
                       for k, v in stats_low.items()) or "none received"
     if sys.stderr.isatty():
