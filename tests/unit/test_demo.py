@@ -98,5 +98,5 @@ def test_summary_names_the_low_point_and_rss_comes_from_hoststat(monkeypatch, ca
     err = capsys.readouterr().err
     assert "guest stats at 128 MiB: memfree=100 MiB, minflt=7" in err
     assert "64 MiB" not in err
-    assert "42 MiB" in err and seen
+    assert "42.0 MiB" in err and seen
     assert machine.stopped_with == (0, "demo finished")
