@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import common
-from common import Result, Unavailable
+from common import Result
 
 MIB = 1 << 20
 RAM = 256 * MIB
@@ -109,24 +109,7 @@ def run(repeats: int = ROUNDS) -> Result:
     kernel = common.need_guest()
     common.need_pyvmm("pyvmm.virtio.balloon", "pyvmm.hoststat")
     qemu_missing = common.have(common.need_qemu) or common.have(common.need_qmp)
-    failures: dict[str, str] = {}
-
-    def guarded(name: str, fn):
-        def go():
-            try:
-                return fn(kernel)
-            except Unavailable:
-                raise
-            except Exception as e:  # noqa: BLE001 - a failed run is reported in the table, not raised
-                failures.setdefault(name, f"{type(e).__name__}: {e}")
-                return None
-        return go
-
-    runners = {"pyvmm": guarded("pyvmm", pyvmm_cycle)}
-    if qemu_missing:
-        res.skipped.append(f"QEMU reference: {qemu_missing}")
-    else:
-        runners["QEMU"] = guarded("QEMU", qemu_cycle)
+    runners, failures = common.reference_runners(res, pyvmm_cycle, qemu_cycle, qemu_missing, kernel)
     got = common.interleave(runners, repeats, "balloon")
 
     def series(engine: str, key: str, scale: float = 1.0) -> list[float | None]:

@@ -559,3 +559,28 @@ def qmp_connect(path: str, timeout: float = 10.0):
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.02)
+
+
+def reference_runners(res: "Result", pyvmm_cycle, qemu_cycle, qemu_missing: str | None, *args):
+    """The {engine: runner} pair for interleave(): each cycle called with args; a cycle that fails is
+    recorded in the returned failures (shown in the table) instead of ending the benchmark, and a
+    missing QEMU becomes a skipped note."""
+    failures: dict[str, str] = {}
+
+    def guarded(name: str, fn):
+        def go():
+            try:
+                return fn(*args)
+            except Unavailable:
+                raise
+            except Exception as e:  # noqa: BLE001 - a failed run is reported in the table, not raised
+                failures.setdefault(name, f"{type(e).__name__}: {e}")
+                return None
+        return go
+
+    runners = {"pyvmm": guarded("pyvmm", pyvmm_cycle)}
+    if qemu_missing:
+        res.skipped.append(f"QEMU reference: {qemu_missing}")
+    else:
+        runners["QEMU"] = guarded("QEMU", qemu_cycle)
+    return runners, failures

@@ -190,24 +190,7 @@ def run(repeats: int = ROUNDS, ram_mib: int = RAM_MIB, low_mib: int = LOW_MIB) -
     common.need_pyvmm("pyvmm.virtio.balloon", "pyvmm.hoststat", "pyvmm.monitor.qmp")
     common.need_qmp()
     qemu_missing = common.have(common.need_qemu)
-    failures: dict[str, str] = {}
-
-    def guarded(name: str, fn):
-        def go():
-            try:
-                return fn(ram, low)
-            except Unavailable:
-                raise
-            except Exception as e:  # noqa: BLE001 - a failed run is reported in the table, not raised
-                failures.setdefault(name, f"{type(e).__name__}: {e}")
-                return None
-        return go
-
-    runners = {"pyvmm": guarded("pyvmm", pyvmm_cycle)}
-    if qemu_missing:
-        res.skipped.append(f"QEMU reference: {qemu_missing}")
-    else:
-        runners["QEMU"] = guarded("QEMU", qemu_cycle)
+    runners, failures = common.reference_runners(res, pyvmm_cycle, qemu_cycle, qemu_missing, ram, low)
     got = common.interleave(runners, repeats, f"linux {ram_mib} -> {low_mib} MiB")
 
     def series(engine: str, key: str, scale: float = 1.0) -> list[float | None]:
