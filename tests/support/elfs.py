@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-HELLO_S = r"""
+PVH_NOTE_S = r"""
     .section .note.Xen, "a"
     .p2align 2
     .long 4, 4, 18
@@ -15,6 +15,9 @@ HELLO_S = r"""
     .code32
     .globl _start32
 _start32:
+"""
+
+HELLO_S = PVH_NOTE_S + r"""
     mov $msg, %esi
 1:  lodsb
     test %al, %al
@@ -56,16 +59,7 @@ def with_machine(elf: Path, out: Path, e_machine: int) -> Path:
     return out
 
 
-STRING_IO_S = r"""
-    .section .note.Xen, "a"
-    .p2align 2
-    .long 4, 4, 18
-    .asciz "Xen"
-    .long _start32
-    .text
-    .code32
-    .globl _start32
-_start32:
+STRING_IO_S = PVH_NOTE_S + r"""
     cld
     mov $msg, %esi              /* rep outsb: the whole message in one exit per byte, one KVM_RUN */
     mov $msglen, %ecx
