@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import sys
 import re
 import time
 from pathlib import Path
@@ -260,5 +261,25 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def profile(out_dir: Path = common.RESULTS, ram_mib: int = 512, low_mib: int = 480) -> list[Path]:
+    """cProfile (every pyvmm thread) of one in-process Linux cycle: boot, inflate and deflate; shows how
+    little of a Linux balloon step is pyvmm's own work.  Not part of `make bench` (about 90 s more)."""
+    common.need_kvm()
+    linux_files()
+    profiles: list = []
+    t0 = time.monotonic()
+    with common.profile_threads(profiles):
+        r = pyvmm_cycle(ram_mib * MIB, low_mib * MIB)
+    took = time.monotonic() - t0
+    path = out_dir / "profile_linux.txt"
+    common.write_profile(profiles, path, f"pyvmm Linux profile: {ram_mib} -> {low_mib} -> {ram_mib} MiB "
+                         f"(DRIVER_OK {r['driver_ok']:.1f} s, inflate {r['inflate']:.1f} s, "
+                         f"deflate {r['deflate']:.1f} s, {took:.1f} s in all under cProfile)")
+    return [path]
+
+
 if __name__ == "__main__":
+    if "--profile" in sys.argv:
+        print("\n".join(str(p) for p in profile()))
+        raise SystemExit(0)
     raise SystemExit(main())
