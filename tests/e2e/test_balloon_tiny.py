@@ -9,7 +9,7 @@ import pytest
 
 from pyvmm.hoststat import mapping_rss
 from pyvmm.virtio.balloon import BalloonOptions
-from tests.support.guest import MiB, machine, qemu_cmd, qmp_connect, tmp_socket
+from tests.support.guest import MiB, machine, qemu_cmd, qmp_connect, qmp_disconnect, tmp_socket
 
 pytestmark = pytest.mark.kvm
 
@@ -137,7 +137,7 @@ def test_same_guest_against_qemus_balloon_device():
         await asyncio.sleep(1.5)
         stats = await qmp.execute("qom-get", {"path": "/machine/peripheral/balloon0", "property": "guest-stats"})
         await qmp.execute("quit")
-        await qmp.disconnect()
+        await qmp_disconnect(qmp)
         return stats
 
     try:

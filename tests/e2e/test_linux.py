@@ -18,7 +18,7 @@ from pyvmm.arch.x86.cpuid import is_kvm_pvm_host
 from pyvmm.config import linux_cache
 from pyvmm.hoststat import mapping_rss
 from pyvmm.vm import Machine
-from tests.support.guest import ROOT, MiB, qmp_connect, tmp_socket
+from tests.support.guest import ROOT, MiB, qmp_connect, qmp_disconnect, tmp_socket
 from tests.support.linux import ensure_linux_built, linux_append, linux_config, wait_driver_ok
 
 pytestmark = [pytest.mark.kvm, pytest.mark.slow]
@@ -139,6 +139,7 @@ def test_same_kernel_under_qemu_microvm():
                 assert time.monotonic() < deadline
                 await asyncio.sleep(0.5)
         await qmp.execute("quit")
+        await qmp_disconnect(qmp)
         return s
 
     try:

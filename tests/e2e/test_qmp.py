@@ -8,7 +8,7 @@ import time
 import pexpect
 import pytest
 
-from tests.support.guest import GUEST, MiB, ROOT, ensure_built, machine, qemu_cmd, qmp_connect, tmp_socket
+from tests.support.guest import GUEST, MiB, ROOT, ensure_built, machine, qemu_cmd, qmp_connect, qmp_disconnect, tmp_socket
 
 pytestmark = pytest.mark.kvm
 
@@ -47,10 +47,7 @@ async def exercise(sock: str) -> dict:
     with qmp.listener(("SHUTDOWN",)) as listener:
         await qmp.execute("quit")
         seen["shutdown"] = await asyncio.wait_for(listener.get(), 10)
-    try:
-        await qmp.disconnect()
-    except EOFError:   # the VMM hung up after quit first (QEMU does too); qemu.qmp reports that here
-        pass
+    await qmp_disconnect(qmp)
     return seen
 
 

@@ -100,3 +100,12 @@ async def qmp_connect(sock: str, name: str = "pyvmm-test", *, stats_interval: in
         await qmp.execute("qom-set", {"path": "/machine/peripheral/balloon0",
                                       "property": "guest-stats-polling-interval", "value": stats_interval})
     return qmp
+
+
+async def qmp_disconnect(qmp) -> None:
+    """Disconnect after `quit`: the VMM may hang up first (QEMU does too), which qemu.qmp reports as
+    EOFError from disconnect(); that is the expected end, not a failure."""
+    try:
+        await qmp.disconnect()
+    except EOFError:
+        pass
