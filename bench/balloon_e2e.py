@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 from pathlib import Path
@@ -90,12 +89,7 @@ def qemu_cycle(kernel: Path) -> dict:
         return {"dirty": t_dirty, "inflate": t_in, "deflate": t_out, "rss_before": rss0,
                 "rss_inflated": rss1, "rss_deflated": rss2}
     finally:
-        if q is not None:
-            # QEMU closes the socket as it quits, which the client reports as EOF: expected here.
-            with contextlib.suppress(Exception):
-                q.cmd_obj({"execute": "quit"})
-            with contextlib.suppress(Exception):
-                q.close()
+        common.qmp_quit(q)
         vm.stop()
         if os.path.exists(sock):
             os.unlink(sock)

@@ -167,12 +167,7 @@ def qemu_cycle(ram: int, low: int) -> dict:
         out |= _balloon_steps(q, ram, low, lambda: common.smaps_rss(pid)["ram_rss"])
         return out
     finally:
-        if q is not None:
-            # QEMU closes the socket as it quits, which the client reports as EOF: expected here.
-            with contextlib.suppress(Exception):
-                q.cmd_obj({"execute": "quit"})
-            with contextlib.suppress(Exception):
-                q.close()
+        common.qmp_quit(q)
         if vm is not None:
             vm.stop()
         if os.path.exists(sock):
