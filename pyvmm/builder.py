@@ -1,150 +1,315 @@
-"""build_vm: the one place that wires KVM, guest memory, boot loaders, buses and devices together."""
+"""build_vm(cfg) -> Machine: the one place that wires KVM, guest memory, loaders, buses and devices together.
+
+One small step per part, in boot order, each returning what it made (Firecracker's
+build_microvm_for_boot): open KVM, create the VM, map guest RAM, attach the platform devices, attach
+the virtio devices, write the ACPI tables, load the kernel, map the firmware, create the vCPUs.  What a
+step opens goes into ``Resources`` at once, so a later step's failure closes everything before it.
+"""
 
 from __future__ import annotations
 
 import mmap
 import os
+import stat
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from .arch.x86 import cpu, layout, pvh
-from .bus import Bus
+from .bus import MmioBus, PioBus
 from .config import VmConfig
+from .console import ConsoleLog
+from .control import RunControl
 from .devices.exit import DebugExit
+from .devices.post import PostPort
+from .devices.power import I8042, SleepControl
 from .devices.serial import Serial16550
 from .errors import ConfigError, LoaderError, PyvmmError
+from .eventloop import EventLoop
+from .guestlog import GuestErrorLog
 from .irq import IrqfdLine, KvmIrqLine
 from .kvm.abi import KvmCap
 from .kvm.system import Kvm
-from .memory import GuestMemory
-from .vcpu import Vcpu
+from .memory import GuestMemory, MemoryRegion
+from .trace import Tracer
+from .vcpu import Vcpu, current_vcpu
 
-TSS_ADDR = 0xFFFB_D000   # three pages KVM needs for real mode on VMX hosts; below the ROM
-
-
-class PostPort:
-    """Port 0x80: the firmware writes its boot-stage codes here (the PC's POST code port)."""
-
-    def __init__(self, machine) -> None:
-        self.machine = machine
-        self.active = machine.firmware_image is not None
-
-    def read(self, offset: int, size: int) -> int:
-        return 0xFF
-
-    def write(self, offset: int, size: int, value: int) -> None:
-        if self.active:
-            self.machine._boot_stage(value & 0xFF)
+if TYPE_CHECKING:
+    from .kvm.vcpufd import VcpuFd
+    from .kvm.vmfd import VmFd
+    from .loader.bzimage import BzImage
+    from .loader.elf import ElfImage
+    from .loader.firmware import FirmwareImage
+    from .virtio.mmio import VirtioMmio
+    from .vm import Machine
 
 
-def build_vm(m, cfg: VmConfig) -> None:
-    """Fill the Machine ``m`` from ``cfg``, top to bottom, in plain sight."""
+class Resources:
+    """What a machine holds open (fds, mappings, threads), released in reverse order of acquisition."""
+
+    def __init__(self) -> None:
+        self._closers: list[Callable[[], None]] = []
+
+    def add(self, closer: Callable[[], None]) -> None:
+        self._closers.append(closer)
+
+    def close(self) -> None:
+        import logging
+
+        while self._closers:
+            closer = self._closers.pop()
+            try:
+                closer()
+            except Exception:
+                logging.getLogger("pyvmm").exception("closing failed")
+
+
+def build_vm(cfg: VmConfig) -> Machine:
+    """The machine ``cfg`` describes, built top to bottom; nothing is left open if a step fails."""
+    from .vm import Machine
+
+    res = Resources()
+    try:
+        kvm = open_kvm(cfg, res)
+        control = RunControl()
+        console = ConsoleLog(_stdout_writer() if cfg.console == "stdio" else None)
+        control.add_listener(lambda event, data: console.close() if event == "SHUTDOWN" else None)
+        tracer = make_tracer(cfg, res)
+        event_loop = EventLoop()
+        res.add(event_loop.stop)
+        vmfd = create_vm(kvm, res)
+        memory = map_ram(vmfd, cfg, res)
+        pio, mmio = PioBus(), MmioBus(on_unmapped=GuestErrorLog("mmio"))
+        serial = attach_platform(vmfd, pio, control, console)
+        virtio = attach_virtio(vmfd, mmio, memory, cfg, tracer, event_loop, res)
+        rsdp = write_acpi(memory, cfg, virtio)
+        kernel = load_kernel(memory, cfg, virtio, rsdp)
+        kernel.load(memory)
+        firmware, rom = map_firmware(vmfd, cfg, kernel, res)
+        post = attach_post(pio, tracer, control, active=firmware is not None)
+        vcpus = create_vcpus(kvm, vmfd, cfg, pio=pio, mmio=mmio, control=control, memory=memory,
+                             rom=rom, res=res)
+        control.vcpus = vcpus
+        kernel.enter(vcpus[0].fd, memory, firmware=firmware is not None, tracer=tracer)
+        balloon = next((t for t in virtio if t.name == "balloon0"), None)
+        return Machine.assemble(
+            config=cfg, control=control, console=console, tracer=tracer, kvm=kvm, vmfd=vmfd,
+            memory=memory, rom=rom, pio_bus=pio, mmio_bus=mmio, serial=serial, post=post,
+            virtio_devices=virtio, balloon_transport=balloon, acpi_rsdp=rsdp, kernel=kernel,
+            firmware=firmware, vcpus=vcpus, event_loop=event_loop, resources=res,
+        )
+    except BaseException:
+        res.close()          # nothing a failed build opened outlives it
+        raise
+
+
+# --- the steps, in boot order -------------------------------------------------------------------------
+
+
+def open_kvm(cfg: VmConfig, res: Resources) -> Kvm:
     kvm = Kvm()
-    m._closers.append(kvm.close)
+    res.add(kvm.close)
     kvm.require(KvmCap.IRQCHIP, KvmCap.USER_MEMORY, KvmCap.SET_TSS_ADDR, KvmCap.EXT_CPUID, KvmCap.PIT2,
                 KvmCap.IMMEDIATE_EXIT)
     cfg.validate(max_vcpus=kvm.max_vcpus)
-    m.kvm = kvm
+    return kvm
 
-    from .trace import Tracer
 
+def make_tracer(cfg: VmConfig, res: Resources) -> Tracer:
     try:
-        m.tracer = Tracer(set(cfg.trace), stream=sys.stderr,
-                          json_path=str(cfg.trace_file) if cfg.trace_file else None)
+        tracer = Tracer(set(cfg.trace), stream=sys.stderr,
+                        json_path=str(cfg.trace_file) if cfg.trace_file else None)
     except OSError as e:
         raise ConfigError(f"--trace-file {cfg.trace_file}: {e.strerror}") from None
-    m._closers.append(m.tracer.close)
+    res.add(tracer.close)
+    return tracer
 
-    # The VM, its interrupt controllers and timer.
+
+def create_vm(kvm: Kvm, res: Resources) -> VmFd:
+    """The VM with its in-kernel interrupt controllers (PIC, IOAPIC, LAPICs) and PIT."""
     vm = kvm.create_vm()
-    m._closers.append(vm.close)
-    m.vmfd = vm
-    vm.set_tss_addr(TSS_ADDR)
+    res.add(vm.close)
+    vm.set_tss_addr(layout.TSS_ADDR)
     vm.create_irqchip()
     vm.create_pit2()
+    return vm
 
-    # Guest RAM.
+
+def map_ram(vm: VmFd, cfg: VmConfig, res: Resources) -> GuestMemory:
     try:
         mem = GuestMemory.anonymous(layout.ram_layout(cfg.memory), prealloc=cfg.mem_prealloc)
     except (OSError, OverflowError) as e:
         raise ConfigError(f"cannot map {cfg.memory >> 20} MiB of guest RAM: {e}") from None
-    m.memory = mem
-    m._closers.append(mem.close)
+    res.add(mem.close)
     for r in mem.regions:
         vm.set_user_memory_region(r.gpa, r.size, r.hva)
+    return mem
 
-    # Buses and platform devices.
-    m.pio_bus = Bus("pio")
-    m.mmio_bus = Bus("mmio")
-    m.serial = Serial16550(KvmIrqLine(vm, layout.SERIAL_IRQ), m._console_write)
-    m.pio_bus.insert(m.serial, layout.SERIAL_COM1, 8, "serial (16550A)")
-    m.pio_bus.insert(DebugExit(m._guest_exit), layout.DEBUG_EXIT_PORT, 4, "debug-exit")
+
+def attach_platform(vm: VmFd, pio: PioBus, control: RunControl, console: ConsoleLog) -> Serial16550:
+    """COM1, the debug-exit port, the ACPI sleep register and the i8042's reset line."""
     from .arch.x86.acpi import SLEEP_CONTROL_PORT
-    from .devices.power import I8042, SleepControl
 
-    m.pio_bus.insert(SleepControl(lambda: m.stop(0, "the guest powered off", event_reason="guest-shutdown")),
-                     SLEEP_CONTROL_PORT, 2, "acpi sleep control")
-    m.pio_bus.insert(I8042(lambda: m.stop(0, "the guest requested a reset; pyvmm does not reboot, stopping",
-                                          event_reason="guest-reset")), 0x60, 5, "i8042 (reset)")
+    serial = Serial16550(KvmIrqLine(vm, layout.SERIAL_IRQ), console.write)
+    pio.insert(serial, layout.SERIAL_COM1, 8, "serial (16550A)")
+    pio.insert(DebugExit(lambda code: control.stop(code, f"the guest exited with code {code}",
+                                                   event_reason="guest-shutdown")),
+               layout.DEBUG_EXIT_PORT, 4, "debug-exit")
+    pio.insert(SleepControl(lambda: control.stop(0, "the guest powered off", event_reason="guest-shutdown")),
+               SLEEP_CONTROL_PORT, 2, "acpi sleep control")
+    pio.insert(I8042(lambda: control.guest_reset(current_vcpu(), "the guest requested a reset (i8042)")),
+               layout.I8042_DATA_PORT, 5, "i8042 (reset)")
+    return serial
 
-    # virtio-mmio devices, announced on the command line as Linux expects.
-    cmdline_devices = []
-    if cfg.balloon is not None:
-        from .virtio.balloon import BalloonOptions, VirtioBalloon
-        from .virtio.mmio import VirtioMmio
 
-        opts = BalloonOptions() if cfg.balloon == "default" else cfg.balloon
-        base, gsi = layout.virtio_mmio_slot(len(m.virtio_devices))
-        balloon = VirtioBalloon(mem, opts, discard=mem.discard)
-        m._closers.append(balloon.close)
-        if cfg.irqfd:
-            # After the guest's EOI the kernel lowers the line; raise it again if the device still
-            # has something pending (the transport is bound below, before any interrupt can happen).
-            irq = IrqfdLine(vm, gsi, lambda: transport.interrupt_status != 0)
-            m._closers.append(irq.close)
-            m.event_loop.add(irq.resample_fd, irq.on_resample)
-        else:
-            irq = KvmIrqLine(vm, gsi)
-        transport = VirtioMmio(balloon, mem, irq, version=cfg.virtio_version, name="balloon0",
-                               tracer=m.tracer)
-        transport.base = base
-        transport.irq_gsi = gsi
-        m.mmio_bus.insert(transport, base, VirtioMmio.WINDOW_SIZE, "virtio-mmio balloon0")
-        m.virtio_devices.append(transport)
-        m.balloon, m.balloon_transport = balloon, transport
-        cmdline_devices.append(f"virtio_mmio.device={VirtioMmio.WINDOW_SIZE:#x}@{base:#x}:{gsi}")
-        if cfg.ioeventfd:
-            _wire_ioeventfds(m, vm, transport, base)
+def attach_virtio(vm: VmFd, mmio: MmioBus, mem: GuestMemory, cfg: VmConfig, tracer: Tracer,
+                  event_loop: EventLoop, res: Resources) -> list[VirtioMmio]:
+    """A virtio-mmio window and an interrupt line per device (the balloon, for now)."""
+    transports: list[VirtioMmio] = []
+    if cfg.balloon is None:
+        return transports
+    from .virtio.balloon import BalloonOptions, VirtioBalloon
+    from .virtio.mmio import VirtioMmio
 
-    # ACPI tables, as QEMU microvm and Firecracker give them: stock x86 kernels find virtio-mmio
-    # devices only through the DSDT (LNRO0005) and their CPUs through the MADT.
-    rsdp = 0
-    if cfg.acpi:
-        from .arch.x86.acpi import build_acpi_tables
-        from .virtio.mmio import VirtioMmio
+    opts = BalloonOptions() if cfg.balloon == "default" else cfg.balloon
+    base, gsi = layout.virtio_mmio_slot(len(transports))
+    balloon = VirtioBalloon(mem, opts, discard=mem.discard)
+    res.add(balloon.close)
+    irq: IrqfdLine | KvmIrqLine
+    if cfg.irqfd:
+        # After the guest's EOI the kernel lowers the line; raise it again if the device still has
+        # something pending (the transport is bound below, before any interrupt can happen).
+        irq = IrqfdLine(vm, gsi, lambda: transport.interrupt_status != 0)
+        res.add(irq.close)
+        event_loop.add(irq.resample_fd, irq.on_resample)
+    else:
+        irq = KvmIrqLine(vm, gsi)
+    transport = VirtioMmio(balloon, mem, irq, version=cfg.virtio_version, name="balloon0", tracer=tracer,
+                           base=base, irq_gsi=gsi)
+    mmio.insert(transport, base, VirtioMmio.WINDOW_SIZE, "virtio-mmio balloon0")
+    transports.append(transport)
+    if cfg.ioeventfd:
+        _wire_ioeventfds(vm, transport, event_loop, res)
+    return transports
 
-        windows = [(t.base, VirtioMmio.WINDOW_SIZE, t.irq_gsi) for t in m.virtio_devices]
-        blob, rsdp = build_acpi_tables(layout.ACPI_START, cfg.smp, windows)
-        mem.write(layout.ACPI_START, blob)
-    m.acpi_rsdp = rsdp
 
-    # The kernel: a PVH ELF (the tiny guest, Linux's vmlinux) or a bzImage (the Linux boot protocol).
+def write_acpi(mem: GuestMemory, cfg: VmConfig, virtio: list[VirtioMmio]) -> int:
+    """ACPI tables, as QEMU microvm and Firecracker give them: stock x86 kernels find virtio-mmio devices
+    only through the DSDT (LNRO0005) and their CPUs through the MADT.  Returns the RSDP's gpa (0: none)."""
+    if not cfg.acpi:
+        return 0
+    from .arch.x86.acpi import build_acpi_tables
+
+    windows = [(t.base, t.WINDOW_SIZE, t.irq_gsi) for t in virtio]
+    blob, rsdp = build_acpi_tables(layout.ACPI_START, cfg.smp, windows)
+    mem.write(layout.ACPI_START, blob)
+    return rsdp
+
+
+@dataclass
+class KernelLoad:
+    """The kernel as it goes into guest RAM: written at build and again at every reset, then entered."""
+
+    path: Path
+    image: ElfImage | BzImage
+    cmdline: str
+    initrd: bytes | None
+    rsdp: int = 0                 # the ACPI RSDP's gpa, handed to the kernel (0: no ACPI)
+    start_info: int = 0           # PVH: where load() put the hvm_start_info
+
+    @property
+    def is_bzimage(self) -> bool:
+        from .loader.bzimage import BzImage
+
+        return isinstance(self.image, BzImage)
+
+    def load(self, mem: GuestMemory) -> None:
+        """Segments (or the protected-mode kernel), initrd, command line and boot information."""
+        from .loader.bzimage import BzImage, build_boot_params, e820_map, place_initrd
+        from .loader.elf import place_segments
+
+        cmdline = self.cmdline.encode()
+        ram = mem.ram_size
+        if isinstance(self.image, BzImage):
+            bz = self.image
+            mem.write(bz.load_address, bz.protected_mode_kernel)
+            initrd_gpa = initrd_size = 0
+            if self.initrd is not None:
+                initrd_size = len(self.initrd)
+                initrd_gpa = place_initrd(bz, initrd_size, ram)
+                mem.write(initrd_gpa, self.initrd)
+            mem.write(layout.BOOT_CMDLINE, cmdline + b"\0")
+            params = build_boot_params(bz, e820=e820_map(ram), cmdline_gpa=layout.BOOT_CMDLINE,
+                                       cmdline_len=len(cmdline), initrd_gpa=initrd_gpa, initrd_size=initrd_size,
+                                       acpi_rsdp_addr=self.rsdp)
+            mem.write(layout.BOOT_INFO, params)
+            return
+        place_segments(self.image, mem)
+        initrd = None
+        if self.initrd is not None:
+            top = min(ram, layout.RAM_LOW_END)
+            gpa = (top - len(self.initrd)) & ~0xFFF
+            if gpa <= self.image.highest:
+                raise LoaderError(f"initrd: {len(self.initrd)} bytes do not fit in guest RAM above the kernel")
+            mem.write(gpa, self.initrd)
+            initrd = (gpa, len(self.initrd))
+        self.start_info = pvh.write_start_info(mem, ram, cmdline, initrd=initrd, rsdp=self.rsdp)
+
+    def enter(self, bsp: VcpuFd, mem: GuestMemory, *, firmware: bool, tracer: Tracer) -> None:
+        """The BSP's first state: the 64-bit boot protocol for a bzImage; for a PVH kernel the reset
+        vector (the firmware takes it from there) or the 32-bit PVH entry directly."""
+        from .loader.bzimage import BzImage
+
+        if isinstance(self.image, BzImage):
+            bz = self.image
+            cpu.set_linux64_entry_state(bsp, mem, bz.entry_64, layout.BOOT_INFO)
+            if tracer.boot:
+                tracer.emit("boot", f"Linux 64-bit boot protocol {bz.protocol[0]}.{bz.protocol[1]:02d}: "
+                            f"pyvmm set long mode with an identity map, RIP={bz.entry_64:#x}, "
+                            f"RSI={layout.BOOT_INFO:#x} (boot_params)", stage="linux64-entry")
+        elif not firmware:
+            entry = self.image.pvh_entry
+            assert entry is not None
+            cpu.write_boot_gdt(mem)
+            cpu.set_pvh_entry_state(bsp, entry, self.start_info)
+            if tracer.boot:
+                tracer.emit("boot", f"direct PVH entry (no firmware): pyvmm set 32-bit protected mode, "
+                            f"CR0=0x11 (PE|ET), CS=0x10 flat, EIP={entry:#x}, EBX={self.start_info:#x}",
+                            stage="direct-entry", cr0=0x11, rip=entry, rbx=self.start_info)
+        # With the firmware, a new vCPU already sits at the reset vector (CS.base 0xFFFF0000, IP 0xFFF0).
+
+
+def load_kernel(mem: GuestMemory, cfg: VmConfig, virtio: list[VirtioMmio], rsdp: int) -> KernelLoad:
+    """A PVH ELF (the tiny guest, Linux's vmlinux) or a bzImage (the Linux boot protocol), checked and
+    parsed, with its command line; nothing is written to RAM yet."""
     kernel = cfg.kernel_path
     if not kernel.exists():
         hint = " (run `make build` to build the demo guest)" if cfg.kernel is None else ""
         raise LoaderError(f"kernel {kernel}: no such file{hint}")
     _check_file(kernel, "kernel", cfg.memory)
+    initrd = None
     if cfg.initrd is not None:
         _check_file(Path(cfg.initrd), "initrd", cfg.memory)
+        try:
+            initrd = Path(cfg.initrd).read_bytes()
+        except OSError as e:
+            raise LoaderError(f"initrd {cfg.initrd}: {e.strerror}") from None
     from .loader.cache import load_cached
-    from .loader.elf import is_elf, load_elf, place_segments
+    from .loader.elf import is_elf, load_elf
 
-    bzimage = image = None
+    image: ElfImage | BzImage
     if is_elf(kernel):
         image = load_cached(load_elf, kernel, "kernel")
         if image.pvh_entry is None:
             raise LoaderError(f"kernel {kernel}: no PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY); "
                               "build it with a PVH note (Linux: CONFIG_PVH=y), or boot its bzImage")
+        for s in image.segments:
+            if not mem.contains(s.paddr, s.memsz):
+                raise LoaderError(f"kernel {kernel}: segment at {s.paddr:#x}+{s.memsz:#x} does not fit in "
+                                  "guest RAM (give the VM more memory with -m)")
+        is_linux = image.is_linux
     else:
         from .loader.bzimage import is_bzimage, parse_bzimage
 
@@ -152,99 +317,104 @@ def build_vm(m, cfg: VmConfig) -> None:
         if not is_bzimage(data):
             raise LoaderError(f"kernel {kernel}: neither an ELF file nor a bzImage (pyvmm boots PVH ELF "
                               f"kernels such as guest/build/guest.elf, and Linux bzImages)")
-        bzimage = parse_bzimage(data, name=f"kernel {kernel}")
+        image = parse_bzimage(data, name=f"kernel {kernel}")
+        if image.runtime_end > min(cfg.memory, layout.RAM_LOW_END):
+            raise ConfigError(f"kernel {kernel} needs {image.runtime_end >> 20} MiB of RAM to unpack; "
+                              f"give the VM more with -m")
+        is_linux = True
     # Linux finds virtio-mmio devices in the DSDT; announcing them on the command line as well would
     # register each twice (the second probe fails with EBUSY).  Other kernels get the parameter.
-    is_linux = bzimage is not None or image.is_linux
     announce = cfg.virtio_cmdline if cfg.virtio_cmdline is not None else not (is_linux and cfg.acpi)
-    cmdline = " ".join(x for x in [cfg.append.strip(), *(cmdline_devices if announce else [])] if x).encode()
-    if len(cmdline) >= layout.BOOT_CMDLINE_MAX:
-        raise ConfigError(f"kernel command line is {len(cmdline)} bytes; at most "
+    devices = [f"virtio_mmio.device={t.WINDOW_SIZE:#x}@{t.base:#x}:{t.irq_gsi}" for t in virtio] if announce else []
+    cmdline = " ".join(x for x in [cfg.append.strip(), *devices] if x)
+    if len(cmdline.encode()) >= layout.BOOT_CMDLINE_MAX:
+        raise ConfigError(f"kernel command line is {len(cmdline.encode())} bytes; at most "
                           f"{layout.BOOT_CMDLINE_MAX - 1} fit")
-    m.cmdline = cmdline.decode()
-    if image is not None:
-        place_segments(image, mem)
-        initrd = None
-        if cfg.initrd is not None:
-            initrd = _load_initrd(mem, cfg.initrd, image.highest, cfg.memory)
-        start_info = pvh.write_start_info(mem, cfg.memory, cmdline, initrd=initrd, rsdp=rsdp)
-        m.kernel_image = image
-    else:
-        from .loader.bzimage import build_boot_params, e820_map, place_initrd
+    return KernelLoad(kernel, image, cmdline, initrd, rsdp=rsdp)
 
-        if bzimage.runtime_end > min(cfg.memory, layout.RAM_LOW_END):
-            raise ConfigError(f"kernel {kernel} needs {bzimage.runtime_end >> 20} MiB of RAM to unpack; "
-                              f"give the VM more with -m")
-        mem.write(bzimage.load_address, bzimage.protected_mode_kernel)
-        initrd_gpa = initrd_size = 0
-        if cfg.initrd is not None:
-            try:
-                initrd_data = Path(cfg.initrd).read_bytes()
-            except OSError as e:
-                raise LoaderError(f"initrd {cfg.initrd}: {e.strerror}") from None
-            initrd_size = len(initrd_data)
-            initrd_gpa = place_initrd(bzimage, initrd_size, cfg.memory)
-            mem.write(initrd_gpa, initrd_data)
-        mem.write(layout.BOOT_CMDLINE, cmdline + b"\0")
-        params = build_boot_params(bzimage, e820=e820_map(cfg.memory), cmdline_gpa=layout.BOOT_CMDLINE,
-                                   cmdline_len=len(cmdline), initrd_gpa=initrd_gpa, initrd_size=initrd_size,
-                                   acpi_rsdp_addr=rsdp)
-        mem.write(layout.BOOT_INFO, params)
-        m.kernel_image = bzimage
 
-    # vCPUs, with pyvmm's CPUID policy.  The BSP enters a PVH kernel through the firmware (from the
-    # reset vector) or directly at its 32-bit entry; a bzImage at its 64-bit entry.
+def map_firmware(vm: VmFd, cfg: VmConfig, kernel: KernelLoad,
+                 res: Resources) -> tuple[FirmwareImage | None, MemoryRegion | None]:
+    """The boot ROM (PVH kernels, unless --no-firmware): its hand-off words patched, mapped read-only
+    just below 4 GiB so that the reset vector lands in it."""
+    if kernel.is_bzimage or cfg.firmware is None:
+        return None, None
+    from .loader.cache import load_cached
+    from .loader.firmware import load_firmware
+
+    fw = load_cached(load_firmware, Path(cfg.firmware), "firmware")
+    entry = kernel.image.pvh_entry  # type: ignore[union-attr]
+    assert entry is not None
+    rom = fw.with_handoff(entry, kernel.start_info)
+    buf = mmap.mmap(-1, len(rom), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    buf[:] = rom
+    region = MemoryRegion(layout.FIRMWARE_BASE, len(rom), buf, name="firmware")
+    res.add(lambda: _close_region(region))
+    vm.set_user_memory_region(layout.FIRMWARE_BASE, len(rom), region.hva, readonly=True)
+    return fw, region
+
+
+def attach_post(pio: PioBus, tracer: Tracer, control: RunControl, *, active: bool) -> PostPort:
+    """Port 0x80: the firmware's stage codes, with the writing vCPU's state for the boot trace."""
+
+    def cpu_state() -> dict[str, Any] | None:
+        v = current_vcpu()
+        if v is None:
+            return None
+        s, r = v.fd.get_sregs(), v.fd.get_regs()
+        return {"cr0": s.cr0, "cs": s.cs.selector, "cs_base": s.cs.base, "rip": r.rip, "gdt_base": s.gdt.base,
+                "gdt_limit": s.gdt.limit}
+
+    def on_error(why: str) -> None:
+        v = current_vcpu()
+        if v is not None:
+            control.guest_crashed(v, why)
+
+    post = PostPort(tracer, active=active, cpu_state=cpu_state, on_error=on_error)
+    pio.insert(post, layout.POST_PORT, 1, "post (boot stages)")
+    return post
+
+
+def create_vcpus(kvm: Kvm, vm: VmFd, cfg: VmConfig, *, pio: PioBus, mmio: MmioBus, control: RunControl,
+                 memory: GuestMemory, rom: MemoryRegion | None, res: Resources) -> list[Vcpu]:
+    """The vCPUs, each with pyvmm's CPUID policy (arch/x86/cpuid.py) and its APIC ID."""
     from .arch.x86.cpuid import is_kvm_pvm_host
 
     passthrough = cfg.cpu_passthrough if cfg.cpu_passthrough is not None else not is_kvm_pvm_host()
+    read_rom = _rom_reader(rom)
+    vcpus = []
     for i in range(cfg.smp):
         fd = vm.create_vcpu(i)
-        m._closers.append(fd.close)
+        res.add(fd.close)
         cpu.setup_cpuid(kvm, fd, i, cfg.smp, passthrough=passthrough)
-        m.vcpus.append(Vcpu(m, fd, i))
-    bsp = m.vcpus[0].fd
-    if bzimage is not None:
-        cpu.set_linux64_entry_state(bsp, mem, bzimage.entry_64, layout.BOOT_INFO)
-        if m.tracer.wants("boot"):
-            m.tracer.emit("boot", f"Linux 64-bit boot protocol {bzimage.protocol[0]}.{bzimage.protocol[1]:02d}: "
-                          f"pyvmm set long mode with an identity map, RIP={bzimage.entry_64:#x}, "
-                          f"RSI={layout.BOOT_INFO:#x} (boot_params)", stage="linux64-entry")
-    elif cfg.firmware is not None:
-        from .loader.firmware import load_firmware
+        vcpus.append(Vcpu(fd, i, pio=pio, mmio=mmio, control=control, memory=memory, read_rom=read_rom))
+    return vcpus
 
-        fw = load_cached(load_firmware, Path(cfg.firmware), "firmware")
-        rom = fw.with_handoff(image.pvh_entry, start_info)
-        buf = mmap.mmap(-1, len(rom), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-        buf[:] = rom
-        from .memory import MemoryRegion
 
-        region = MemoryRegion(layout.FIRMWARE_BASE, len(rom), buf, name="firmware")
-        vm.set_user_memory_region(layout.FIRMWARE_BASE, len(rom), region.hva, readonly=True)
-        m._firmware_region = region
-        m.firmware_image = bytes(rom)
-        m.firmware_base = layout.FIRMWARE_BASE
-        m.firmware = fw
-    else:
-        cpu.write_boot_gdt(mem)
-        cpu.set_pvh_entry_state(bsp, image.pvh_entry, start_info)
-        if m.tracer.wants("boot"):
-            m.tracer.emit("boot", f"direct PVH entry (no firmware): pyvmm set 32-bit protected mode, "
-                          f"CR0=0x11 (PE|ET), CS=0x10 flat, EIP={image.pvh_entry:#x}, EBX={start_info:#x}",
-                          stage="direct-entry", cr0=0x11, rip=image.pvh_entry, rbx=start_info)
-    m.post_port = PostPort(m)
-    m.pio_bus.insert(m.post_port, layout.POST_PORT, 1, "post (boot stages)")
-    m.pio_ports = {port: (r.device, r.base) for r in m.pio_bus.ranges for port in range(r.base, r.end)}
+# --- helpers -------------------------------------------------------------------------------------------
 
-    # The console: guest output to stdout; keyboard input when stdin is a terminal.
-    if cfg.console == "stdio":
-        m.console_out = _stdout_writer()
+
+def _rom_reader(rom: MemoryRegion | None) -> Callable[[int, int], bytes | None]:
+    def read(gpa: int, n: int) -> bytes | None:
+        if rom is None or not rom.gpa <= gpa < rom.end:
+            return None
+        off = gpa - rom.gpa
+        return bytes(rom.view[off : min(off + n, rom.size)])
+
+    return read
+
+
+def _close_region(region: MemoryRegion) -> None:
+    region.view.release()
+    try:
+        region.buffer.close()      # type: ignore[union-attr]
+    except BufferError:
+        pass
 
 
 def _check_file(path: Path, what: str, limit: int) -> None:
     """A kernel or initrd must be a readable regular file that could fit in guest RAM: /dev/zero or a
     FIFO would otherwise be read until the host runs out of memory (or forever)."""
-    import stat
-
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -261,7 +431,7 @@ def _check_file(path: Path, what: str, limit: int) -> None:
         raise LoaderError(f"{what} {path}: {st.st_size} bytes do not fit in {limit >> 20} MiB of guest RAM")
 
 
-def _stdout_writer():
+def _stdout_writer() -> Callable[[bytes], None]:
     fd = sys.stdout.fileno() if hasattr(sys.stdout, "fileno") else 1
 
     def write(data: bytes) -> None:
@@ -273,36 +443,23 @@ def _stdout_writer():
     return write
 
 
-def _load_initrd(mem, path: Path, kernel_end: int, ram_size: int) -> tuple[int, int]:
-    try:
-        data = Path(path).read_bytes()
-    except OSError as e:
-        raise LoaderError(f"initrd {path}: {e.strerror}") from None
-    top = min(ram_size, layout.RAM_LOW_END)
-    gpa = (top - len(data)) & ~0xFFF
-    if gpa <= kernel_end:
-        raise LoaderError(f"initrd {path}: {len(data)} bytes do not fit in guest RAM above the kernel")
-    mem.write(gpa, data)
-    return gpa, len(data)
-
-
-def _wire_ioeventfds(m, vm, transport, base: int) -> None:
+def _wire_ioeventfds(vm: VmFd, transport: VirtioMmio, event_loop: EventLoop, res: Resources) -> None:
     """QueueNotify through KVM_IOEVENTFD: one eventfd per queue index (datamatch), served by the
     event loop, so a notify does not return to Python on the vCPU thread."""
-    notify = base + transport.QUEUE_NOTIFY_OFFSET
+    notify = transport.base + transport.QUEUE_NOTIFY_OFFSET
     for index in range(len(transport.queues)):
         efd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
-        m._closers.append(lambda efd=efd: os.close(efd))
+        res.add(lambda efd=efd: os.close(efd))
         try:
             vm.ioeventfd(efd, notify, 4, datamatch=index)
         except PyvmmError:
             return      # the plain exit path still serves this queue
 
-        def handler(efd=efd, index=index) -> None:
+        def handler(efd: int = efd, index: int = index) -> None:
             try:
                 os.eventfd_read(efd)
             except BlockingIOError:
                 return
             transport.queue_notify(index)
 
-        m.event_loop.add(efd, handler)
+        event_loop.add(efd, handler)

@@ -96,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args):
-    from .config import VmConfig, parse_size
+    from .config import VmConfig
+    from .units import parse_size
 
     kernel = args.kernel_opt or args.kernel
     initrd = args.initrd
@@ -120,9 +121,9 @@ def config_from_args(args):
     elif text in ("on", "", "default"):
         balloon = "default"
     else:
-        from .virtio.balloon import BalloonOptions
+        from .config import parse_balloon_options
 
-        balloon = BalloonOptions.parse(text)
+        balloon = parse_balloon_options(text)
     trace = frozenset(t.strip() for t in args.trace.split(",") if t.strip())
     from .config import DEFAULT_FIRMWARE
 
@@ -138,13 +139,40 @@ def config_from_args(args):
 
 
 def cmd_run(args) -> int:
-    from .console import run_machine
-
     if args.demo and not args.append:
         args.append = "scenario=demo dirty=192M"
     cfg = config_from_args(args)
     cfg.validate()
     return run_machine(cfg, demo=args.demo)
+
+
+def run_machine(cfg, *, demo: bool = False) -> int:
+    """Build, start and wait for a VM as `pyvmm run` does; returns the process exit code."""
+    import signal
+
+    from .vm import Machine
+
+    interactive = cfg.console == "stdio" and sys.stdin.isatty() and not demo
+    machine = Machine(cfg)
+    machine.report_crashes = not interactive   # printed below, once the terminal is cooked again
+    try:
+        signal.signal(signal.SIGTERM, lambda s, f: machine.stop(143, "terminated (SIGTERM)"))
+        machine.start(terminal=interactive)
+        if demo:
+            from .demo import drive_demo
+
+            drive_demo(machine)
+        code = machine.wait()
+    finally:
+        machine.close()         # the terminal's settings come back on every way out
+        if machine.crash_report and not machine.report_crashes:
+            sys.stderr.write(machine.crash_report + "\n")
+    if machine.emulation_fixups:
+        done = ", ".join(f"{k} x{v}" for k, v in sorted(machine.emulation_fixups.items()))
+        sys.stderr.write(f"pyvmm: finished for the guest what this host's emulator could not: {done}\n")
+    if machine.stop_reason and not machine.crash_report and not machine.stop_reason.startswith("the guest exited"):
+        sys.stderr.write(f"pyvmm: {machine.stop_reason}\n")
+    return 0 if code is None else code
 
 
 def main(argv: list[str] | None = None) -> int:

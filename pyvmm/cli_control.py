@@ -8,7 +8,7 @@ import sys
 import time
 from typing import Any, Self
 
-from .config import format_size, parse_size
+from .units import format_size, parse_size
 from .errors import ConfigError, PyvmmError
 from .monitor import commands as _commands   # light; the QMP server module loads only when a verb runs
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .units import format_size
 
 PAGE_SIZE = 4096
 _ROOT = Path(__file__).resolve().parent.parent
@@ -29,31 +29,40 @@ def linux_cache() -> Path:
 LINUX_DEFAULT_APPEND = "console=ttyS0"
 LINUX_PVM_APPEND = "noxsave clearcpuid=141,308,151,298,145,137 nofsgsbase"
 
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)(i?[bB])?\s*$")
-_UNITS = {"": 1 << 20, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+_BOOL = {"on": True, "yes": True, "true": True, "1": True, "off": False, "no": False, "false": False, "0": False}
+_BALLOON_KEYS = {
+    "must-tell-host": "must_tell_host", "stats": "stats", "stats-interval": "stats_interval",
+    "deflate-on-oom": "deflate_on_oom", "free-page-reporting": "free_page_reporting", "page-poison": "page_poison",
+}
 
 
-def parse_size(text: str, *, what: str = "size", default_unit: str = "M") -> int:
-    """"256M", "1G", "512" (MiB by default, as QEMU's -m), "64k" -> bytes."""
-    m = _SIZE_RE.match(str(text))
-    if not m:
-        raise ConfigError(f"{what} {text!r} is not a size (use e.g. 256M or 1G)")
-    number, unit, suffix = m.groups()
-    if not unit and suffix:      # "4096B": plain bytes
-        mult = 1
-    else:
-        mult = _UNITS[(unit or default_unit).lower()] if unit or default_unit else 1
-    value = float(number) * mult
-    if value != int(value):
-        raise ConfigError(f"{what} {text!r} is not a whole number of bytes")
-    return int(value)
+def parse_balloon_options(text: str) -> Any:
+    """``--balloon deflate-on-oom=on,stats-interval=2,...`` -> BalloonOptions; ConfigError names the bad
+    key or value."""
+    from .virtio.balloon import BalloonOptions
 
-
-def format_size(n: int) -> str:
-    for unit, shift in (("G", 30), ("M", 20), ("K", 10)):
-        if n >= 1 << shift and n % (1 << shift) == 0:
-            return f"{n >> shift}{unit}"
-    return f"{n}B"
+    values: dict[str, Any] = {}
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = item.partition("=")
+        attr = _BALLOON_KEYS.get(key.strip())
+        if attr is None:
+            raise ConfigError(f"--balloon: unknown option {key!r}; known: {', '.join(_BALLOON_KEYS)}")
+        if not sep:
+            raise ConfigError(f"--balloon: option {key!r} needs a value ({key}=on or {key}=off)")
+        value = value.strip().lower()
+        if attr == "stats_interval":
+            try:
+                seconds = float(value.removesuffix("s"))
+            except ValueError:
+                raise ConfigError(f"--balloon: stats-interval={value!r} is not a number of seconds") from None
+            if not seconds >= 0 or seconds == float("inf"):
+                raise ConfigError(f"--balloon: stats-interval={value!r} must be >= 0")
+            values[attr] = seconds
+        elif value in _BOOL:
+            values[attr] = _BOOL[value]
+        else:
+            raise ConfigError(f"--balloon: {key}={value!r}: expected on or off")
+    return BalloonOptions(**values)
 
 
 def host_memory() -> int:
@@ -87,7 +96,6 @@ class VmConfig:
     virtio_cmdline: bool | None = None   # virtio_mmio.device= on the command line; None: unless the
                                          # kernel is Linux and finds the devices in ACPI (as microvm)
     acpi: bool = True                    # ACPI tables (RSDP, XSDT, FADT, MADT, DSDT) for the guest
-    extra: dict = field(default_factory=dict)
 
     def validate(self, max_vcpus: int | None = None) -> "VmConfig":
         if self.memory <= 0:

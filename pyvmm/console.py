@@ -1,62 +1,70 @@
-"""Running a machine from the CLI: the console, signals, the demo, and the exit code."""
+"""The guest's console output: kept in memory for the API and the monitor, and passed on to a sink."""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import sys
+import re
+import threading
+import time
+from collections.abc import Callable
 
-from .config import VmConfig
-
-
-def run_machine(cfg: VmConfig, *, demo: bool = False) -> int:
-    """Build, start and wait for a VM as `pyvmm run` does; returns the process exit code."""
-    from .vm import Machine
-
-    interactive = cfg.console == "stdio" and sys.stdin.isatty() and not demo
-    machine = Machine(cfg)
-    machine.report_crashes = not interactive   # printed below, once the terminal is cooked again
-    stack = contextlib.ExitStack()
-    try:
-        signal.signal(signal.SIGTERM, lambda s, f: machine.stop(143, "terminated (SIGTERM)"))
-        if interactive:
-            from .monitor.hmp import ConsoleMux, RawInput, stdio_console
-
-            if cfg.monitor:
-                # Ctrl-A c between the guest's console and the (pyvmm) monitor, as -serial mon:stdio.
-                mux = ConsoleMux(machine, machine.serial.feed, _RawOut())
-                machine.console_out = mux.guest_output
-            else:
-                mux = RawInput(machine.serial.feed, machine._stopped.is_set)
-            stack.enter_context(stdio_console(mux))
-        machine.start()
-        if demo:
-            from .demo import drive_demo
-
-            drive_demo(machine)
-        code = machine.wait()
-    finally:
-        stack.close()           # the terminal's settings come back on every way out
-        machine.close()
-        if machine.crash_report and not machine.report_crashes:
-            sys.stderr.write(machine.crash_report + "\n")
-    if machine.emulation_fixups:
-        done = ", ".join(f"{k} x{v}" for k, v in sorted(machine.emulation_fixups.items()))
-        sys.stderr.write(f"pyvmm: finished for the guest what this host's emulator could not: {done}\n")
-    if machine.stop_reason and not machine.crash_report and not machine.stop_reason.startswith("the guest exited"):
-        sys.stderr.write(f"pyvmm: {machine.stop_reason}\n")
-    return 0 if code is None else code
+CONSOLE_KEEP = 8 << 20   # bytes of console output kept in memory for the API and the monitor
 
 
-class _RawOut:
-    """A binary stream over fd 1 for the console multiplexer."""
+class ConsoleLog:
+    """Bytes the guest wrote to its serial port: the latest CONSOLE_KEEP of them, and waiters on them.
 
-    def write(self, data: bytes) -> int:
-        try:
-            return os.write(1, data)
-        except OSError:
-            return 0
+    ``sink`` (stdout, a console multiplexer, a notebook cell) gets every byte as it comes; it may be
+    replaced while the VM runs.
+    """
 
-    def flush(self) -> None:
-        pass
+    def __init__(self, sink: Callable[[bytes], None] | None = None, keep: int = CONSOLE_KEEP) -> None:
+        self.sink = sink
+        self.keep = keep
+        self._buf = bytearray()
+        self._cond = threading.Condition()
+        self.closed = False        # set when the VM stops: waiters give up
+
+    def write(self, data: bytes) -> None:
+        with self._cond:
+            self._buf += data
+            if len(self._buf) > self.keep:
+                del self._buf[: len(self._buf) - self.keep]
+            self._cond.notify_all()
+        sink = self.sink
+        if sink is not None:
+            sink(data)
+
+    def text(self) -> str:
+        with self._cond:
+            return self._buf.decode("utf-8", "replace")
+
+    def close(self) -> None:
+        with self._cond:
+            self.closed = True
+            self._cond.notify_all()
+
+    def wait_for(self, pattern: str, timeout: float = 30.0) -> re.Match:
+        """Wait until the output matches the regex; TimeoutError otherwise (or once the VM stopped).
+
+        Each wake-up searches only what arrived since the last look (plus an overlap of 4 KiB for a
+        match that straddles it), and waits at least 20 ms between looks, so a chatty guest does not
+        turn the waiting thread into a busy loop that competes with the vCPU for the GIL.
+        """
+        rx = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        start = 0
+        while True:
+            with self._cond:
+                seen = len(self._buf)
+                text = self._buf.decode("utf-8", "replace")
+            m = rx.search(text, max(0, start - 4096))
+            if m:
+                return rx.search(text) if start else m     # the first match, as re.search gives
+            start = len(text)
+            left = deadline - time.monotonic()
+            if left <= 0 or self.closed:
+                raise TimeoutError(f"console never matched {pattern!r}" + (" (the VM stopped)" if self.closed else ""))
+            time.sleep(min(left, 0.02))
+            with self._cond:
+                if len(self._buf) == seen and not self.closed:
+                    self._cond.wait(min(max(0.0, deadline - time.monotonic()), 0.5))

@@ -61,7 +61,7 @@ def move_balloon(machine, target: int, *, timeout: float = 300.0, label: str = "
     with _Progress() as progress:
         t0 = time.monotonic()
         reached = False
-        while time.monotonic() - t0 < timeout and not machine._stopped.is_set():
+        while time.monotonic() - t0 < timeout and not machine.stopped.is_set():
             info = balloon.info()
             progress.update(f"balloon {label}: target {target // MiB} MiB, guest at {info.actual // MiB} MiB "
                             f"({info.actual_pages} pages ballooned), host RSS of guest RAM "

@@ -1,4 +1,9 @@
-"""The vCPU thread: KVM_RUN, one decode of each exit, one dispatch to the buses, and the crash dump."""
+"""The vCPU thread: KVM_RUN, one look at each exit's reason, the buses for I/O, and the crash dump.
+
+The loop depends on four things only: its vCPU fd, the two buses (whose ``dispatch`` serves port I/O
+and MMIO exits from the shared kvm_run page), a run control (``stop_requested``, ``hold_requested``
+and the calls a stopping guest makes) and guest memory for reading code at RIP.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,8 @@ import fcntl
 import logging
 import signal
 import threading
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
 
 from . import trace
 from .arch.x86 import cpu
@@ -16,7 +22,9 @@ from .kvm import abi, runlayout
 from .kvm.abi import KvmExit, KvmInternalError, KvmSystemEvent
 
 if TYPE_CHECKING:
-    from .vm import Machine
+    from .bus import MmioBus, PioBus
+    from .kvm.vcpufd import VcpuFd
+    from .memory import GuestMemory
 
 log = logging.getLogger("pyvmm.vcpu")
 
@@ -24,28 +32,55 @@ KICK_SIGNAL = signal.SIGUSR1
 _current = threading.local()
 
 
-def current_vcpu() -> "Vcpu | None":
+def current_vcpu() -> Vcpu | None:
     """The vCPU whose exit is being handled on this thread (devices use it for the boot trace)."""
     return getattr(_current, "vcpu", None)
+
+
+class VcpuControl(Protocol):
+    """What the run loop reads and calls (pyvmm.control.RunControl)."""
+
+    stop_requested: bool
+    hold_requested: bool
+
+    def park(self, vcpu: Vcpu) -> None: ...
+
+    def guest_stopped(self, vcpu: Vcpu, reason: str, exit_code: int) -> None: ...
+
+    def guest_crashed(self, vcpu: Vcpu, reason: str) -> None: ...
+
+    def guest_reset(self, vcpu: Vcpu, reason: str) -> None: ...
+
+    def vcpu_failed(self, vcpu: Vcpu, exc: BaseException) -> None: ...
+
+    def count_fixup(self, name: str) -> None: ...
 
 
 class Vcpu:
     """One virtual CPU and the thread that runs it."""
 
-    def __init__(self, machine: "Machine", fd, index: int) -> None:
-        self.machine = machine
+    def __init__(self, fd: VcpuFd, index: int, *, pio: PioBus, mmio: MmioBus, control: VcpuControl,
+                 memory: GuestMemory, read_rom: Callable[[int, int], bytes | None] | None = None) -> None:
         self.fd = fd
         self.index = index
+        self.pio = pio
+        self.mmio = mmio
+        self.control = control
+        self.memory = memory
+        self.read_rom = read_rom or (lambda gpa, n: None)
         self.thread: threading.Thread | None = None
         self.exits = 0
-        self.unhandled_io = 0
-        self.paused = threading.Event()        # set by this thread while it waits in pause
+        self.paused = threading.Event()        # set by this thread while it is parked
 
     # --- control from other threads -----------------------------------------------------------
 
     def start(self) -> None:
         self.thread = threading.Thread(target=self._thread_main, name=f"vcpu{self.index}", daemon=True)
         self.thread.start()
+
+    def is_running(self) -> bool:
+        t = self.thread
+        return t is not None and t.is_alive()
 
     def kick(self) -> None:
         """Make KVM_RUN return: immediate_exit covers the window before entry, the signal the rest."""
@@ -60,6 +95,11 @@ class Vcpu:
             except ProcessLookupError:
                 pass
 
+    def join(self, timeout: float) -> None:
+        t = self.thread
+        if t is not None and t is not threading.current_thread():
+            t.join(timeout)
+
     # --- the thread ----------------------------------------------------------------------------
 
     def _thread_main(self) -> None:
@@ -68,115 +108,62 @@ class Vcpu:
         try:
             self._loop()
         except BaseException as exc:  # a pyvmm bug on a vCPU thread: dump, stop, re-raise in main
-            self.machine._vcpu_failed(self, exc)
+            self.control.vcpu_failed(self, exc)
 
     def _loop(self) -> None:
-        m = self.machine
+        ctl = self.control
         fd = self.fd.fd
         buf = self.fd.run_mmap
         run = fcntl.ioctl
         KVM_RUN = abi.KVM_RUN
         reason_of = runlayout.EXIT_REASON.unpack_from
         reason_at = runlayout.EXIT_REASON_OFFSET
-        io_of = runlayout.IO.unpack_from
-        mmio_of = runlayout.MMIO.unpack_from
-        union = runlayout.EXIT_UNION_OFFSET
-        mmio_data = runlayout.MMIO_DATA_OFFSET
-        pio_ports = m.pio_ports            # port -> (device, base): a dict is the cheapest lookup
-        mmio_find = m.mmio_bus.find
-        mmio_page = m.mmio_bus.pages.get     # 4 KiB page -> range: one dict probe for a device window
+        pio = self.pio.dispatch
+        mmio = self.mmio.dispatch
         EXIT_IO, EXIT_MMIO = int(KvmExit.IO), int(KvmExit.MMIO)
-        IO_IN, IO_OUT = abi.KVM_EXIT_IO_IN, abi.KVM_EXIT_IO_OUT
         while True:
             try:
                 run(fd, KVM_RUN)
             except OSError as e:
                 if e.errno in (errno.EINTR, errno.EAGAIN):
                     self.fd.kvm_run.immediate_exit = 0
-                    if m._stop_requested:
+                    if ctl.stop_requested:
                         return
-                    if m._pause_requested:
-                        self._wait_while_paused()
-                        if m._stop_requested:
+                    if ctl.hold_requested:
+                        ctl.park(self)
+                        if ctl.stop_requested:
                             return
                     continue
                 raise KvmError("KVM_RUN", e.errno) from None
             self.exits += 1
             reason = reason_of(buf, reason_at)[0]
             if reason == EXIT_IO:
-                direction, size, port, count, off = io_of(buf, union)
-                entry = pio_ports.get(port)
-                if entry is None:
-                    self.unhandled_io += 1
-                    if direction == IO_IN:
-                        buf[off : off + size * count] = b"\xff" * (size * count)
-                elif count == 1:                  # the common case: one in/out, no string I/O
-                    dev, base = entry
-                    if direction == IO_OUT:
-                        dev.write(port - base, size, buf[off] if size == 1 else
-                                  int.from_bytes(buf[off : off + size], "little"))
-                    elif size == 1:
-                        buf[off] = dev.read(port - base, 1) & 0xFF
-                    else:
-                        buf[off : off + size] = (dev.read(port - base, size) & ((1 << (8 * size)) - 1)).to_bytes(
-                            size, "little")
-                else:                             # rep ins/outs: count items of size bytes
-                    dev, base = entry
-                    mask = (1 << (8 * size)) - 1
-                    for p in range(off, off + size * count, size):
-                        if direction == IO_OUT:
-                            dev.write(port - base, size, int.from_bytes(buf[p : p + size], "little"))
-                        else:
-                            buf[p : p + size] = (dev.read(port - base, size) & mask).to_bytes(size, "little")
+                pio(buf)
             elif reason == EXIT_MMIO:
-                gpa, data, length, is_write = mmio_of(buf, union)
-                r = mmio_page(gpa >> 12)
-                if r is None or not r.base <= gpa < r.base + r.size:
-                    r = mmio_find(gpa)
-                if r is None:
-                    # Nothing there: reads float high as on a PC bus, writes are dropped; both are
-                    # guest errors worth a (rate-limited) line.
-                    self.unhandled_io += 1
-                    if not is_write:
-                        buf[mmio_data : mmio_data + length] = b"\xff" * length
-                    m.mmio_errors(f"{'write to' if is_write else 'read of'} unmapped gpa {gpa:#x} "
-                                  f"({length} bytes)")
-                elif is_write:
-                    r.device.write(gpa - r.base, length, int.from_bytes(data[:length], "little"))
-                else:
-                    value = r.device.read(gpa - r.base, length) & ((1 << (8 * length)) - 1)
-                    buf[mmio_data : mmio_data + length] = value.to_bytes(length, "little")
+                mmio(buf)
             else:
                 from .kvm import exits   # the rare exits: decoded once into a typed value
 
                 if self._slow_exit(exits.decode(self.fd.kvm_run)):
                     return
-            if m._stop_requested:
+            if ctl.stop_requested:
                 return
-
-    def _wait_while_paused(self) -> None:
-        m = self.machine
-        self.paused.set()
-        with m._pause_cond:
-            while m._pause_requested and not m._stop_requested:
-                m._pause_cond.wait(0.5)
-        self.paused.clear()
 
     def _slow_exit(self, ex) -> bool:
         """The rare exits (a typed value from kvm.exits.decode); True when the VM must stop."""
         from .kvm import exits
 
-        m = self.machine
+        ctl = self.control
         match ex:
             case exits.HltExit():
                 # Only without an in-kernel irqchip; pyvmm always has one, so a halt here is final.
-                m._guest_stopped(self, "the guest halted", exit_code=0)
+                ctl.guest_stopped(self, "the guest halted", exit_code=0)
                 return True
             case exits.ShutdownExit():
-                m._guest_crashed(self, "guest triple fault (KVM_EXIT_SHUTDOWN)")
+                ctl.guest_crashed(self, "guest triple fault (KVM_EXIT_SHUTDOWN)")
                 return True
             case exits.FailEntryExit(reason, cpu_):
-                m._guest_crashed(self, f"KVM_EXIT_FAIL_ENTRY: hardware entry failure reason {reason:#x} on cpu {cpu_}")
+                ctl.guest_crashed(self, f"KVM_EXIT_FAIL_ENTRY: hardware entry failure reason {reason:#x} on cpu {cpu_}")
                 return True
             case exits.InternalErrorExit():
                 code = ex.insn_bytes or self._code_at_rip()
@@ -188,19 +175,18 @@ class Vcpu:
                     rip = self.fd.get_regs().rip
                     detail += (f": the host cannot emulate `{cpu.disassemble(code, rip, cpu.code_bits(sregs))}`"
                                f" (bytes {code[:8].hex(' ')})")
-                m._guest_crashed(self, detail)
+                ctl.guest_crashed(self, detail)
                 return True
             case exits.SystemEventExit(type=t):
                 if t == KvmSystemEvent.SHUTDOWN:
-                    m._guest_stopped(self, "the guest powered off", exit_code=0)
+                    ctl.guest_stopped(self, "the guest powered off", exit_code=0)
                 elif t == KvmSystemEvent.RESET:
-                    m._guest_stopped(self, "the guest requested a reset; pyvmm does not reboot, stopping",
-                                     exit_code=0)
+                    ctl.guest_reset(self, "the guest requested a reset (KVM_SYSTEM_EVENT_RESET)")
                 else:
-                    m._guest_crashed(self, f"KVM_EXIT_SYSTEM_EVENT {ex.type_name}")
+                    ctl.guest_crashed(self, f"KVM_EXIT_SYSTEM_EVENT {ex.type_name}")
                 return True
             case _:
-                m._guest_crashed(self, f"unexpected exit {ex}")
+                ctl.guest_crashed(self, f"unexpected exit {ex}")
                 return True
 
     # --- emulation gaps of the host ------------------------------------------------------------
@@ -208,9 +194,9 @@ class Vcpu:
     def _code_at_rip(self, n: int = 16) -> bytes:
         try:
             regs, sregs = self.fd.get_regs(), self.fd.get_sregs()
-            gpa = cpu.translate(self.machine.memory, sregs, cpu.linear_rip(regs, sregs))
-            if gpa is not None and self.machine.memory.contains(gpa, n):
-                return self.machine.memory.read(gpa, n)
+            gpa = cpu.translate(self.memory, sregs, cpu.linear_rip(regs, sregs))
+            if gpa is not None and self.memory.contains(gpa, n):
+                return self.memory.read(gpa, n)
         except Exception:
             pass
         return b""
@@ -218,7 +204,7 @@ class Vcpu:
     def _emulation_gap(self, code: bytes) -> bool:
         """Finish, in the VMM, an instruction the host's emulator refused (a nested kvm_pvm host fails
         on a few): `int3` becomes the #BP it should raise, `fwait` (nothing to wait for: pyvmm's x87
-        state has no pending exception) is skipped.  Counted in Machine.emulation_fixups."""
+        state has no pending exception) is skipped.  Counted by the run control."""
         if not code:
             return False
         if code[0] == 0xCC:
@@ -242,8 +228,7 @@ class Vcpu:
             name = "fwait skipped"
         else:
             return False
-        fixups = self.machine.emulation_fixups
-        fixups[name] = fixups.get(name, 0) + 1
+        self.control.count_fixup(name)
         return True
 
     # --- inspection ---------------------------------------------------------------------------
@@ -253,14 +238,12 @@ class Vcpu:
         regs = self.fd.get_regs()
         sregs = self.fd.get_sregs()
         text = cpu.format_registers(regs, sregs)
-        gpa = cpu.translate(self.machine.memory, sregs, cpu.linear_rip(regs, sregs))
+        gpa = cpu.translate(self.memory, sregs, cpu.linear_rip(regs, sregs))
         code = self._code_at_rip()
         if code:
             text += f"\ncode at RIP (gpa {gpa:#x}): {code.hex(' ')}"
-        elif gpa is not None and self.machine.firmware_image is not None and gpa >= self.machine.firmware_base:
-            off = gpa - self.machine.firmware_base
-            code = self.machine.firmware_image[off : off + 16]
-            text += f"\ncode at RIP (firmware ROM, gpa {gpa:#x}): {code.hex(' ')}"
+        elif gpa is not None and (rom := self.read_rom(gpa, 16)):
+            text += f"\ncode at RIP (firmware ROM, gpa {gpa:#x}): {rom.hex(' ')}"
         return text
 
 
@@ -284,4 +267,4 @@ def install_kick_handler() -> None:
                      "called on the main thread first (it makes SIGUSR1 interrupt KVM_RUN)")
 
 
-__all__ = ["Vcpu", "current_vcpu", "install_kick_handler", "GuestCrash"]
+__all__ = ["Vcpu", "VcpuControl", "current_vcpu", "install_kick_handler", "GuestCrash"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -11,6 +10,7 @@ from typing import Any, Protocol
 
 from .. import __version__
 from ..errors import ConfigError
+from ..units import format_size
 
 MiB = 1 << 20
 PAGE_SIZE = 4096
@@ -52,24 +52,6 @@ Listener = Callable[[str, dict], None]
 
 
 @dataclass(frozen=True)
-class QueueInfo:
-    """One virtqueue as `info virtqueue` shows it (describe_queue() reads it off the transport)."""
-
-    index: int
-    name: str                 # "inflateq", "deflateq", "statsq"
-    size: int                 # QueueSize the driver chose
-    max_size: int             # QueueSizeMax the device offers
-    ready: bool               # QueueReady (legacy: QueuePFN != 0)
-    desc_gpa: int             # descriptor table
-    avail_gpa: int            # driver area (available ring)
-    used_gpa: int             # device area (used ring)
-    avail_idx: int | None     # avail->idx as the guest last wrote it (None: ring not readable)
-    used_idx: int             # used->idx as the device last wrote it
-    last_avail_idx: int       # next available entry the device will take
-    in_flight: int            # chains taken from the available ring, not yet returned as used
-
-
-@dataclass(frozen=True)
 class VirtioDeviceInfo:
     """One virtio-mmio transport and its device, as `info virtio` shows it."""
 
@@ -83,33 +65,20 @@ class VirtioDeviceInfo:
     num_queues: int           # queues the negotiated features give the device
 
 
-class SplitQueueView(Protocol):
-    """The attributes of pyvmm.virtio.queue.SplitQueue the monitor reads."""
-
-    index: int
-    size: int
-    max_size: int
-    ready: bool
-    desc: int
-    avail: int
-    used: int
-    last_avail: int
-    next_used: int
-
-
 class VirtioTransportView(Protocol):
-    """The attributes of pyvmm.virtio.mmio.VirtioMmio the monitor reads (base and irq_gsi are set by
-    the builder); everything else about virtio is derived from these in describe_device/describe_queue."""
+    """The attributes of pyvmm.virtio.mmio.VirtioMmio the monitor reads; everything else about virtio
+    is derived from these in describe_device/describe_queue."""
 
     name: str
     version: int
     status: int
     driver_features: int
+    offered: int
     base: int
     irq_gsi: int
-    queues: Sequence[SplitQueueView]
-    mem: Any                  # the GuestMemory the rings live in
-    device: Any               # .device_id and .feature_flags (an IntFlag of the device's feature bits)
+    queues: Sequence[Any]     # pyvmm.virtio.queue.SplitQueue: .snapshot()
+    device: Any               # .device_id, .feature_flags (an IntFlag of its feature bits), .queue_names()
+    lock: Any
 
     @property
     def active_queue_names(self) -> list[str]: ...
@@ -202,17 +171,6 @@ def require_balloon(machine: MachineControl) -> BalloonControl:
     if balloon is None:
         raise _no_balloon()
     return balloon
-
-
-# --- sizes ------------------------------------------------------------------------------------------
-
-def format_size(n: int) -> str:
-    """"128 MiB", "1.5 GiB", "4096 B": for people."""
-    for unit, shift in (("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)):
-        if abs(n) >= 1 << shift:
-            v = n / (1 << shift)
-            return f"{v:.0f} {unit}" if v == int(v) else f"{v:.1f} {unit}"
-    return f"{n} B"
 
 
 # --- the commands -----------------------------------------------------------------------------------
@@ -384,76 +342,35 @@ def stats_age(machine: MachineControl, now: float | None = None) -> float | None
 # --- virtio devices ---------------------------------------------------------------------------------
 
 
-def _locked(t: Any) -> Any:
-    lock = getattr(t, "lock", None)
-    return lock if lock is not None else contextlib.nullcontext()
-
-
 def describe_device(t: VirtioTransportView) -> VirtioDeviceInfo:
     """What `info virtio` prints about one transport, read under its lock."""
-    from ..virtio.abi import Status, TransportFeature, VirtioDeviceID
+    from ..virtio.names import device_name, feature_list, flag_names
+    from ..virtio.abi import Status
 
-    with _locked(t):
-        try:
-            device_name = "virtio-" + VirtioDeviceID(t.device.device_id).name.lower()
-        except ValueError:
-            device_name = f"virtio device {t.device.device_id}"
-        feats = t.driver_features
-        names: list[str] = []
-        for flags in (t.device.feature_flags, TransportFeature):
-            for member in flags:
-                if member.value and feats & member.value == member.value:
-                    names.append(member.name or "")
-                    feats &= ~member.value
-        if feats:
-            names.append(f"{feats:#x}")
-        status = tuple(s.name or "" for s in Status if t.status & s)
+    with t.lock:
+        status = flag_names(Status, t.status)
         return VirtioDeviceInfo(
             name=t.name,
-            device_name=device_name,
-            base_gpa=int(getattr(t, "base", 0)),
-            irq=int(getattr(t, "irq_gsi", 0)),
+            device_name=device_name(t.device.device_id),
+            base_gpa=t.base,
+            irq=t.irq_gsi,
             version=t.version,
-            features=tuple(names),
-            status=status,
+            features=tuple(feature_list(t.driver_features, t.device.feature_flags)),
+            status=tuple(status.split("|")) if t.status else (),
             num_queues=len(t.queues),
         )
 
 
-def describe_queue(t: VirtioTransportView, index: int) -> QueueInfo:
-    """What `info virtqueue` prints about one queue; IndexError if the transport has no such queue."""
-    from ..errors import GuestMemoryError
+def queue_names(t: VirtioTransportView) -> list[str]:
+    """The queues' names: for the features negotiated, or (before that) for those offered."""
+    names = t.active_queue_names if t.driver_features else []
+    offered = list(t.device.queue_names(t.offered))
+    return names + offered[len(names):] + [f"queue{i}" for i in range(len(offered), len(t.queues))]
 
-    with _locked(t):
+
+def describe_queue(t: VirtioTransportView, index: int) -> tuple[str, Any]:
+    """(name, QueueSnapshot) of one queue, read under the transport's lock; IndexError if there is none."""
+    with t.lock:
         if not 0 <= index < len(t.queues):
             raise IndexError(f"{t.name} has no queue {index} ({len(t.queues)} queues)")
-        q = t.queues[index]
-        names = t.active_queue_names if t.driver_features else []
-        if index >= len(names):
-            names = list(getattr(t.device, "queue_names", lambda f: [])(getattr(t, "offered", 0)))
-        avail_idx: int | None = None
-        if q.ready:
-            try:
-                avail_idx = int.from_bytes(_read_guest(t, q.avail + 2, 2), "little")
-            except GuestMemoryError:
-                avail_idx = None
-        return QueueInfo(
-            index=index,
-            name=names[index] if index < len(names) else f"queue{index}",
-            size=q.size,
-            max_size=q.max_size,
-            ready=bool(q.ready),
-            desc_gpa=q.desc,
-            avail_gpa=q.avail,
-            used_gpa=q.used,
-            avail_idx=avail_idx,
-            used_idx=q.next_used & 0xFFFF,
-            last_avail_idx=q.last_avail & 0xFFFF,
-            # Every chain the device takes is returned exactly once, so the distance between the
-            # two device-side indices is what it holds (e.g. the balloon's stats buffer).
-            in_flight=(q.last_avail - q.next_used) & 0xFFFF,
-        )
-
-
-def _read_guest(t: Any, gpa: int, length: int) -> bytes:
-    return t.mem.read(gpa, length)
+        return queue_names(t)[index], t.queues[index].snapshot()

@@ -6,13 +6,12 @@ import contextlib
 import logging
 import os
 import re
-import struct
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
-from ..config import parse_size
+from ..units import parse_size
 from ..errors import GuestMemoryError, PyvmmError
 from . import commands as C
 from .commands import CommandError, MachineControl
@@ -148,8 +147,8 @@ def _info_virtio(machine: MachineControl, args: list[str], cpu: int) -> str:
         out.append(f"  features: {' '.join(d.features) or '(none negotiated)'}")
         queues = []
         for i in range(d.num_queues):
-            q = C.describe_queue(t, i)
-            queues.append(f"{q.index} {q.name} (size {q.size}, {'ready' if q.ready else 'not ready'})")
+            name, q = C.describe_queue(t, i)
+            queues.append(f"{q.index} {name} (size {q.size}, {'ready' if q.ready else 'not ready'})")
         out.append(f"  queues:   {', '.join(queues) or '(none)'}")
     return "\n".join(out) + "\n"
 
@@ -165,7 +164,6 @@ def _find_device(machine: MachineControl, key: str) -> C.VirtioTransportView:
     raise CommandError("GenericError", f"no virtio device '{key}' (devices: {names})")
 
 
-_DESC = struct.Struct("<QIHH")
 _DESC_FLAGS = ((1, "NEXT"), (2, "WRITE"), (4, "INDIRECT"))
 
 
@@ -177,79 +175,53 @@ def _flags(value: int) -> str:
     return "|".join(names) or "-"
 
 
+def _find_queue(machine: MachineControl, dev_key: str, queue_key: str) -> tuple[str, str, Any]:
+    """(device name, queue name, QueueSnapshot) for `info virtqueue <dev> <queue>`."""
+    t = _find_device(machine, dev_key)
+    names = C.queue_names(t)
+    for i in range(len(t.queues)):
+        if queue_key in (str(i), names[i]):
+            return t.name, names[i], C.describe_queue(t, i)[1]
+    raise CommandError("GenericError", f"{t.name} has no queue '{queue_key}' ({len(t.queues)} queues)")
+
+
 def _info_virtqueue(machine: MachineControl, args: list[str], cpu: int) -> str:
     if len(args) != 2:
         raise CommandError("GenericError", "usage: info virtqueue <dev> <queue>  (e.g. info virtqueue balloon0 0)")
-    t = _find_device(machine, args[0])
-    dev = C.describe_device(t)
-    q = None
-    for i in range(dev.num_queues):
-        cand = C.describe_queue(t, i)
-        if args[1] in (str(cand.index), cand.name):
-            q = cand
-            break
-    if q is None:
-        raise CommandError("GenericError", f"{dev.name} has no queue '{args[1]}' ({dev.num_queues} queues)")
-    out = [(f"{dev.name} queue {q.index} ({q.name}): size {q.size} (max {q.max_size}), "
-           f"{'ready' if q.ready else 'not ready'}")]
+    dev, name, q = _find_queue(machine, args[0], args[1])
+    out = [f"{dev} queue {q.index} ({name}): size {q.size} (max {q.max_size}), {'ready' if q.ready else 'not ready'}"]
     out.append(f"  desc table {q.desc_gpa:#x}  avail ring {q.avail_gpa:#x}  used ring {q.used_gpa:#x}")
     if not q.ready or q.size == 0:
         out.append("  (not set up by the driver)")
         return "\n".join(out) + "\n"
-    pending = 0 if q.avail_idx is None else (q.avail_idx - q.last_avail_idx) & 0xFFFF
     avail = "unreadable" if q.avail_idx is None else str(q.avail_idx)
-    out.append(f"  avail.idx {avail}  used.idx {q.used_idx}  last_avail {q.last_avail_idx}  "
-               f"pending {pending}  in flight {q.in_flight}")
-    # The chains in flight are the last ones taken, avail slots [last_avail - in_flight, last_avail),
-    # as long as chains are returned in the order taken (pyvmm's devices do; the balloon holds at most
-    # its latest stats buffer).
-    heads = set()
-    try:
-        ring = machine.read_memory(q.avail_gpa + 4, 2 * q.size)
-        for k in range(q.in_flight):
-            heads.add(struct.unpack_from("<H", ring, 2 * ((q.last_avail_idx - 1 - k) % q.size))[0])
-    except GuestMemoryError:
-        pass
+    out.append(f"  avail.idx {avail}  used.idx {q.next_used & 0xFFFF}  last_avail {q.last_avail & 0xFFFF}  "
+               f"pending {q.pending}  in flight {q.in_flight}")
+    if q.error:
+        out.append(f"  rings: cannot read ({q.error})")
+        return "\n".join(out) + "\n"
+    heads = set(q.in_flight_heads())
     if heads:
         out.append(f"  in flight, head descriptors: {' '.join(map(str, sorted(heads)))}")
-    size = q.size
-    try:
-        table = machine.read_memory(q.desc_gpa, 16 * size)
-    except GuestMemoryError as e:
-        out.append(f"  descriptor table: cannot read ({e})")
-    else:
-        listed = 0
-        out.append("  descriptor table (entries with an address or length):")
-        for i in range(size):
-            addr, length, flags, nxt = _DESC.unpack_from(table, 16 * i)
-            if not (addr or length) and i not in heads:
-                continue  # unused; drivers pre-link free descriptors through `next`, so ignore it
-            if listed == MAX_TABLE_ROWS:
-                out.append("    ...")
-                break
-            listed += 1
-            chain = f" next {nxt}" if flags & 1 else ""
-            mark = "  <- in flight" if i in heads else ""
-            out.append(f"    [{i:4}] addr {addr:#018x} len {length:6} {_flags(flags)}{chain}{mark}")
-        if not listed:
-            out.append("    (all zero)")
-    try:
-        ring = machine.read_memory(q.avail_gpa + 4, 2 * size)
-        entries = [struct.unpack_from("<H", ring, 2 * ((q.last_avail_idx + k) % size))[0]
-                   for k in range(min(pending, MAX_TABLE_ROWS))]
-        out.append(f"  avail ring, not yet taken: {' '.join(map(str, entries)) or '(none)'}")
-    except GuestMemoryError as e:
-        out.append(f"  avail ring: cannot read ({e})")
-    try:
-        ring = machine.read_memory(q.used_gpa + 4, 8 * size)
-        last = []
-        for k in range(min(4, q.used_idx)):
-            slot = (q.used_idx - 1 - k) % size
-            uid, ulen = struct.unpack_from("<II", ring, 8 * slot)
-            last.append(f"id {uid} len {ulen}")
-        out.append(f"  used ring, latest first: {'; '.join(last) or '(none)'}")
-    except GuestMemoryError as e:
-        out.append(f"  used ring: cannot read ({e})")
+    listed = 0
+    out.append("  descriptor table (entries with an address or length):")
+    for i, (addr, length, flags, nxt) in enumerate(q.descriptors):
+        if not (addr or length) and i not in heads:
+            continue  # unused; drivers pre-link free descriptors through `next`, so ignore it
+        if listed == MAX_TABLE_ROWS:
+            out.append("    ...")
+            break
+        listed += 1
+        chain = f" next {nxt}" if flags & 1 else ""
+        mark = "  <- in flight" if i in heads else ""
+        out.append(f"    [{i:4}] addr {addr:#018x} len {length:6} {_flags(flags)}{chain}{mark}")
+    if not listed:
+        out.append("    (all zero)")
+    entries = q.pending_heads()[:MAX_TABLE_ROWS]
+    out.append(f"  avail ring, not yet taken: {' '.join(map(str, entries)) or '(none)'}")
+    last = [f"id {uid} len {ulen}" for uid, ulen in
+            (q.used_ring[(q.next_used - 1 - k) % q.size] for k in range(min(4, q.next_used & 0xFFFF)))]
+    out.append(f"  used ring, latest first: {'; '.join(last) or '(none)'}")
     return "\n".join(out) + "\n"
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import ctypes
 from enum import IntEnum, IntFlag
 
+from ..cstruct import struct_of
+
 # --- virtio-mmio registers (spec "MMIO Device Register Layout") ----------------------------------
 
 VIRTIO_MMIO_MAGIC_VALUE = 0x74726976  # "virt" read as a little-endian word
@@ -137,6 +139,11 @@ class virtq_used(ctypes.LittleEndianStructure):
     _fields_ = [("flags", ctypes.c_uint16), ("idx", ctypes.c_uint16)]
 
 
+# The same layouts as struct.Struct, for unpack_from on guest memory (one definition: the ctypes above).
+VIRTQ_DESC = struct_of(virtq_desc)              # addr, len, flags, next
+VIRTQ_USED_ELEM = struct_of(virtq_used_elem)    # id, len
+
+
 def split_ring_sizes(queue_size: int) -> tuple[int, int, int]:
     """Bytes of the descriptor table, driver area and device area (with the event-idx words)."""
     return 16 * queue_size, 6 + 2 * queue_size, 6 + 8 * queue_size
@@ -218,29 +225,5 @@ class BalloonStat(IntEnum):
         return self.name.removeprefix("VIRTIO_BALLOON_S_").lower()
 
 
-# QEMU's guest-stats names (qom-get guest-stats), for a monitor that speaks QEMU's dialect.
-QEMU_STAT_NAMES = {
-    BalloonStat.VIRTIO_BALLOON_S_SWAP_IN: "stat-swap-in",
-    BalloonStat.VIRTIO_BALLOON_S_SWAP_OUT: "stat-swap-out",
-    BalloonStat.VIRTIO_BALLOON_S_MAJFLT: "stat-major-faults",
-    BalloonStat.VIRTIO_BALLOON_S_MINFLT: "stat-minor-faults",
-    BalloonStat.VIRTIO_BALLOON_S_MEMFREE: "stat-free-memory",
-    BalloonStat.VIRTIO_BALLOON_S_MEMTOT: "stat-total-memory",
-    BalloonStat.VIRTIO_BALLOON_S_AVAIL: "stat-available-memory",
-    BalloonStat.VIRTIO_BALLOON_S_CACHES: "stat-disk-caches",
-    BalloonStat.VIRTIO_BALLOON_S_HTLB_PGALLOC: "stat-htlb-pgalloc",
-    BalloonStat.VIRTIO_BALLOON_S_HTLB_PGFAIL: "stat-htlb-pgfail",
-}
-
-
-def flag_names(flags: type[IntFlag], value: int) -> str:
-    """``A|B|0x40`` for the bits of value; known bits by name, leftover bits in hex."""
-    parts = []
-    rest = value
-    for member in flags:
-        if member.value and value & member.value == member.value:
-            parts.append(member.name or "")
-            rest &= ~member.value
-    if rest:
-        parts.append(f"{rest:#x}")
-    return "|".join(parts) if parts else "0"
+VIRTIO_BALLOON_STAT = struct_of(virtio_balloon_stat)      # tag, val: 10 bytes, packed
+VIRTIO_BALLOON_CONFIG = struct_of(virtio_balloon_config)  # num_pages, actual, free_page_hint_cmd_id, poison_val

@@ -1,10 +1,13 @@
-"""The virtio-mmio transport (spec "Virtio Over MMIO"), version 2 and legacy version 1, as a bus device.
+"""The virtio-mmio transport (spec "Virtio Over MMIO") as a bus device: state, status machine, notifications.
 
 Guest accesses arrive as ``read(offset, size)`` / ``write(offset, size, value)`` from the vCPU exit
 path, and ``queue_notify(index)`` from the ioeventfd thread.  One re-entrant lock serialises them with
 each other and with the device's control API (the monitor thread).  A guest that breaks the rules
 gets a rate-limited line on the "pyvmm.guest" logger and, if the device cannot go on,
 DEVICE_NEEDS_RESET; nothing a guest writes raises out of here.
+
+The registers of each version are a class-level table (offset -> handler), built once: those both
+versions share and version 2's in registers.py, version 1's in legacy.py.
 """
 
 from __future__ import annotations
@@ -17,61 +20,29 @@ from ..guestlog import GuestErrorLog
 from ..irq import IrqLine
 from ..memory import GuestMemory
 from ..trace import Tracer
-from .abi import (
-    VIRTIO_MMIO_CONFIG,
-    VIRTIO_MMIO_MAGIC_VALUE,
-    InterruptBit,
-    Reg,
-    Status,
-    TransportFeature,
-    VirtioDeviceID,
-    flag_names,
-    legacy_ring_layout,
-)
+from .abi import VIRTIO_MMIO_CONFIG, InterruptBit, Reg, Status, TransportFeature
 from .device import VirtioDevice
+from .names import describe_register, interrupt_names, status_names
 from .queue import SplitQueue, VirtqueueError
+from .legacy import LEGACY
+from .registers import MODERN
 
-
-_A = Status.ACKNOWLEDGE
-_D = Status.DRIVER
-_FOK = Status.FEATURES_OK
-_DOK = Status.DRIVER_OK
+_D = int(Status.DRIVER)
+_FOK = int(Status.FEATURES_OK)
+_DOK = int(Status.DRIVER_OK)
 _NEEDS_RESET = int(Status.DEVICE_NEEDS_RESET)
 _FAILED = int(Status.FAILED)
-
-# Spec "Device Initialization": the only forward steps a driver may take.  Writing 0 (reset) and
-# ORing in FAILED are allowed from anywhere and handled apart; anything else is refused and logged,
-# as Firecracker does.  Rewriting the current value is a no-op.
-STATUS_TRANSITIONS_V2: frozenset[tuple[int, int]] = frozenset({
-    (0, _A),
-    (_A, _A | _D),
-    (_A | _D, _A | _D | _FOK),
-    (_A | _D | _FOK, _A | _D | _FOK | _DOK),
-})
-# Spec "Legacy Interface: Device Initialization": no FEATURES_OK step.
-STATUS_TRANSITIONS_V1: frozenset[tuple[int, int]] = frozenset({
-    (0, _A),
-    (_A, _A | _D),
-    (_A | _D, _A | _D | _DOK),
-})
-
 _USED = int(InterruptBit.USED_BUFFER)
 _CONFIG = int(InterruptBit.CONFIG_CHANGE)
 _VERSION_1 = int(TransportFeature.VIRTIO_F_VERSION_1)
 _EVENT_IDX = int(TransportFeature.VIRTIO_F_EVENT_IDX)
 _INDIRECT = int(TransportFeature.VIRTIO_F_INDIRECT_DESC)
 _NOTIFICATION_DATA = int(TransportFeature.VIRTIO_F_NOTIFICATION_DATA)
-_QUEUE_REGS = frozenset({
-    Reg.QueueSizeMax, Reg.QueueSize, Reg.QueueReady, Reg.QueueAlign, Reg.QueuePFN,
-    Reg.QueueDescLow, Reg.QueueDescHigh, Reg.QueueDriverLow, Reg.QueueDriverHigh,
-    Reg.QueueDeviceLow, Reg.QueueDeviceHigh,
-})
-VENDOR_ID = int.from_bytes(b"pyvm", "little")
+
 # A device bounds the work of one process_queue call; a notification is served in rounds of such calls
 # with the lock released in between (so the monitor waits one round at most), up to this many.  What a
 # guest that keeps refilling the ring leaves after that is served on its next notification.
 MAX_NOTIFY_ROUNDS = 64
-
 
 class VirtioMmio:
     """One virtio-mmio window with a virtio device behind it."""
@@ -79,6 +50,7 @@ class VirtioMmio:
     QUEUE_NOTIFY_OFFSET = int(Reg.QueueNotify)
     WINDOW_SIZE = 0x200
     CONFIG_SIZE = WINDOW_SIZE - VIRTIO_MMIO_CONFIG
+    RULES = {2: MODERN, 1: LEGACY}               # the register tables of each version
 
     def __init__(
         self,
@@ -89,6 +61,9 @@ class VirtioMmio:
         name: str = "virtio0",
         tracer: Tracer | None = None,
         transport_features: int | None = None,
+        *,
+        base: int = 0,
+        irq_gsi: int = 0,
     ) -> None:
         if version not in (1, 2):
             raise ValueError(f"virtio-mmio version must be 1 (legacy) or 2, not {version}")
@@ -97,6 +72,9 @@ class VirtioMmio:
         self.irq = irq
         self.version = version
         self.name = name
+        self.base = base                  # where the window sits, and its interrupt line (for the
+        self.irq_gsi = irq_gsi            # monitor, ACPI and the command line)
+        self.rules = self.RULES[version]
         self._tracer = tracer if tracer is not None else Tracer.off()
         self.lock = threading.RLock()
         self.guest_errors = 0
@@ -112,16 +90,14 @@ class VirtioMmio:
         self.offered = device.device_features() | transport_features
         nqueues = len(device.queue_names(self.offered))
         self.queues = [SplitQueue(mem, i, device.queue_max_size) for i in range(nqueues)]
-        self._queue_align = [4096] * nqueues   # legacy QueueAlign, per queue
+        self.queue_align = [4096] * nqueues    # legacy QueueAlign, per queue
         self.guest_page_size = 4096            # legacy GuestPageSize: Linux writes it once at probe
         self.config_generation = 0
         self.status = 0
         self.interrupt_status = 0
         self._reset_registers()
-        self._rd, self._wr = self._dispatch_tables()
-        self._transitions = STATUS_TRANSITIONS_V2 if version == 2 else STATUS_TRANSITIONS_V1
-        self._config_fields = {off + i: (name, off, size)
-                               for off, size, name in device.config_fields() for i in range(size)}
+        self._config_fields = {off + i: (fname, off, size)
+                               for off, size, fname in device.config_fields() for i in range(size)}
         device.attach(self)
 
     # --- the bus interface ---------------------------------------------------------------------------
@@ -133,12 +109,12 @@ class VirtioMmio:
         if size != 4 or offset & 3 or offset < 0:
             self._bad_access(offset, size, "read")
             return 0
-        handler = self._rd[offset >> 2]
+        handler = self.rules.reads[offset >> 2]
         if handler is None:
             self._bad_access(offset, size, "read")
             return 0
         with self.lock:
-            value = handler()
+            value = handler(self)
             if self._tracer.virtio:
                 self._trace_register("read", offset, value)
         return value
@@ -154,7 +130,7 @@ class VirtioMmio:
         if offset == _NOTIFY:
             self._serve_notify(value & 0xFFFF_FFFF, "")
             return
-        handler = self._wr[offset >> 2]
+        handler = self.rules.writes[offset >> 2]
         if handler is None:
             self._bad_access(offset, size, "write")
             return
@@ -162,7 +138,7 @@ class VirtioMmio:
         with self.lock:
             if self._tracer.virtio:
                 self._trace_register("write", offset, value)
-            handler(value)
+            handler(self, value)
 
     def queue_notify(self, index: int) -> None:
         """A QueueNotify that did not go through write(): the ioeventfd thread's entry point."""
@@ -185,6 +161,7 @@ class VirtioMmio:
 
     @property
     def live(self) -> bool:
+        """DRIVER_OK is set and neither DEVICE_NEEDS_RESET nor FAILED: queues may be used."""
         return self.status & (_DOK | _NEEDS_RESET | _FAILED) == _DOK
 
     @property
@@ -198,9 +175,9 @@ class VirtioMmio:
         if not self.queues[index].should_notify():
             if self._tracer.virtio:
                 self.trace_event("Interrupt", self.interrupt_status,
-                                 f"suppressed by the driver ({self._queue_name(index)})")
+                                 f"suppressed by the driver ({self.queue_name(index)})")
             return
-        self._raise(_USED, self._queue_name(index))
+        self._raise(_USED, self.queue_name(index))
 
     def signal_config_change(self) -> None:
         """The config changed: a new ConfigGeneration and, once the driver is up, a config interrupt."""
@@ -226,8 +203,7 @@ class VirtioMmio:
         self.interrupt_status |= bit
         if self._tracer.virtio:
             self._tracer.access(self.name, "event", "Interrupt", self.interrupt_status,
-                                f"{flag_names(InterruptBit, bit)} raised ({why})",
-                                shown=f"{self.interrupt_status:#x}")
+                                f"{interrupt_names(bit)} raised ({why})", shown=f"{self.interrupt_status:#x}")
         # Level = InterruptStatus != 0; set_level(True) on every event so that an edge sees each one.
         self.irq.set_level(True)
 
@@ -252,7 +228,7 @@ class VirtioMmio:
         self._reset_registers()
         for q in self.queues:
             q.reset()
-        self._queue_align = [4096] * len(self.queues)
+        self.queue_align = [4096] * len(self.queues)
         if self.interrupt_status:
             self.interrupt_status = 0
             self.irq.set_level(False)
@@ -266,239 +242,22 @@ class VirtioMmio:
             what = f"{size}-byte {direction} of {name}: registers are 32 bits wide"
         elif offset & 3:
             what = f"unaligned {direction} at {offset:#x} ({name})"
-        elif offset in _REG_NAMES and self._known(offset):
+        elif offset in _REG_NAMES and self.rules.known(offset):
             what = f"{direction} of {'write-only' if direction == 'read' else 'read-only'} register {name}"
         else:
             what = f"{direction} of {name}, which is not a version {self.version} register"
         with self.lock:
             self.guest_error(what)
 
-    def _known(self, offset: int) -> bool:
-        return self._rd[offset >> 2] is not None or self._wr[offset >> 2] is not None
-
-    def _run_device(self, action: Callable[..., None], *args: int) -> None:
+    def _run_device(self, action: Callable[..., None], *args: object) -> None:
         """Run device code that reads guest rings: a broken ring is the device's error, not the VMM's."""
         try:
             action(*args)
         except (VirtqueueError, GuestMemoryError) as e:
-            where = f"{self._queue_name(args[0])}: " if args else ""
+            where = f"{self.queue_name(args[0])}: " if args and isinstance(args[0], int) else ""
             self.guest_error(f"{where}{e}", fatal=True)
 
-    # --- register handlers --------------------------------------------------------------------------
-
-    def _dispatch_tables(self) -> tuple[list[Callable[[], int] | None], list[Callable[[int], None] | None]]:
-        rd: dict[int, Callable[[], int]] = {
-            Reg.MagicValue: lambda: VIRTIO_MMIO_MAGIC_VALUE,
-            Reg.Version: lambda: self.version,
-            Reg.DeviceID: lambda: self.device.device_id,
-            Reg.VendorID: lambda: VENDOR_ID,
-            Reg.DeviceFeatures: self._r_device_features,
-            Reg.QueueSizeMax: self._r_queue_size_max,
-            Reg.InterruptStatus: lambda: self.interrupt_status,
-            Reg.Status: lambda: self.status,
-        }
-        wr: dict[int, Callable[[int], None]] = {
-            Reg.DeviceFeaturesSel: self._w_device_features_sel,
-            Reg.DriverFeatures: self._w_driver_features,
-            Reg.DriverFeaturesSel: self._w_driver_features_sel,
-            Reg.QueueSel: self._w_queue_sel,
-            Reg.QueueSize: self._w_queue_size,
-            Reg.QueueNotify: self._w_queue_notify,
-            Reg.InterruptACK: self._w_interrupt_ack,
-            Reg.Status: self._w_status,
-        }
-        if self.version == 2:
-            rd.update({
-                Reg.QueueReady: self._r_queue_ready,
-                Reg.SHMLenLow: lambda: 0xFFFF_FFFF,    # "-1 if the region doesn't exist"
-                Reg.SHMLenHigh: lambda: 0xFFFF_FFFF,
-                Reg.SHMBaseLow: lambda: 0xFFFF_FFFF,
-                Reg.SHMBaseHigh: lambda: 0xFFFF_FFFF,
-                Reg.QueueReset: lambda: 0,
-                Reg.ConfigGeneration: lambda: self.config_generation,
-            })
-            wr.update({
-                Reg.QueueReady: self._w_queue_ready,
-                Reg.QueueDescLow: lambda v: self._w_queue_addr("desc", 0, v),
-                Reg.QueueDescHigh: lambda v: self._w_queue_addr("desc", 32, v),
-                Reg.QueueDriverLow: lambda v: self._w_queue_addr("avail", 0, v),
-                Reg.QueueDriverHigh: lambda v: self._w_queue_addr("avail", 32, v),
-                Reg.QueueDeviceLow: lambda v: self._w_queue_addr("used", 0, v),
-                Reg.QueueDeviceHigh: lambda v: self._w_queue_addr("used", 32, v),
-                Reg.SHMSel: self._w_shm_sel,
-                Reg.QueueReset: self._w_queue_reset,
-            })
-        else:
-            rd[Reg.QueuePFN] = self._r_queue_pfn
-            wr.update({
-                Reg.GuestPageSize: self._w_guest_page_size,
-                Reg.QueueAlign: self._w_queue_align,
-                Reg.QueuePFN: self._w_queue_pfn,
-            })
-        rtab: list[Callable[[], int] | None] = [None] * (VIRTIO_MMIO_CONFIG // 4)
-        wtab: list[Callable[[int], None] | None] = [None] * (VIRTIO_MMIO_CONFIG // 4)
-        for off, fn in rd.items():
-            rtab[off >> 2] = fn
-        for off, fn in wr.items():
-            wtab[off >> 2] = fn
-        return rtab, wtab
-
-    def _r_device_features(self) -> int:
-        sel = self.device_features_sel
-        return (self.offered >> (32 * sel)) & 0xFFFF_FFFF if sel < 2 else 0
-
-    def _w_device_features_sel(self, value: int) -> None:
-        self.device_features_sel = value
-
-    def _w_driver_features_sel(self, value: int) -> None:
-        self.driver_features_sel = value
-
-    def _w_driver_features(self, value: int) -> None:
-        # Spec "Device Initialization" step 4; Firecracker likewise takes features only in DRIVER.
-        if self.status & (_D | _FOK | _DOK) != _D:
-            self.guest_error(f"DriverFeatures written in status {flag_names(Status, self.status)}, "
-                             "not in the DRIVER state")
-            return
-        sel = self.driver_features_sel
-        if sel >= 2:
-            if value:
-                self.guest_error(f"DriverFeatures[{sel}] <- {value:#x}: no such feature bits offered")
-            return
-        shift = 32 * sel
-        if self.version == 1:
-            # Spec "Legacy Interface: Device Initialization" has no FEATURES_OK step, so nothing else
-            # would refuse bits the device never offered (PAGE_REPORTING when off, VERSION_1):
-            # they are dropped here, as if the driver had not written them.
-            offered = (self.offered >> shift) & 0xFFFF_FFFF
-            extra = value & ~offered
-            if extra:
-                self.guest_error(f"DriverFeatures[{sel}] <- {value:#x} accepts bits never offered "
-                                 f"{extra:#x}: ignored")
-                value &= offered
-        self.driver_features = (self.driver_features & ~(0xFFFF_FFFF << shift)) | (value << shift)
-
-    def _w_guest_page_size(self, value: int) -> None:
-        if value == 0 or value & (value - 1):
-            self.guest_error(f"GuestPageSize {value} is not a power of 2")
-            return
-        self.guest_page_size = value
-
-    def _w_queue_sel(self, value: int) -> None:
-        self.queue_sel = value
-
-    def _selected(self) -> SplitQueue | None:
-        """The selected queue, if it exists for the features the driver accepted so far."""
-        sel = self.queue_sel
-        if sel < len(self.queues) and sel < len(self.device.queue_names(self.driver_features)):
-            return self.queues[sel]
-        return None
-
-    def _queue_for_setup(self, reg: str) -> SplitQueue | None:
-        """The selected queue if its set-up registers may be written now, else a guest error and None."""
-        q = self._selected()
-        if q is None:
-            self.guest_error(f"{reg} written for queue {self.queue_sel}, which does not exist")
-            return None
-        if self.status & _DOK:
-            self.guest_error(f"{reg} written after DRIVER_OK")
-            return None
-        if q.ready:
-            self.guest_error(f"{reg} written while {self._queue_name(q.index)} is enabled")
-            return None
-        return q
-
-    def _r_queue_size_max(self) -> int:
-        q = self._selected()
-        return q.max_size if q is not None else 0
-
-    def _w_queue_size(self, value: int) -> None:
-        q = self._queue_for_setup("QueueSize")
-        if q is None:
-            return
-        if value > q.max_size:
-            self.guest_error(f"QueueSize {value} > QueueSizeMax {q.max_size}")
-        elif value == 0 or value & (value - 1):
-            self.guest_error(f"QueueSize {value} is not a power of 2")
-        else:
-            q.size = value
-
-    def _r_queue_ready(self) -> int:
-        q = self._selected()
-        return int(q.ready) if q is not None else 0
-
-    def _w_queue_ready(self, value: int) -> None:
-        if value == 0:
-            q = self._selected()
-            if q is not None:
-                q.ready = False  # stopping a queue is always allowed (Linux's vm_del_vq)
-            return
-        if value != 1:
-            self.guest_error(f"QueueReady <- {value}: only 0 and 1 are defined")
-            return
-        q = self._queue_for_setup("QueueReady")
-        if q is None:
-            return
-        if not self.status & _FOK:
-            self.guest_error("QueueReady <- 1 before FEATURES_OK")
-            return
-        self._enable_queue(q)
-
-    def _enable_queue(self, q: SplitQueue) -> None:
-        problem = q.check_layout()
-        if problem is not None:
-            self.guest_error(f"{self._queue_name(q.index)}: {problem}", fatal=True)
-            return
-        q.enable(bool(self.driver_features & _EVENT_IDX), bool(self.driver_features & _INDIRECT))
-
-    def _w_queue_addr(self, field: str, shift: int, value: int) -> None:
-        reg = {"desc": "QueueDesc", "avail": "QueueDriver", "used": "QueueDevice"}[field]
-        q = self._queue_for_setup(reg + ("High" if shift else "Low"))
-        if q is None:
-            return
-        old = getattr(q, field)
-        setattr(q, field, (old & ~(0xFFFF_FFFF << shift)) | (value << shift))
-
-    def _w_queue_align(self, value: int) -> None:
-        q = self._queue_for_setup("QueueAlign")
-        if q is None:
-            return
-        if value == 0 or value & (value - 1):
-            self.guest_error(f"QueueAlign {value} is not a power of 2")
-            return
-        self._queue_align[q.index] = value
-
-    def _r_queue_pfn(self) -> int:
-        q = self._selected()
-        return q.pfn if q is not None else 0
-
-    def _w_queue_pfn(self, value: int) -> None:
-        if value == 0:
-            # Legacy: "writing 0 ... stops the queue"; always allowed, like QueueReady = 0.
-            q = self._selected()
-            if q is not None:
-                q.ready = False
-                q.pfn = 0
-            return
-        q = self._selected()
-        if q is not None and q.ready:
-            self.guest_error(f"QueuePFN written while {self._queue_name(q.index)} is in use")
-            return
-        q = self._queue_for_setup("QueuePFN")
-        if q is None:
-            return
-        q.pfn = value
-        q.desc, q.avail, q.used = legacy_ring_layout(value, self.guest_page_size,
-                                                     self._queue_align[q.index], q.size)
-        self._enable_queue(q)
-        if not q.ready:
-            q.pfn = 0
-
-    def _w_queue_notify(self, value: int) -> None:
-        # write() serves QueueNotify itself (outside the lock between rounds); this entry is for the
-        # register table, so that the register counts as writable.
-        index = self._notify_index(value)
-        if index is not None:
-            self._notify(index)
+    # --- notifications -------------------------------------------------------------------------------
 
     def _notify_index(self, value: int) -> int | None:
         """The queue index a QueueNotify value names, or None (and a guest error) if it names none.
@@ -519,7 +278,7 @@ class VirtioMmio:
             # Spec "Device Initialization": no buffers are used before DRIVER_OK.  Drivers that kick
             # before it (older Linux primes and kicks the stats queue first) are served at DRIVER_OK.
             if self._tracer.virtio:
-                self.trace_event("QueueNotify", index, f"deferred: status is {flag_names(Status, self.status)}")
+                self.trace_event("QueueNotify", index, f"deferred: status is {status_names(self.status)}")
             return False
         if index >= len(self.active_queue_names) or not self.queues[index].ready:
             self.guest_error(f"QueueNotify <- {index}: no such queue is enabled")
@@ -538,7 +297,15 @@ class VirtioMmio:
         except GuestMemoryError:
             return False
 
-    def _w_interrupt_ack(self, value: int) -> None:
+    # --- the status machine and interrupt acknowledgement ------------------------------------------
+
+    def notify_register(self, value: int) -> None:
+        """QueueNotify through the register table (write() serves it itself, in rounds)."""
+        index = self._notify_index(value)
+        if index is not None:
+            self._notify(index)
+
+    def interrupt_ack(self, value: int) -> None:
         if value & ~(_USED | _CONFIG):
             self.guest_error(f"InterruptACK <- {value:#x} sets undefined bits")
         was = self.interrupt_status
@@ -548,7 +315,7 @@ class VirtioMmio:
                 self._tracer.access(self.name, "event", "Interrupt", 0, "line lowered", shown="0x0")
             self.irq.set_level(False)
 
-    def _w_status(self, value: int) -> None:
+    def write_status(self, value: int) -> None:
         if value == 0:
             self._reset()
             return
@@ -566,8 +333,8 @@ class VirtioMmio:
         if cur & _FAILED:
             self.guest_error(f"Status <- {value:#x} after FAILED without a reset")
             return
-        if (cur, new) not in self._transitions:
-            self.guest_error(f"invalid status transition {flag_names(Status, cur)} -> {flag_names(Status, new)}")
+        if (cur, new) not in self.rules.transitions:
+            self.guest_error(f"invalid status transition {status_names(cur)} -> {status_names(new)}")
             return
         if new & _FOK and not cur & _FOK and not self._features_acceptable():
             return  # FEATURES_OK stays clear: the driver sees it on read-back
@@ -580,7 +347,7 @@ class VirtioMmio:
         if extra:
             self.guest_error(f"FEATURES_OK refused: driver accepted bits never offered {extra:#x}")
             return False
-        if self.version == 2 and not self.driver_features & _VERSION_1:
+        if not self.driver_features & _VERSION_1:
             # Spec "Reserved Feature Bits": "A driver MUST accept VIRTIO_F_VERSION_1 if it is offered".
             self.guest_error("FEATURES_OK refused: VIRTIO_F_VERSION_1 not accepted")
             return False
@@ -605,12 +372,6 @@ class VirtioMmio:
                 while pending and rounds < MAX_NOTIFY_ROUNDS:
                     pending = self._process(q.index)
                     rounds += 1
-
-    def _w_shm_sel(self, value: int) -> None:
-        self.shm_sel = value
-
-    def _w_queue_reset(self, value: int) -> None:
-        self.guest_error(f"QueueReset <- {value} without VIRTIO_F_RING_RESET")
 
     # --- config space ---------------------------------------------------------------------------------
 
@@ -651,64 +412,19 @@ class VirtioMmio:
                 return
             self.device.config_write(rel, size, value)
 
-    # --- trace decoding (only runs when tracing is on) ----------------------------------------------------
+    # --- names, for the trace and the monitor ------------------------------------------------------------
 
     @property
     def active_queue_names(self) -> list[str]:
         return self.device.queue_names(self.driver_features)
 
-    def _queue_name(self, index: int) -> str:
+    def queue_name(self, index: int) -> str:
         names = self.active_queue_names
         return names[index] if 0 <= index < len(names) else f"queue {index}: no such queue"
 
-    def _feature_names(self, window: int, value: int) -> str:
-        names = []
-        full = value << (32 * window) if window < 2 else 0
-        for flags in (TransportFeature, self.device.feature_flags):
-            for member in flags:
-                if full & member.value:
-                    names.append((member.name or "").removeprefix("VIRTIO_F_").split("_F_")[-1])
-                    full &= ~member.value
-        if full:
-            names.append(f"{full >> (32 * window):#x}")
-        return "|".join(names)
-
     def _trace_register(self, direction: str, offset: int, value: int, note: str = "") -> None:
-        reg = Reg(offset)
-        label = reg.name
-        shown: str | None = None
-        meaning = ""
-        if reg in (Reg.DeviceFeatures, Reg.DriverFeatures):
-            window = self.device_features_sel if reg == Reg.DeviceFeatures else self.driver_features_sel
-            label = f"{reg.name}[{window}]"
-            shown = f"{value:#010x}"
-            meaning = self._feature_names(window, value)
-        elif reg == Reg.Status:
-            shown = f"{value:#04x}"
-            meaning = flag_names(Status, value) if value else "(reset)" if direction == "write" else ""
-        elif reg in (Reg.InterruptStatus, Reg.InterruptACK):
-            meaning = flag_names(InterruptBit, value) if value else ""
-        elif reg == Reg.QueueSel or reg == Reg.QueueNotify:
-            meaning = f"({self._queue_name(value)})"
-        elif reg in _QUEUE_REGS:
-            meaning = f"({self._queue_name(self.queue_sel)})"
-        elif reg == Reg.MagicValue:
-            meaning = '"virt"' if value == VIRTIO_MMIO_MAGIC_VALUE else "(bad magic)"
-        elif reg == Reg.Version:
-            meaning = "(virtio 1.x)" if value == 2 else "(legacy)"
-        elif reg == Reg.DeviceID:
-            try:
-                meaning = f"({VirtioDeviceID(value).name.lower()})"
-            except ValueError:
-                pass
-        elif reg in (Reg.SHMLenLow, Reg.SHMLenHigh, Reg.SHMBaseLow, Reg.SHMBaseHigh):
-            meaning = "(no such region)"
-        if note:
-            meaning = f"{meaning} {note}".strip()
-        if reg in _DECIMAL_REGS:
-            shown = str(value)
-        self._tracer.access(self.name, direction, label, value, meaning, shown=shown,
-                            offset=offset, size=4)
+        label, shown, meaning = describe_register(self, direction, offset, value, note)
+        self._tracer.access(self.name, direction, label, value, meaning, shown=shown, offset=offset, size=4)
 
     def _trace_config(self, direction: str, rel: int, size: int, value: int) -> None:
         field = self._config_fields.get(rel)
@@ -724,6 +440,3 @@ class VirtioMmio:
 
 _NOTIFY = int(Reg.QueueNotify)
 _REG_NAMES = {int(r): r.name for r in Reg}
-_DECIMAL_REGS = frozenset({Reg.QueueSel, Reg.QueueSizeMax, Reg.QueueSize, Reg.QueueNotify, Reg.QueueReady,
-                           Reg.DeviceFeaturesSel, Reg.DriverFeaturesSel, Reg.ConfigGeneration, Reg.SHMSel,
-                           Reg.Version, Reg.DeviceID})

@@ -9,13 +9,21 @@ transport turns into a guest-error line and DEVICE_NEEDS_RESET; it never reaches
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass, replace
 
 from ..errors import GuestMemoryError
 from ..memory import GuestMemory
-from .abi import VIRTQ_AVAIL_F_NO_INTERRUPT, VIRTQ_USED_F_NO_NOTIFY, VirtqDescFlag, split_ring_sizes
+from .abi import (
+    VIRTQ_AVAIL_F_NO_INTERRUPT,
+    VIRTQ_DESC,
+    VIRTQ_USED_ELEM,
+    VIRTQ_USED_F_NO_NOTIFY,
+    VirtqDescFlag,
+    split_ring_sizes,
+)
 
-_DESC = struct.Struct("<QIHH")   # virtq_desc: addr, len, flags, next
-_USED_ELEM = struct.Struct("<II")  # virtq_used_elem: id, len
+_DESC = VIRTQ_DESC
+_USED_ELEM = VIRTQ_USED_ELEM
 _NEXT = int(VirtqDescFlag.VIRTQ_DESC_F_NEXT)
 _WRITE = int(VirtqDescFlag.VIRTQ_DESC_F_WRITE)
 _INDIRECT = int(VirtqDescFlag.VIRTQ_DESC_F_INDIRECT)
@@ -65,6 +73,67 @@ class DescChain:
     @property
     def writable_len(self) -> int:
         return sum(length for _, length in self.writable)
+
+
+@dataclass(frozen=True)
+class QueueSnapshot:
+    """One split virtqueue at one moment: the driver's rings as guest memory holds them, and the
+    device's own indices.  What `info virtqueue` prints and the virtqueue picture draws."""
+
+    index: int
+    size: int                     # QueueSize the driver chose
+    max_size: int                 # QueueSizeMax the device offers
+    ready: bool
+    desc_gpa: int                 # descriptor table
+    avail_gpa: int                # driver area (available ring)
+    used_gpa: int                 # device area (used ring)
+    event_idx: bool
+    last_avail: int               # the next available entry the device will take
+    next_used: int                # the next used entry the device will write
+    descriptors: tuple[tuple[int, int, int, int], ...] = ()   # (addr, len, flags, next) per entry
+    avail_flags: int | None = None
+    avail_idx: int | None = None  # avail->idx as the driver last wrote it (None: not readable)
+    avail_ring: tuple[int, ...] = ()
+    used_event: int | None = None
+    used_flags: int | None = None
+    used_idx: int | None = None   # used->idx as guest memory holds it
+    used_ring: tuple[tuple[int, int], ...] = ()   # (id, len) per entry
+    avail_event: int | None = None
+    error: str = ""               # why the rings could not be read, if they could not
+
+    @property
+    def pending(self) -> int:
+        """Available buffers the device has not taken yet."""
+        return 0 if self.avail_idx is None else (self.avail_idx - self.last_avail) & 0xFFFF
+
+    @property
+    def in_flight(self) -> int:
+        """Chains the device took and has not returned yet (every chain is returned exactly once)."""
+        return (self.last_avail - self.next_used) & 0xFFFF
+
+    def in_flight_heads(self) -> list[int]:
+        """Head descriptors of the chains in flight: the last ones taken, as long as chains are
+        returned in the order taken (pyvmm's devices do; the balloon holds at most its stats buffer)."""
+        if not self.avail_ring:
+            return []
+        return sorted({self.avail_ring[(self.last_avail - 1 - k) % self.size] for k in range(self.in_flight)})
+
+    def pending_heads(self) -> list[int]:
+        if not self.avail_ring:
+            return []
+        return [self.avail_ring[(self.last_avail + k) % self.size] for k in range(min(self.pending, self.size))]
+
+    def chain(self, head: int) -> list[int]:
+        """The descriptor indices of the chain from head in the table (no indirect tables; at most size)."""
+        out: list[int] = []
+        i = head
+        while 0 <= i < len(self.descriptors) and len(out) < self.size:
+            out.append(i)
+            _, _, flags, nxt = self.descriptors[i]
+            if not flags & _NEXT:
+                break
+            i = nxt
+        return out
 
 
 class SplitQueue:
@@ -236,6 +305,31 @@ class SplitQueue:
             return not self.mem.read_u16(self.avail) & VIRTQ_AVAIL_F_NO_INTERRUPT
         except GuestMemoryError:
             return True
+
+    def snapshot(self) -> QueueSnapshot:
+        """The queue as it is now (take it under the transport's lock); a ring outside guest RAM is
+        reported in ``error``, never raised."""
+        base = QueueSnapshot(self.index, self.size, self.max_size, self.ready, self.desc, self.avail, self.used,
+                             self.event_idx, self.last_avail, self.next_used)
+        if not self.ready or not self.size:
+            return base
+        mem, q = self.mem, self.size
+        try:
+            table = mem.read(self.desc, 16 * q)
+            avail = mem.read(self.avail, 6 + 2 * q)
+            used = mem.read(self.used, 6 + 8 * q)
+        except GuestMemoryError as e:
+            return replace(base, error=str(e))
+        u16 = struct.Struct("<H").unpack_from
+        return replace(
+            base,
+            descriptors=tuple(_DESC.unpack_from(table, 16 * i) for i in range(q)),
+            avail_flags=u16(avail, 0)[0], avail_idx=u16(avail, 2)[0],
+            avail_ring=tuple(u16(avail, 4 + 2 * i)[0] for i in range(q)), used_event=u16(avail, 4 + 2 * q)[0],
+            used_flags=u16(used, 0)[0], used_idx=u16(used, 2)[0],
+            used_ring=tuple(_USED_ELEM.unpack_from(used, 4 + 8 * i) for i in range(q)),
+            avail_event=u16(used, 4 + 8 * q)[0],
+        )
 
     def set_no_notify(self, suppress: bool) -> None:
         """Tell the driver whether to skip notifications (VIRTQ_USED_F_NO_NOTIFY; without EVENT_IDX)."""

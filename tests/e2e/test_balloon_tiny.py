@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from pyvmm.config import parse_balloon_options
 from pyvmm.hoststat import mapping_rss
 from pyvmm.virtio.balloon import BalloonOptions
 from tests.support.guest import MiB, machine, qemu_cmd, qmp_connect, qmp_disconnect, tmp_socket
@@ -58,7 +59,7 @@ def test_inflate_to_64m_gives_memory_back_then_deflate_and_verify(version):
 
 
 def test_stats_arrive_with_memtot_and_memfree_that_moves():
-    opts = BalloonOptions.parse("stats-interval=1")
+    opts = parse_balloon_options("stats-interval=1")
     with machine("scenario=demo dirty=64M", memory=RAM, balloon=opts) as m:
         m.wait_for_console(r"balloon: version 2 features", 120)
         banner = m.wait_for_console(r"pyvmm-guest: memory \d+ MiB \((\d+) bytes RAM\)", 5)
@@ -86,7 +87,7 @@ def test_stats_arrive_with_memtot_and_memfree_that_moves():
 
 @pytest.mark.parametrize("doom", [True, False], ids=["deflate-on-oom", "no-deflate-on-oom"])
 def test_oom(doom):
-    opts = BalloonOptions.parse(f"deflate-on-oom={'on' if doom else 'off'}")
+    opts = parse_balloon_options(f"deflate-on-oom={'on' if doom else 'off'}")
     with machine("scenario=oom", memory=128 * MiB, balloon=opts) as m:
         m.wait_for_console(r"oom: waiting for the host", 60)
         m.balloon.set_target(64 * MiB)

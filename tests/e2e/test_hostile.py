@@ -26,13 +26,13 @@ def test_hostile_guest_survived(version):
     with machine("scenario=hostile" + strict, memory=128 * MiB, virtio_version=version) as m:
         ram = [(r.gpa, r.end) for r in m.memory.regions]
         discards = []
-        real = m.balloon._discard_fn
+        real = m.balloon.pages.discard
 
         def checked(gpa, length):
             discards.append((gpa, length))
             real(gpa, length)
 
-        m.balloon._discard_fn = checked
+        m.balloon.pages.discard = checked
         code = m.wait(300)
         out = m.console_text()
         assert code == 0, out[-3000:]

@@ -79,7 +79,7 @@ class Machine:
 
     def check_invariants(self) -> None:
         b = self.balloon
-        bits = sum(x.bit_count() for x in b._bitmap)
+        bits = sum(x.bit_count() for x in b.pages.bitmap)
         assert bits == b.ballooned_pages, (bits, b.ballooned_pages)
         assert 0 <= b.ballooned_pages <= RAM >> 12
         assert 0 <= b.num_pages <= RAM >> 12

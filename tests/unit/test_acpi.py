@@ -11,7 +11,7 @@ import pytest
 
 from pyvmm.arch.x86 import acpi, aml, layout
 
-VIRTIO = [(layout.VIRTIO_MMIO_BASE + i * layout.VIRTIO_MMIO_STRIDE, layout.VIRTIO_MMIO_SIZE,
+VIRTIO = [(layout.VIRTIO_MMIO_BASE + i * layout.VIRTIO_MMIO_STRIDE, 0x200,
            layout.VIRTIO_IRQ_BASE + i) for i in range(2)]
 
 

@@ -6,6 +6,7 @@ import threading
 
 import pytest
 
+from pyvmm.config import parse_balloon_options
 from pyvmm import hoststat
 from pyvmm.errors import ConfigError
 from pyvmm.virtio.abi import BalloonStat, Reg, Status
@@ -154,8 +155,8 @@ def test_deflate_on_oom_is_accepted_and_reported():
 
 def test_ballooned_set_is_a_bitmap():
     r = Rig(ram=64 * MiB)
-    assert isinstance(r.balloon._bitmap, bytearray)
-    assert len(r.balloon._bitmap) == (64 * MiB >> 12) // 8
+    assert isinstance(r.balloon.pages.bitmap, bytearray)
+    assert len(r.balloon.pages.bitmap) == (64 * MiB >> 12) // 8
 
 
 def test_reset_returns_every_page_to_the_guest():
@@ -325,25 +326,25 @@ def test_stats_polling_timer_returns_the_buffer_and_stops_on_close():
     assert fired.wait(10)
     assert r.driver.q["statsq"].used_idx() == 1
     r.balloon.close()
-    assert r.balloon._timer is None
+    assert not r.balloon._stats.polling
 
 
 def test_stats_interval_zero_means_no_timer():
     r = Rig(options=BalloonOptions(stats_interval=0))
     r.driver.start()
-    assert r.balloon._timer is None
+    assert not r.balloon._stats.polling
     r.balloon.stats_interval = 5
-    assert r.balloon._timer is not None and r.balloon._timer.daemon
+    assert r.balloon._stats.polling and r.balloon._stats._timer.daemon
     r.balloon.stats_interval = 0
-    assert r.balloon._timer is None
+    assert not r.balloon._stats.polling
 
 
 # --- options ----------------------------------------------------------------------------------------------
 
 def test_options_parse():
-    o = BalloonOptions.parse("deflate-on-oom=off,stats-interval=2,free-page-reporting=on,must-tell-host=on")
+    o = parse_balloon_options("deflate-on-oom=off,stats-interval=2,free-page-reporting=on,must-tell-host=on")
     assert (o.deflate_on_oom, o.stats_interval, o.free_page_reporting, o.must_tell_host) == (False, 2.0, True, True)
-    assert BalloonOptions.parse("") == BalloonOptions()
+    assert parse_balloon_options("") == BalloonOptions()
     d = BalloonOptions()
     assert (d.must_tell_host, d.stats, d.stats_interval, d.deflate_on_oom, d.free_page_reporting) == \
         (True, True, 0, True, False)
@@ -354,7 +355,7 @@ def test_options_parse():
                                   "deflate-on-oom"])
 def test_options_parse_errors(text):
     with pytest.raises(ConfigError):
-        BalloonOptions.parse(text)
+        parse_balloon_options(text)
 
 
 def test_features_switchable():
@@ -389,7 +390,7 @@ def test_monitor_thread_and_vcpu_thread_share_the_lock():
         r.close()
     assert errors == []
     assert r.balloon.ballooned_pages == 2048
-    assert sum(x.bit_count() for x in r.balloon._bitmap) == 2048
+    assert sum(x.bit_count() for x in r.balloon.pages.bitmap) == 2048
 
 
 # --- bounded work per notification -------------------------------------------------------------------
@@ -428,7 +429,7 @@ def test_huge_descriptors_are_read_only_up_to_the_pfn_bound(caplog):
 
 
 def test_huge_stats_buffer_is_read_only_up_to_its_bound():
-    from pyvmm.virtio.balloon import MAX_STATS_BYTES
+    from pyvmm.virtio.stats import MAX_STATS_BYTES
 
     r = Rig(ram=16 * MiB)
     r.driver.start(stats=[])

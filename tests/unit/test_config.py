@@ -2,7 +2,8 @@
 
 import pytest
 
-from pyvmm.config import VmConfig, format_size, parse_size
+from pyvmm.config import VmConfig
+from pyvmm.units import format_size, parse_size
 from pyvmm.errors import ConfigError
 
 
@@ -21,7 +22,9 @@ def test_parse_size_rejects(text):
 
 
 def test_format_size():
-    assert format_size(256 << 20) == "256M" and format_size(1 << 30) == "1G" and format_size(5) == "5B"
+    # One style everywhere: MiB with one decimal.
+    assert format_size(256 << 20) == "256.0 MiB" and format_size(1 << 30) == "1024.0 MiB"
+    assert format_size(200 << 10) == "0.2 MiB" and format_size(260968 << 10) == "254.9 MiB"
 
 
 @pytest.mark.parametrize("kw,msg", [

@@ -44,7 +44,7 @@ class _Machine:
         self.ram_size = balloon.ram
         self.balloon = balloon
         self.memory = GuestMemory.from_bytearray(1 * MiB)
-        self._stopped = threading.Event()
+        self.stopped = threading.Event()
         self.stopped_with: tuple[int, str] | None = None
 
     def wait_for_console(self, pattern: str, timeout: float) -> None:

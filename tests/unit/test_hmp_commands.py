@@ -37,7 +37,7 @@ def test_empty_and_unknown(m):
 def test_info_balloon_first_line_is_qemus(m):
     out = run_hmp(m, "info balloon")
     assert out.splitlines()[0] == "balloon: actual=64"
-    assert re.search(r"target\s+67108864 \(64 MiB\)", out)
+    assert re.search(r"target\s+67108864 \(64.0 MiB\)", out)
     assert re.search(r"agree\s+True", out)
 
 
@@ -45,7 +45,7 @@ def test_balloon_in_mib_and_with_suffix(m):
     assert run_hmp(m, "balloon 40") == ""
     assert m.wait_actual(40 * MiB) == 40 * MiB
     assert run_hmp(m, "info balloon").splitlines()[0] == "balloon: actual=40"
-    assert run_hmp(m, "balloon 1G") == "balloon: target clamped to guest RAM (64 MiB)\n"
+    assert run_hmp(m, "balloon 1G") == "balloon: target clamped to guest RAM (64.0 MiB)\n"
     assert m.wait_actual(64 * MiB) == 64 * MiB
     assert run_hmp(m, "balloon 48M") == ""
     assert m.balloon.info().target == 48 * MiB
@@ -53,7 +53,7 @@ def test_balloon_in_mib_and_with_suffix(m):
 
 @pytest.mark.parametrize("line, msg", [
     ("balloon", "usage: balloon <size>"),
-    ("balloon 1", "below the floor of 16 MiB"),
+    ("balloon 1", "below the floor of 16.0 MiB"),
     ("balloon 0", "Parameter 'target' expects a size"),
     ("balloon lots", "is not a size"),
 ])
@@ -74,7 +74,7 @@ def test_info_stats(m):
     out = run_hmp(m, "info stats")
     assert "last update" in out and "polling off" in out
     assert re.search(r"stat-minor-faults\s+1234\n", out)
-    assert re.search(r"stat-total-memory\s+67108864 \(64 MiB\)", out)
+    assert re.search(r"stat-total-memory\s+67108864 \(64.0 MiB\)", out)
     assert re.search(r"stat-htlb-pgfail\s+-\n", out)       # never sent by the guest
     m.balloon.stats_interval = 5
     assert "polling every 5 s" in run_hmp(m, "info stats")

@@ -53,15 +53,15 @@ def test_info_balloon_table_for_people(vm, capsys):
     _m, path = vm
     assert main(["info", "balloon", "--qmp", path]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0].split() == ["actual", "64M", "(67108864", "bytes)"]
-    assert any(line.split() == ["stat-total-memory", "64M", "(67108864)"] for line in out)
+    assert out[0].split() == ["actual", "64.0", "MiB", "(67108864", "bytes)"]
+    assert any(line.split() == ["stat-total-memory", "64.0", "MiB", "(67108864)"] for line in out)
     assert any(line.split() == ["stat-htlb-pgfail", "-"] for line in out)
 
 
 @pytest.mark.parametrize("argv, msg, code", [
     (["balloon", "--qmp", "{path}", "lots"], "pyvmm: balloon size 'lots' is not a size", 2),
     (["balloon", "--qmp", "{path}", "0"], "must be above zero", 2),
-    (["balloon", "--qmp", "{path}", "1M"], "pyvmm: balloon: balloon target 1 MiB is below the floor", 1),
+    (["balloon", "--qmp", "{path}", "1M"], "pyvmm: balloon: balloon target 1.0 MiB is below the floor", 1),
     (["balloon", "--qmp", "{path}.missing", "64M"], "cannot connect to QMP at unix:", 1),
     (["info", "balloon", "--qmp", "tcp:127.0.0.1:1"], "cannot connect to QMP at tcp:127.0.0.1:1", 1),
     (["balloon", "--qmp", "ftp:x", "64M"], "cannot connect to QMP at unix:ftp:x", 1),   # a path, then
@@ -79,7 +79,7 @@ def test_wait_gives_up_when_the_guest_does_not_follow(tmp_path, capsys):
     with QmpServer(m, f"unix:{tmp_path}/q.sock") as s:
         assert main(["balloon", "--qmp", s.address.path, "32M", "--wait", "--timeout", "0.2"]) == 1
     err = capsys.readouterr().err
-    assert "the guest reached 64M, not 32M" in err and err.count("\n") == 1
+    assert "the guest reached 64.0 MiB, not 32.0 MiB" in err and err.count("\n") == 1
     m.close()
 
 

@@ -185,7 +185,7 @@ def test_balloon_non_positive_is_refused_as_qemu(client, value):
 def test_balloon_below_floor_is_refused_with_a_message(client, machine):
     r = client.cmd("balloon", {"value": 1 * MiB})
     assert r["error"]["class"] == "GenericError"
-    assert "below the floor of 16 MiB" in r["error"]["desc"]
+    assert "below the floor of 16.0 MiB" in r["error"]["desc"]
     assert machine.balloon.info().target == 64 * MiB
 
 

@@ -1,8 +1,7 @@
-"""The 16550A as Linux's 8250 driver probes and uses it, and the bus that routes to it."""
+"""The 16550A as Linux's 8250 driver probes and uses it."""
 
 import pytest
 
-from pyvmm.bus import Bus
 from pyvmm.devices.serial import IER, IIR, LCR, LSR, MCR, Serial16550, UartReg
 from pyvmm.irq import RecordingIrqLine
 
@@ -85,29 +84,3 @@ def test_fifo_flag_in_iir(uart):
     u, _, _ = uart
     u.write(UartReg.IIR_FCR, 1, 0x07)
     assert u.read(UartReg.IIR_FCR, 1) & 0xC0 == 0xC0
-
-
-class Rec:
-    def __init__(self):
-        self.log = []
-
-    def read(self, offset, size):
-        self.log.append(("r", offset, size))
-        return 0x42
-
-    def write(self, offset, size, value):
-        self.log.append(("w", offset, size, value))
-
-
-def test_bus_routes_by_range_and_refuses_overlap():
-    bus = Bus("mmio")
-    a, b = Rec(), Rec()
-    bus.insert(a, 0x1000, 0x200, "a")
-    bus.insert(b, 0x3000, 0x100, "b")
-    assert bus.read(0x1004, 4) == 0x42 and a.log == [("r", 4, 4)]
-    assert bus.write(0x30FF, 1, 7) and b.log == [("w", 0xFF, 1, 7)]
-    assert bus.read(0x1200, 4) is None and not bus.write(0x2FFF, 1, 0)
-    with pytest.raises(ValueError, match="overlaps a"):
-        bus.insert(Rec(), 0x11FF, 2, "c")
-    with pytest.raises(ValueError):
-        bus.insert(Rec(), 0x5000, 0, "empty")

@@ -39,7 +39,7 @@ SLEEP_STATUS_PORT = 0x601
 # The SLP_TYP value of \_S5_ (soft off) in our DSDT: what a guest writes on power-off.
 S5_SLP_TYP = 5
 # The reset register: the i8042 command port and its "pulse reset line" command.
-RESET_PORT = layout.I8042_PORT
+RESET_PORT = layout.I8042_COMMAND_PORT
 RESET_VALUE = 0xFE
 
 TABLE_ALIGN = 16

@@ -23,19 +23,20 @@ KERNEL_START = 0x10_0000           # 1 MiB
 # The 32-bit MMIO hole.
 VIRTIO_MMIO_BASE = 0xD000_0000
 VIRTIO_MMIO_STRIDE = 0x1000
-VIRTIO_MMIO_SIZE = 0x200           # the window announced to the guest (registers + config)
 VIRTIO_IRQ_BASE = 5                # serial has 4
 IOAPIC_BASE = 0xFEC0_0000
 LAPIC_BASE = 0xFEE0_0000
 FIRMWARE_SIZE = 0x1_0000           # 64 KiB boot ROM
 FIRMWARE_BASE = 0x1_0000_0000 - FIRMWARE_SIZE   # so the reset vector 0xFFFFFFF0 lands in it
+TSS_ADDR = 0xFFFB_D000             # three pages KVM needs for real mode on VMX hosts; below the ROM
 
 # Port I/O.
 SERIAL_COM1 = 0x3F8
 SERIAL_IRQ = 4
 DEBUG_EXIT_PORT = 0xF4             # where QEMU's isa-debug-exit sits
 POST_PORT = 0x80                   # firmware boot-stage codes (the PC's POST code port)
-I8042_PORT = 0x64                  # reset through the keyboard controller
+I8042_DATA_PORT = 0x60             # the keyboard controller: data at 0x60, status/command at 0x64
+I8042_COMMAND_PORT = 0x64          # (command 0xFE pulses the CPU's reset line)
 
 
 def ram_layout(ram_size: int) -> list[tuple[int, int]]:

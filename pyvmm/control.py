@@ -1,0 +1,197 @@
+"""The run state of a machine, shared by its vCPU threads and whoever steers them: stop, hold, and why.
+
+The vCPU loop reads two plain attributes on every exit (``stop_requested``, ``hold_requested``) and
+calls back here when its guest stops, crashes or needs the VMM; the Machine, the monitor and the tests
+steer the same object.  Nothing here knows KVM: a vCPU is anything with ``index``, ``kick()`` and
+``register_dump()``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from .errors import GuestCrash
+
+log = logging.getLogger("pyvmm")
+
+Listener = Callable[[str, dict], None]
+
+
+class ControlledVcpu(Protocol):
+    """What the run control needs of a vCPU."""
+
+    index: int
+    paused: threading.Event          # set by the vCPU thread while it is parked
+
+    def kick(self) -> None: ...
+
+    def register_dump(self) -> str: ...
+
+    def is_running(self) -> bool: ...
+
+
+class RunControl:
+    """Stop and hold requests for the vCPU threads, the machine's state, its events and its exit code.
+
+    States are QEMU's: "created" (prelaunch), "running", "paused", "shutdown".  A *hold* keeps every
+    vCPU out of KVM_RUN: a user's pause holds them until resume, register reads hold them a moment.
+    The state lock is held only to change counters and state, never while waiting for the vCPUs, since
+    a vCPU may itself need it to stop the machine.
+    """
+
+    def __init__(self) -> None:
+        self.stop_requested = False      # read by the vCPU loop on every exit
+        self.hold_requested = False      # read by the vCPU loop when KVM_RUN is interrupted
+        self.state = "created"
+        self.exit_code: int | None = None
+        self.stop_reason = ""
+        self.crash_report = ""
+        self.report_crashes = True       # False while the CLI holds a raw terminal: it prints the report
+        self.vcpu_exception: BaseException | None = None
+        self.emulation_fixups: dict[str, int] = {}
+        self.stopped = threading.Event()
+        self.lock = threading.RLock()
+        self._holds = 0
+        self._user_paused = False
+        self._hold_cond = threading.Condition()
+        self._listeners: list[Listener] = []
+        self.vcpus: Sequence[ControlledVcpu] = ()
+
+    # --- events ---------------------------------------------------------------------------------------
+
+    def add_listener(self, cb: Listener) -> None:
+        """cb(event, data) for STOP, RESUME, SHUTDOWN and RESET, on the thread that caused the event."""
+        self._listeners.append(cb)
+
+    def emit(self, event: str, data: dict | None = None) -> None:
+        for cb in list(self._listeners):
+            try:
+                cb(event, data or {})
+            except Exception:
+                log.exception("event listener failed")
+
+    # --- stop -----------------------------------------------------------------------------------------
+
+    def stop(self, exit_code: int = 0, reason: str = "stopped by the host", *,
+             event_reason: str = "host-signal") -> None:
+        """Stop the VM (from any thread); the first reason and exit code win.  ``event_reason`` is the
+        SHUTDOWN event's reason in QEMU's vocabulary (host-qmp-quit, guest-shutdown, ...)."""
+        with self.lock:
+            if self.stop_requested:
+                return
+            self.stop_requested = True
+            self.exit_code = exit_code if self.exit_code is None else self.exit_code
+            self.stop_reason = reason
+            self.state = "shutdown"
+        with self._hold_cond:
+            self._hold_cond.notify_all()
+        for v in self.vcpus:
+            v.kick()
+        self.emit("SHUTDOWN", {"guest": event_reason.startswith("guest"), "reason": event_reason})
+        self.stopped.set()
+
+    # --- hold: keeping the vCPUs out of KVM_RUN ---------------------------------------------------------
+
+    def pause(self) -> bool:
+        """Hold the vCPUs for the user (QMP `stop`); True (and a STOP event) once they are all out."""
+        with self.lock:
+            if self.state != "running" or self._user_paused:
+                return False
+            self._user_paused = True
+            self._hold()
+        self.wait_vcpus_out()
+        with self.lock:
+            if self.stop_requested or not self._user_paused:
+                return False          # stopped (or resumed) meanwhile: not a pause to report
+            self.state = "paused"
+        self.emit("STOP")
+        return True
+
+    def resume(self) -> bool:
+        """Release the user's hold (QMP `cont`); True (and a RESUME event) if there was one."""
+        with self.lock:
+            if not self._user_paused or self.stop_requested:
+                return False
+            self._user_paused = False
+            self.state = "running"
+            self._release()
+        self.emit("RESUME")
+        return True
+
+    def hold(self) -> None:
+        """Keep the vCPUs out of KVM_RUN until release(); returns once they are all out."""
+        with self.lock:
+            self._hold()
+        self.wait_vcpus_out()
+
+    def release(self) -> None:
+        with self.lock:
+            self._release()
+
+    def _hold(self) -> None:
+        self._holds += 1
+        self.hold_requested = True
+
+    def _release(self) -> None:
+        self._holds -= 1
+        if self._holds == 0:
+            with self._hold_cond:
+                self.hold_requested = False
+                self._hold_cond.notify_all()
+
+    def wait_vcpus_out(self) -> None:
+        for v in self.vcpus:
+            v.kick()
+        for v in self.vcpus:
+            while not v.paused.wait(0.05):
+                if self.stop_requested or not v.is_running():
+                    break
+                v.kick()
+
+    # --- called on a vCPU thread -----------------------------------------------------------------------
+
+    def park(self, vcpu: ControlledVcpu) -> None:
+        """The vCPU thread waits here while a hold is requested."""
+        vcpu.paused.set()
+        with self._hold_cond:
+            while self.hold_requested and not self.stop_requested:
+                self._hold_cond.wait(0.5)
+        vcpu.paused.clear()
+
+    def guest_stopped(self, vcpu: ControlledVcpu, reason: str, exit_code: int) -> None:
+        self.stop(exit_code, reason, event_reason="guest-shutdown")
+
+    def guest_crashed(self, vcpu: ControlledVcpu, reason: str) -> None:
+        self._report(f"pyvmm: {reason} on vCPU {vcpu.index}\n{_dump(vcpu)}")
+        self.stop(GuestCrash.exit_code, reason, event_reason="guest-panic")
+
+    def guest_reset(self, vcpu: ControlledVcpu | None, reason: str) -> None:
+        """The guest asked for a reset (i8042, ACPI, KVM_SYSTEM_EVENT_RESET)."""
+        self.stop(0, f"{reason}; pyvmm does not reboot, stopping", event_reason="guest-reset")
+
+    def vcpu_failed(self, vcpu: ControlledVcpu, exc: BaseException) -> None:
+        """A pyvmm bug on a vCPU thread: dump the vCPU, stop the VM, and re-raise in wait()."""
+        self._report(f"pyvmm: internal error on vCPU {vcpu.index}: {exc!r}\n{_dump(vcpu)}")
+        self.vcpu_exception = exc
+        self.stop(70, f"internal error on vCPU {vcpu.index}: {exc!r}")
+
+    def count_fixup(self, name: str) -> None:
+        """An instruction the host's emulator refused and pyvmm finished for the guest."""
+        self.emulation_fixups[name] = self.emulation_fixups.get(name, 0) + 1
+
+    def _report(self, text: str) -> None:
+        self.crash_report = text
+        if self.report_crashes:
+            sys.stderr.write(text + "\n")
+            sys.stderr.flush()
+
+
+def _dump(vcpu: ControlledVcpu) -> str:
+    try:
+        return vcpu.register_dump()
+    except Exception as e:  # the registers may be unreadable after some failures
+        return f"(registers unavailable: {e})"

@@ -1,0 +1,50 @@
+"""The one place where a machine's front ends attach: QMP servers and the terminal console with its monitor."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .vm import Machine
+
+
+def attach_frontends(machine: Machine, *, terminal: bool) -> None:
+    """Start the QMP servers the config asks for and, with ``terminal``, take over this process's
+    terminal for the guest's console (raw mode; Ctrl-A c for the monitor unless it is off).  What is
+    attached here is detached by machine.close(), the terminal's settings restored on every way out."""
+    cfg = machine.config
+    for address in cfg.qmp:
+        from .monitor.qmp import QmpServer
+
+        server = QmpServer(machine, address)
+        server.start()
+        machine.qmp_servers.append(server)
+        machine.resources.add(server.close)
+    if terminal:
+        from .monitor.hmp import ConsoleMux, RawInput, stdio_console
+
+        mux: ConsoleMux | RawInput
+        if cfg.monitor:
+            # Ctrl-A c between the guest's console and the (pyvmm) monitor, as -serial mon:stdio.
+            mux = ConsoleMux(machine, machine.serial.feed, _RawOut())
+            machine.console_out = mux.guest_output
+        else:
+            mux = RawInput(machine.serial.feed, machine.stopped.is_set)
+        stack = contextlib.ExitStack()
+        stack.enter_context(stdio_console(mux))
+        machine.resources.add(stack.close)
+
+
+class _RawOut:
+    """A binary stream over fd 1 for the console multiplexer."""
+
+    def write(self, data: bytes) -> int:
+        try:
+            return os.write(1, data)
+        except OSError:
+            return 0
+
+    def flush(self) -> None:
+        pass

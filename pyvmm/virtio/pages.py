@@ -1,0 +1,141 @@
+"""The balloon's set of ballooned 4 KiB guest pages, and giving their host pages back.
+
+A bitmap with one bit per 4 KiB page of the guest-physical address space (32 KiB per GiB, however
+full it is).  Newly ballooned pages are sorted and merged into runs, and each run is discarded with
+one call (Firecracker's balloon does the same before its discard_range).  With host pages larger than
+4 KiB (huge-page backed RAM), a host page is discarded only when every 4 KiB piece of it is ballooned
+at that moment, as QEMU and Cloud Hypervisor do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from ..memory import GuestMemory
+from .abi import VIRTIO_BALLOON_PFN_SHIFT
+
+PAGE = 1 << VIRTIO_BALLOON_PFN_SHIFT
+
+
+class BalloonedPages:
+    """Which guest pages the balloon holds; ``discard(gpa, length)`` gives host memory back."""
+
+    def __init__(self, mem: GuestMemory, discard: Callable[[int, int], None], host_page_size: int = PAGE) -> None:
+        if host_page_size < PAGE or host_page_size & (host_page_size - 1):
+            raise ValueError(f"host page size {host_page_size} is not a power of 2 >= {PAGE}")
+        self.mem = mem
+        self.discard = discard
+        self.host_page_size = host_page_size
+        self._sub = host_page_size // PAGE          # 4 KiB pages per host page
+        self._ram = [(r.gpa >> VIRTIO_BALLOON_PFN_SHIFT, r.end >> VIRTIO_BALLOON_PFN_SHIFT) for r in mem.regions]
+        self.bitmap = bytearray(((mem.end >> VIRTIO_BALLOON_PFN_SHIFT) + 7) // 8)
+        self.count = 0                # pages ballooned now
+        self.discarded_bytes = 0      # given back through discard, cumulative
+        self.discard_calls = 0
+
+    def in_ram(self, pfn: int) -> bool:
+        return any(lo <= pfn < hi for lo, hi in self._ram)
+
+    def __contains__(self, pfn: int) -> bool:
+        return 0 <= pfn < len(self.bitmap) * 8 and bool(self.bitmap[pfn >> 3] & (1 << (pfn & 7)))
+
+    def clear(self) -> None:
+        self.bitmap[:] = bytes(len(self.bitmap))
+        self.count = 0
+
+    def add(self, pfns: Iterable[int]) -> tuple[int, int, int, int]:
+        """Balloon pfns and discard what they complete: (new pages, runs, outside RAM, already ballooned)."""
+        bitmap = self.bitmap
+        fresh = []
+        bad = dup = 0
+        for pfn in pfns:
+            if not self.in_ram(pfn):
+                bad += 1
+                continue
+            byte, bit = pfn >> 3, 1 << (pfn & 7)
+            if bitmap[byte] & bit:
+                dup += 1
+                continue
+            bitmap[byte] |= bit
+            fresh.append(pfn)
+        self.count += len(fresh)
+        runs = _runs(sorted(fresh))
+        for start, count in runs:
+            self._discard_run(start, count)
+        return len(fresh), len(runs), bad, dup
+
+    def remove(self, pfns: Iterable[int]) -> tuple[int, int, int]:
+        """Give pfns back to the guest: (released, outside RAM, never ballooned)."""
+        bitmap = self.bitmap
+        released = bad = never = 0
+        for pfn in pfns:
+            if not self.in_ram(pfn):
+                bad += 1
+                continue
+            byte, bit = pfn >> 3, 1 << (pfn & 7)
+            if bitmap[byte] & bit:
+                bitmap[byte] &= ~bit
+                released += 1
+            else:
+                never += 1
+        self.count -= released
+        return released, bad, never
+
+    def discard_free(self, gpa: int, length: int) -> int:
+        """Discard the whole host pages inside [gpa, gpa+length) (free page reporting); bytes discarded."""
+        hp = self.host_page_size
+        lo = (gpa + hp - 1) & ~(hp - 1)
+        hi = (gpa + length) & ~(hp - 1)
+        if hi <= lo:
+            return 0
+        before = self.discarded_bytes
+        self._discard_range(lo, hi - lo)
+        return self.discarded_bytes - before
+
+    def _discard_run(self, start: int, count: int) -> None:
+        """Give back the host pages that a run of newly ballooned 4 KiB pages completes."""
+        sub = self._sub
+        if sub == 1:
+            self._discard_range(start << VIRTIO_BALLOON_PFN_SHIFT, count << VIRTIO_BALLOON_PFN_SHIFT)
+            return
+        first, last = start // sub, (start + count - 1) // sub
+        if not self._host_page_full(first):
+            first += 1
+        if last >= first and not self._host_page_full(last):
+            last -= 1
+        if last >= first:
+            self._discard_range(first * self.host_page_size, (last - first + 1) * self.host_page_size)
+
+    def _host_page_full(self, hp: int) -> bool:
+        sub = self._sub
+        lo = hp * sub
+        if not self.in_ram(lo) or not self.in_ram(lo + sub - 1):
+            return False
+        if sub >= 8:
+            return self.bitmap[lo >> 3: (lo + sub) >> 3] == b"\xff" * (sub >> 3)
+        return all(p in self for p in range(lo, lo + sub))
+
+    def _discard_range(self, gpa: int, length: int) -> None:
+        """discard() once per RAM region the range touches (a run never spans the MMIO hole)."""
+        end = gpa + length
+        for r in self.mem.regions:
+            lo, hi = max(gpa, r.gpa), min(end, r.end)
+            if lo < hi:
+                self.discard(lo, hi - lo)
+                self.discard_calls += 1
+                self.discarded_bytes += hi - lo
+
+
+def _runs(sorted_pfns: list[int]) -> list[tuple[int, int]]:
+    """Merge sorted, distinct PFNs into (start, count) runs."""
+    runs: list[tuple[int, int]] = []
+    if not sorted_pfns:
+        return runs
+    start = prev = sorted_pfns[0]
+    for pfn in sorted_pfns[1:]:
+        if pfn != prev + 1:
+            runs.append((start, prev - start + 1))
+            start = pfn
+        prev = pfn
+    runs.append((start, prev - start + 1))
+    return runs
