@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 CACHE  ?= $(HOME)/.cache/pyvmm
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all build run test test-quick clean guest firmware host-deps bench fuzz soak linux-guest lint
+.PHONY: all build run test test-quick check clean guest firmware host-deps bench fuzz soak linux-guest
 
 all: build
 
@@ -37,12 +37,21 @@ host-deps:
 run: build
 	$(PY) -m pyvmm run --demo
 
-test: build host-deps
-	$(PY) -m pytest -q -ra
+# Two workers; a test module stays on one worker (--dist loadscope) so that the tests of a module share
+# its boot, and the stock kernel's module runs beside the rest.
+PYTEST := $(PY) -m pytest -q -ra -n 2 --dist loadscope --durations=25
 
-# Everything but the slow Linux tests (the stock Debian kernel alone takes 10-20 minutes here).
+test: build host-deps
+	$(PYTEST)
+
+# Everything but the Linux guests (the stock Debian kernel alone takes about 12 minutes here).
 test-quick: build host-deps
-	$(PY) -m pytest -q -ra -m "not slow"
+	$(PYTEST) -m "not linux"
+
+# The checks CI runs before the tests: lint (ruff) and types (mypy); any finding fails.
+check: build
+	$(VENV)/bin/ruff check pyvmm tests bench
+	$(VENV)/bin/mypy
 
 bench: build host-deps
 	$(MAKE) -s -C bench
@@ -53,15 +62,13 @@ fuzz: build
 	$(PY) -m tests.fuzz.fuzz_virtio fuzz-corpus -max_total_time=$${FUZZ_SECONDS:-600}
 
 soak: build
-	PYVMM_SOAK_CYCLES=1000 $(PY) -m pytest -q -s -ra tests/e2e/test_soak.py
+	PYVMM_SOAK_CYCLES=1000 $(PY) -m pytest -q -s -ra tests/integration/test_soak.py
 
 linux-guest:
 	bash linux/build.sh
 
-lint: build
-	$(VENV)/bin/ruff check pyvmm tests bench || true
-
 clean:
-	$(MAKE) -s -C guest clean || true
-	$(MAKE) -s -C firmware clean || true
+	$(MAKE) -s -C guest clean
+	$(MAKE) -s -C firmware clean
+	$(MAKE) -s -C bench clean
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -123,12 +123,12 @@ def run(repeats: int = ROUNDS) -> Result:
         res.add(f"{engine} guest-RAM RSS before inflate", "MiB", clean(before))
         res.add(f"{engine} guest-RAM RSS after inflate", "MiB", clean(after))
         res.add(f"{engine} RSS drop on inflate", "MiB",
-                [a - b for a, b in zip(before, after) if a is not None and b is not None])
+                [a - b for a, b in zip(before, after, strict=False) if a is not None and b is not None])
         res.add(f"{engine} guest-RAM RSS after deflate", "MiB", clean(series(engine, "rss_deflated", 1 / MIB)))
         res.add(f"{engine} boot + dirty {DIRTY >> 20} MiB", "ms", clean(series(engine, "dirty", 1000)))
     if "QEMU" in runners:
         for step, goal in (("inflate", "<= 1.0"), ("deflate", "")):
-            pairs = [(a, b) for a, b in zip(series("pyvmm", step), series("QEMU", step)) if a and b]
+            pairs = [(a, b) for a, b in zip(series("pyvmm", step), series("QEMU", step), strict=False) if a and b]
             res.ratio(f"pyvmm / QEMU, {step} time", [a for a, _ in pairs], [b for _, b in pairs], goal=goal)
     for name, why in failures.items():
         res.notes.append(f"{name}: some runs failed ({why})")

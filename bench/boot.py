@@ -123,7 +123,7 @@ def run(repeats: int = ROUNDS) -> Result:
         res.notes.append(f"{name}: some runs failed ({why})")
 
     def paired(a: str, b: str) -> tuple[list[float], list[float]]:
-        pairs = [(x, y) for x, y in zip(walls.get(a, []), walls.get(b, [])) if x and y]
+        pairs = [(x, y) for x, y in zip(walls.get(a, []), walls.get(b, []), strict=False) if x and y]
         return [x for x, _ in pairs], [y for _, y in pairs]
 
     if "QEMU microvm" in walls:
@@ -133,7 +133,7 @@ def run(repeats: int = ROUNDS) -> Result:
     if "pyvmm (firmware)" in walls:
         a, b = paired("pyvmm (firmware)", "pyvmm --no-firmware")
         res.add("firmware path extra cost (firmware - direct, same round)", "ms",
-                [(x - y) * 1000 for x, y in zip(a, b)])
+                [(x - y) * 1000 for x, y in zip(a, b, strict=False)])
 
     # Where pyvmm's time goes: a few instrumented runs of the direct path, and one -X importtime run.
     split_cmd = variants.get("pyvmm (firmware)", variants["pyvmm --no-firmware"])

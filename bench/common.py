@@ -55,8 +55,8 @@ def need_kvm() -> None:
 
 def need_guest() -> Path:
     if not GUEST_ELF.exists():
-        raise Unavailable(f"the tiny guest {GUEST_ELF.relative_to(ROOT) if GUEST_ELF.is_relative_to(ROOT) else GUEST_ELF}"
-                          " is not built (run `make -C guest`)")
+        where = GUEST_ELF.relative_to(ROOT) if GUEST_ELF.is_relative_to(ROOT) else GUEST_ELF
+        raise Unavailable(f"the tiny guest {where} is not built (run `make -C guest`)")
     return GUEST_ELF
 
 
@@ -165,7 +165,7 @@ class Result:
 
     def ratio(self, name: str, num: list[float], den: list[float], **kw) -> Row | None:
         """Per-round ratios num[i]/den[i] of runs made in the same round (interleaved)."""
-        pairs = [a / b for a, b in zip(num, den) if a is not None and b]
+        pairs = [a / b for a, b in zip(num, den, strict=False) if a is not None and b]
         if not pairs:
             return None
         return self.add(name, "x", pairs, kind="ratio", **kw)
@@ -470,7 +470,8 @@ def write_profile(profiles: list[cProfile.Profile], path_txt: Path, title: str, 
     buf = io.StringIO()
     stats.stream = buf
     buf.write(f"{title}\n{'=' * len(title)}\nAll threads merged (vCPU, event loop, main). cProfile slows the "
-              "Python side several-fold, so read proportions, not absolute times. Time in KVM_RUN (fcntl.ioctl) is the guest running; time.sleep, "
+              "Python side several-fold, so read proportions, not absolute times. Time in KVM_RUN (fcntl.ioctl) "
+              "is the guest running; time.sleep, "
               "epoll and lock acquire are threads waiting, not work.\n\n")
     buf.write(f"--- top {top} by cumulative time ---\n")
     stats.sort_stats("cumulative").print_stats(top)
@@ -561,7 +562,7 @@ def qmp_connect(path: str, timeout: float = 10.0):
             time.sleep(0.02)
 
 
-def reference_runners(res: "Result", pyvmm_cycle, qemu_cycle, qemu_missing: str | None, *args):
+def reference_runners(res: Result, pyvmm_cycle, qemu_cycle, qemu_missing: str | None, *args):
     """The {engine: runner} pair for interleave(): each cycle called with args; a cycle that fails is
     recorded in the returned failures (shown in the table) instead of ending the benchmark, and a
     missing QEMU becomes a skipped note."""

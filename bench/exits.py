@@ -247,11 +247,11 @@ def run(repeats: int = ROUNDS, n: int = N) -> Result:
         return [v for v in values if v is not None]
 
     def ratio(name: str, a: list, b: list, **kw) -> None:
-        pairs = [(x, y) for x, y in zip(a, b) if x is not None and y is not None]
+        pairs = [(x, y) for x, y in zip(a, b, strict=False) if x is not None and y is not None]
         res.ratio(name, [x for x, _ in pairs], [y for _, y in pairs], **kw)
 
     def minus(a: list, b: list) -> list[float]:
-        return [x - y for x, y in zip(a, b) if x is not None and y is not None]
+        return [x - y for x, y in zip(a, b, strict=False) if x is not None and y is not None]
 
     # --- the goal's measure: identical guest code, identical timing ---------------------------------
     floor_pio, floor_mmio = series("C floor", "pio"), series("C floor", "mmio")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import sys
 import re
+import sys
 import time
 from pathlib import Path
 
@@ -195,7 +195,7 @@ def run(repeats: int = ROUNDS, ram_mib: int = RAM_MIB, low_mib: int = LOW_MIB) -
 
     def drop(engine: str) -> list[float | None]:
         before, after = series(engine, "rss_before", 1 / MIB), series(engine, "rss_inflated", 1 / MIB)
-        return [a - b if a is not None and b is not None else None for a, b in zip(before, after)]
+        return [a - b if a is not None and b is not None else None for a, b in zip(before, after, strict=False)]
 
     def clean(v):
         return [x for x in v if x is not None]
@@ -217,9 +217,9 @@ def run(repeats: int = ROUNDS, ram_mib: int = RAM_MIB, low_mib: int = LOW_MIB) -
     if "QEMU" in runners:
         for key, what in (("probe", "boot to probe"), ("driver_ok", "boot to DRIVER_OK"),
                           ("inflate", "inflate time"), ("deflate", "deflate time")):
-            pairs = [(a, b) for a, b in zip(series("pyvmm", key), series("QEMU", key)) if a and b]
+            pairs = [(a, b) for a, b in zip(series("pyvmm", key), series("QEMU", key), strict=False) if a and b]
             res.ratio(f"pyvmm / QEMU, {what}", [a for a, _ in pairs], [b for _, b in pairs])
-        pairs = [(a, b) for a, b in zip(drop("pyvmm"), drop("QEMU")) if a and b]
+        pairs = [(a, b) for a, b in zip(drop("pyvmm"), drop("QEMU"), strict=False) if a and b]
         res.ratio("pyvmm / QEMU, RSS drop", [a for a, _ in pairs], [b for _, b in pairs])
     for name, why in failures.items():
         res.notes.append(f"{name}: some runs failed ({why})")

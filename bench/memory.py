@@ -64,7 +64,7 @@ def run(repeats: int = ROUNDS) -> Result:
             res.add(f"{engine} {label}", "MiB", [v for v in series(engine, key) if v is not None])
     if "QEMU" in engines:
         for key, label in (("overhead", "RSS beyond guest RAM"), ("anon_overhead", "anonymous RSS beyond RAM")):
-            pairs = [(a, b) for a, b in zip(series("pyvmm", key), series("QEMU", key)) if a and b]
+            pairs = [(a, b) for a, b in zip(series("pyvmm", key), series("QEMU", key), strict=False) if a and b]
             res.ratio(f"pyvmm / QEMU, {label}", [a for a, _ in pairs], [b for _, b in pairs])
     for name, why in failures.items():
         res.notes.append(f"{name}: some runs failed ({why})")
@@ -72,8 +72,8 @@ def run(repeats: int = ROUNDS) -> Result:
                      "is up: guest RAM is the largest anonymous mapping (only pages the guest touched are "
                      "resident); RSS beyond it includes the shared libraries each VMM maps (libpython and "
                      "the interpreter heap for pyvmm; QEMU's many libraries); the anonymous line counts only "
-                     "private memory. The kernel merges adjacent anonymous VMAs, so the largest one can be slightly bigger "
-                     "than guest RAM. pyvmm: `pyvmm run --no-firmware` with its default balloon.")
+                     "private memory. The kernel merges adjacent anonymous VMAs, so the largest one can be slightly "
+                     "bigger than guest RAM. pyvmm: `pyvmm run --no-firmware` with its default balloon.")
     return res
 
 

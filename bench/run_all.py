@@ -50,10 +50,12 @@ def benchmarks(quick: bool):
     import balloon_e2e
     import boot
     import exits
-    import linux
     import memory
 
-    r = (lambda full, fast: fast if quick else full)
+    import linux
+
+    def r(full, fast):
+        return (fast if quick else full)
     return [
         ("boot", lambda: boot.run(repeats=r(boot.ROUNDS, 3))),
         ("exits", lambda: exits.run(repeats=r(exits.ROUNDS, 2))),
@@ -182,7 +184,8 @@ def performance_section(info: dict, results: list[Result]) -> str:
         a, b, r = rows.get(mine), rows.get(ref), rows.get(ratio) if ratio else None
         if a is None and b is None:
             continue
-        med = (lambda row: common.fmt(common.summarize(row.values)["median"], row.unit) if row else "-")
+        def med(row):
+            return (common.fmt(common.summarize(row.values)["median"], row.unit) if row else "-")
         rtxt, goal = "-", ""
         if r is not None:
             s = common.summarize(r.values)

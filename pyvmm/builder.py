@@ -8,6 +8,7 @@ step opens goes into ``Resources`` at once, so a later step's failure closes eve
 
 from __future__ import annotations
 
+import functools
 import mmap
 import os
 import stat
@@ -181,13 +182,15 @@ def attach_virtio(vm: VmFd, mmio: MmioBus, mem: GuestMemory, cfg: VmConfig, trac
     if cfg.irqfd:
         # After the guest's EOI the kernel lowers the line; raise it again if the device still has
         # something pending (the transport is bound below, before any interrupt can happen).
-        irq = IrqfdLine(vm, gsi, lambda: transport.interrupt_status != 0)
+        irq = IrqfdLine(vm, gsi)
         res.add(irq.close)
         event_loop.add(irq.resample_fd, irq.on_resample)
     else:
         irq = KvmIrqLine(vm, gsi)
     transport = VirtioMmio(balloon, mem, irq, version=cfg.virtio_version, name="balloon0", tracer=tracer,
                            base=base, irq_gsi=gsi)
+    if isinstance(irq, IrqfdLine):
+        irq.pending = lambda: transport.interrupt_status != 0
     mmio.insert(transport, base, VirtioMmio.WINDOW_SIZE, "virtio-mmio balloon0")
     transports.append(transport)
     if cfg.ioeventfd:
@@ -449,7 +452,7 @@ def _wire_ioeventfds(vm: VmFd, transport: VirtioMmio, event_loop: EventLoop, res
     notify = transport.base + transport.QUEUE_NOTIFY_OFFSET
     for index in range(len(transport.queues)):
         efd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
-        res.add(lambda efd=efd: os.close(efd))
+        res.add(functools.partial(os.close, efd))
         try:
             vm.ioeventfd(efd, notify, 4, datamatch=index)
         except PyvmmError:

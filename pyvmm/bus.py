@@ -10,13 +10,14 @@ instruction.  Both are unit-tested on a kvm_run laid out in a bytearray.
 from __future__ import annotations
 
 import bisect
+import mmap
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 from .kvm import runlayout
 
-Buffer = bytearray | memoryview   # what kvm_run is read from: the vCPU's mmap, or a test's bytearray
+Buffer = mmap.mmap | bytearray | memoryview   # kvm_run: the vCPU's shared mapping, or a test's bytearray
 
 
 class BusDevice(Protocol):

@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from . import __version__
 from .errors import ConfigError, PyvmmError
@@ -29,7 +30,7 @@ class _Parser(argparse.ArgumentParser):
         kw.setdefault("formatter_class", _Formatter)
         super().__init__(*args, **kw)
 
-    def error(self, message: str) -> None:  # one line, exit 2, as argparse does, but with our prefix
+    def error(self, message: str) -> NoReturn:  # one line, exit 2, as argparse does, but with our prefix
         self.exit(2, f"pyvmm: {message} (see pyvmm {self.prog.split()[-1]} --help)\n"
                   if " " in self.prog else f"pyvmm: {message} (see pyvmm --help)\n")
 
@@ -183,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     if sys.stderr.isatty():
         # The console may be in raw mode while the guest runs (no newline translation there).
         for handler in logging.getLogger().handlers:
-            handler.terminator = "\r\n"
+            if isinstance(handler, logging.StreamHandler):
+                handler.terminator = "\r\n"
     if args.verb is None:
         parser.print_help()
         return 2

@@ -8,9 +8,9 @@ import sys
 import time
 from typing import Any, Self
 
-from .units import format_size, parse_size
 from .errors import ConfigError, PyvmmError
-from .monitor import commands as _commands   # light; the QMP server module loads only when a verb runs
+from .monitor import commands as _commands  # light; the QMP server module loads only when a verb runs
+from .units import format_size, parse_size
 
 
 class QmpConnection:
@@ -134,7 +134,8 @@ def balloon_report(q: QmpConnection) -> dict:
     report: dict[str, Any] = {"actual": actual}
     try:
         gs = q.execute("qom-get", {"path": _commands.BALLOON_QOM_PATH, "property": "guest-stats"})
-        interval = q.execute("qom-get", {"path": _commands.BALLOON_QOM_PATH, "property": "guest-stats-polling-interval"})
+        interval = q.execute("qom-get", {"path": _commands.BALLOON_QOM_PATH,
+                                         "property": "guest-stats-polling-interval"})
     except PyvmmError:
         return report  # a balloon without id=balloon0 (QEMU) still answers query-balloon
     report["stats"] = {k: (None if v == _commands.STAT_NEVER else v) for k, v in gs["stats"].items()}

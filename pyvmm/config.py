@@ -97,7 +97,7 @@ class VmConfig:
                                          # kernel is Linux and finds the devices in ACPI (as microvm)
     acpi: bool = True                    # ACPI tables (RSDP, XSDT, FADT, MADT, DSDT) for the guest
 
-    def validate(self, max_vcpus: int | None = None) -> "VmConfig":
+    def validate(self, max_vcpus: int | None = None) -> VmConfig:
         if self.memory <= 0:
             raise ConfigError("memory size (-m) must be greater than zero")
         if self.memory % PAGE_SIZE:

@@ -59,7 +59,9 @@ class ConsoleLog:
                 text = self._buf.decode("utf-8", "replace")
             m = rx.search(text, max(0, start - 4096))
             if m:
-                return rx.search(text) if start else m     # the first match, as re.search gives
+                first = rx.search(text) if start else m     # the first match, as re.search gives
+                assert first is not None
+                return first
             start = len(text)
             left = deadline - time.monotonic()
             if left <= 0 or self.closed:

@@ -130,7 +130,7 @@ def _table(machine, rows, stats_low, low: int) -> None:
     else:
         widths = [max(len(r[i]) for r in lines) for i in range(len(lines[0]))]
         for r in lines:
-            sys.stderr.write("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "\n")
+            sys.stderr.write("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "\n")
         sys.stderr.write(f"guest stats at {low // MiB} MiB: {stats}\n")
         sys.stderr.write(f"discarded in all: {info.discarded_bytes // MiB} MiB; bad PFNs {info.bad_pfns}; "
                          f"host and guest agree: {info.agree}\n")

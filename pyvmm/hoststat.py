@@ -9,7 +9,7 @@ import os
 from typing import Any
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc = ctypes.CDLL(None, use_errno=True)   # the process's own symbols: libc, without ldconfig
 _libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_ubyte)]
 _libc.mincore.restype = ctypes.c_int
 _LOW_BIT = bytes(b & 1 for b in range(256))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 
@@ -57,7 +58,7 @@ class IrqfdLine:
     kernel lowers the line at the guest's EOI; if the device still has an interrupt pending then
     (``pending()``), the event loop raises it again."""
 
-    def __init__(self, vm, gsi: int, pending) -> None:
+    def __init__(self, vm, gsi: int, pending: Callable[[], bool] = lambda: False) -> None:
         import os
 
         self.vm = vm

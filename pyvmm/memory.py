@@ -6,8 +6,8 @@ import bisect
 import ctypes
 import mmap
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from .errors import GuestMemoryError
 
@@ -50,7 +50,7 @@ class GuestMemory:
 
     def __init__(self, regions: Iterable[MemoryRegion]) -> None:
         self.regions = sorted(regions, key=lambda r: r.gpa)
-        for a, b in zip(self.regions, self.regions[1:]):
+        for a, b in zip(self.regions, self.regions[1:], strict=False):
             if a.end > b.gpa:
                 raise ValueError(f"memory regions overlap at {b.gpa:#x}")
         self._starts = [r.gpa for r in self.regions]
@@ -59,7 +59,7 @@ class GuestMemory:
     # --- construction -------------------------------------------------------------------------
 
     @classmethod
-    def anonymous(cls, layout: Iterable[tuple[int, int]], *, prealloc: bool = False) -> "GuestMemory":
+    def anonymous(cls, layout: Iterable[tuple[int, int]], *, prealloc: bool = False) -> GuestMemory:
         """Private anonymous mappings for (gpa, size) pairs: MADV_DONTNEED really frees them.
 
         ``prealloc`` (QEMU's -mem-prealloc) faults every page in up front (MAP_POPULATE), so guest
@@ -78,14 +78,14 @@ class GuestMemory:
         return cls(regions)
 
     @classmethod
-    def from_bytearray(cls, size: int, gpa: int = 0) -> "GuestMemory":
+    def from_bytearray(cls, size: int, gpa: int = 0) -> GuestMemory:
         """One region over a bytearray: the seam for device-model tests without KVM."""
         return cls([MemoryRegion(gpa, size, bytearray(size))])
 
     def close(self) -> None:
         for r in self.regions:
             r.view.release()
-            if r.is_mmap:
+            if isinstance(r.buffer, mmap.mmap):
                 try:
                     r.buffer.close()
                 except BufferError:
@@ -169,7 +169,7 @@ class GuestMemory:
             return
         r = self.region_of(gpa, length)
         off = gpa - r.gpa
-        if r.is_mmap:
+        if isinstance(r.buffer, mmap.mmap):
             r.buffer.madvise(mmap.MADV_DONTNEED, off, length)
         else:
             r.view[off : off + length] = bytes(length)

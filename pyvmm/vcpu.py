@@ -114,6 +114,8 @@ class Vcpu:
         ctl = self.control
         fd = self.fd.fd
         buf = self.fd.run_mmap
+        kvm_run = self.fd.kvm_run
+        assert kvm_run is not None, "the vCPU fd was closed before its thread ran"
         run = fcntl.ioctl
         KVM_RUN = abi.KVM_RUN
         reason_of = runlayout.EXIT_REASON.unpack_from
@@ -126,7 +128,7 @@ class Vcpu:
                 run(fd, KVM_RUN)
             except OSError as e:
                 if e.errno in (errno.EINTR, errno.EAGAIN):
-                    self.fd.kvm_run.immediate_exit = 0
+                    kvm_run.immediate_exit = 0
                     if ctl.stop_requested:
                         return
                     if ctl.hold_requested:
@@ -134,7 +136,7 @@ class Vcpu:
                         if ctl.stop_requested:
                             return
                     continue
-                raise KvmError("KVM_RUN", e.errno) from None
+                raise KvmError("KVM_RUN", e.errno or 0) from None
             self.exits += 1
             reason = reason_of(buf, reason_at)[0]
             if reason == EXIT_IO:
@@ -142,9 +144,9 @@ class Vcpu:
             elif reason == EXIT_MMIO:
                 mmio(buf)
             else:
-                from .kvm import exits   # the rare exits: decoded once into a typed value
+                from .kvm import exits  # the rare exits: decoded once into a typed value
 
-                if self._slow_exit(exits.decode(self.fd.kvm_run)):
+                if self._slow_exit(exits.decode(kvm_run)):
                     return
             if ctl.stop_requested:
                 return

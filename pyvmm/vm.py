@@ -61,7 +61,9 @@ class Machine:
     vcpus: list[Vcpu]
     event_loop: EventLoop            # ioeventfd notifies and irqfd resamples
     resources: Resources             # what close() releases
-    qmp_servers: list[Any]
+    qmp_servers: list[Any]           # started by start(), from config.qmp
+    start_time: float                # time.monotonic() when built, and when the guest started
+    guest_start_time: float | None
 
     def __new__(cls, config: VmConfig | None = None, /, **kwargs: Any) -> Machine:
         if config is None:
@@ -103,7 +105,7 @@ class Machine:
         self.resources = resources
         self.qmp_servers = []
         self.start_time = time.monotonic()
-        self.guest_start_time: float | None = None
+        self.guest_start_time = None
         return self
 
     # --- parts by another name --------------------------------------------------------------------------

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
 
 import pytest
+
+from pyvmm.loader.firmware import FirmwareImage, load_firmware
+from tests.support.firmware import BAD_GDT_ELF, BIN, BUILD, ELF
 
 HAVE_KVM = os.access("/dev/kvm", os.R_OK | os.W_OK)
 REQUIRE_KVM = os.environ.get("PYVMM_REQUIRE_KVM") == "1"
@@ -24,6 +28,19 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "kvm" in item.keywords and not HAVE_KVM:
             item.add_marker(no_kvm)
-        if "qemu" in item.keywords and not have_qemu:
-            if not REQUIRE_KVM:  # under CI a missing QEMU makes these tests fail, not skip
-                item.add_marker(no_qemu)
+        if "qemu" in item.keywords and not have_qemu and not REQUIRE_KVM:
+            item.add_marker(no_qemu)      # under CI a missing QEMU makes these tests fail, not skip
+
+
+@pytest.fixture(scope="module")
+def built() -> Path:
+    """The boot ROM as `make build` (which `make test` runs first) leaves it."""
+    missing = [p.name for p in (ELF, BIN, BAD_GDT_ELF) if not p.exists()]
+    if missing:
+        pytest.fail(f"firmware/build lacks {', '.join(missing)}: run `make build` (or `make -C firmware`)")
+    return BUILD
+
+
+@pytest.fixture(scope="module")
+def fw(built: Path) -> FirmwareImage:
+    return load_firmware(ELF)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from ..arch.x86.acpi import RESET_VALUE, is_poweroff
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import collections
 import threading
+from collections.abc import Callable
 from enum import IntEnum, IntFlag
-from typing import Callable
 
 from ..irq import IrqLine
 

@@ -6,7 +6,7 @@ import ctypes
 from ctypes import c_char, c_int32, c_uint8, c_uint16, c_uint32, c_uint64
 from enum import IntEnum
 
-from .ioctl import KVMIO, _IO, _IOR, _IOW, _IOWR
+from .ioctl import _IO, _IOR, _IOW, _IOWR, KVMIO
 
 KVM_API_VERSION = 12
 

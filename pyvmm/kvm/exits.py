@@ -6,9 +6,7 @@ import struct
 from dataclasses import dataclass
 
 from .abi import KvmExit, KvmInternalError, KvmSystemEvent, kvm_run
-
-from .runlayout import (  # noqa: F401 - re-exported: the byte layouts belong with the decoder
-    EXIT_REASON, EXIT_REASON_OFFSET, EXIT_UNION_OFFSET, IO, MMIO, MMIO_DATA_OFFSET)
+from .runlayout import EXIT_REASON, EXIT_REASON_OFFSET, EXIT_UNION_OFFSET, IO, MMIO, MMIO_DATA_OFFSET  # noqa: F401 - re-exported: the byte layouts belong with the decoder
 
 
 @dataclass(frozen=True, slots=True)

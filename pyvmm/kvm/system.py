@@ -72,7 +72,7 @@ class Kvm:
                     raise
                 n *= 2
 
-    def create_vm(self) -> "VmFd":
+    def create_vm(self) -> VmFd:
         from .vmfd import VmFd
 
         fd = ioctl(self.fd, abi.KVM_CREATE_VM, 0, name="KVM_CREATE_VM")

@@ -18,13 +18,13 @@ if TYPE_CHECKING:
 class VcpuFd:
     """One vCPU: ``run()`` enters the guest; ``kvm_run`` is the shared page KVM fills on each exit."""
 
-    def __init__(self, vm: "VmFd", fd: int, index: int) -> None:
+    def __init__(self, vm: VmFd, fd: int, index: int) -> None:
         self.vm = vm
         self.fd = fd
         self.index = index
         self.run_mmap = mmap.mmap(fd, vm.kvm.vcpu_mmap_size, mmap.MAP_SHARED,
                                   mmap.PROT_READ | mmap.PROT_WRITE)
-        self.kvm_run = abi.kvm_run.from_buffer(self.run_mmap)
+        self.kvm_run: abi.kvm_run | None = abi.kvm_run.from_buffer(self.run_mmap)
         self._finalizer = weakref.finalize(self, close_fd, fd)
 
     def close(self) -> None:

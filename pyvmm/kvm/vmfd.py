@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 class VmFd:
     """One KVM virtual machine."""
 
-    def __init__(self, kvm: "Kvm", fd: int) -> None:
+    def __init__(self, kvm: Kvm, fd: int) -> None:
         self.kvm = kvm
         self.fd = fd
         self._finalizer = weakref.finalize(self, close_fd, fd)
@@ -73,7 +73,7 @@ class VmFd:
         arg = abi.kvm_ioeventfd(datamatch=datamatch or 0, addr=addr, len=length, fd=eventfd, flags=flags)
         ioctl(self.fd, abi.KVM_IOEVENTFD, arg, name="KVM_IOEVENTFD")
 
-    def create_vcpu(self, index: int) -> "VcpuFd":
+    def create_vcpu(self, index: int) -> VcpuFd:
         from .vcpufd import VcpuFd
 
         fd = ioctl(self.fd, abi.KVM_CREATE_VCPU, index, name="KVM_CREATE_VCPU")

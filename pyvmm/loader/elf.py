@@ -55,7 +55,7 @@ def load_elf(path: str | Path, *, what: str = "kernel") -> ElfImage:
     """Parse an x86 ELF kernel; a bad file is a one-line LoaderError, never a traceback."""
     path = Path(path)
     try:
-        f = open(path, "rb")
+        f = open(path, "rb")  # noqa: SIM115 - the with below closes it; open errors are told apart here
     except FileNotFoundError:
         raise LoaderError(f"{what} {path}: no such file") from None
     except IsADirectoryError:
@@ -71,6 +71,7 @@ def load_elf(path: str | Path, *, what: str = "kernel") -> ElfImage:
         f.seek(0)
         from elftools.common.exceptions import ELFError
         from elftools.elf.elffile import ELFFile
+        from elftools.elf.segments import NoteSegment
 
         try:
             elf = ELFFile(f)
@@ -86,7 +87,7 @@ def load_elf(path: str | Path, *, what: str = "kernel") -> ElfImage:
                     if seg["p_filesz"] > seg["p_memsz"]:
                         raise LoaderError(f"{what} {path}: a PT_LOAD segment's file size exceeds its memory size")
                     segments.append(Segment(seg["p_paddr"], seg.data(), seg["p_memsz"]))
-                elif ptype == "PT_NOTE":
+                elif ptype == "PT_NOTE" and isinstance(seg, NoteSegment):
                     for note in seg.iter_notes():
                         owners.add(note["n_name"])
                         if note["n_name"] == "Xen" and note["n_type"] == XEN_ELFNOTE_PHYS32_ENTRY:

@@ -145,8 +145,10 @@ def _lay_out(elf: ELFFile, where: str) -> bytes:
 
 
 def _symbols(elf: ELFFile, where: str) -> dict[str, int]:
+    from elftools.elf.sections import SymbolTableSection
+
     symtab = elf.get_section_by_name(".symtab")
-    if symtab is None:
+    if not isinstance(symtab, SymbolTableSection):
         raise LoaderError(f"{where}: no symbol table (was it stripped?); pyvmm finds the hand-off by name")
     return {
         sym.name: sym["st_value"]

@@ -66,20 +66,29 @@ class VirtioDeviceInfo:
 
 
 class VirtioTransportView(Protocol):
-    """The attributes of pyvmm.virtio.mmio.VirtioMmio the monitor reads; everything else about virtio
-    is derived from these in describe_device/describe_queue."""
+    """What the monitor reads of a pyvmm.virtio.mmio.VirtioMmio; everything else about virtio is derived
+    from these in describe_device/describe_queue."""
 
-    name: str
-    version: int
-    status: int
-    driver_features: int
-    offered: int
-    base: int
-    irq_gsi: int
-    queues: Sequence[Any]     # pyvmm.virtio.queue.SplitQueue: .snapshot()
-    device: Any               # .device_id, .feature_flags (an IntFlag of its feature bits), .queue_names()
-    lock: Any
-
+    @property
+    def name(self) -> str: ...
+    @property
+    def version(self) -> int: ...
+    @property
+    def status(self) -> int: ...
+    @property
+    def driver_features(self) -> int: ...
+    @property
+    def offered(self) -> int: ...
+    @property
+    def base(self) -> int: ...
+    @property
+    def irq_gsi(self) -> int: ...
+    @property
+    def queues(self) -> Sequence[Any]: ...      # pyvmm.virtio.queue.SplitQueue: .snapshot()
+    @property
+    def device(self) -> Any: ...                # .device_id, .feature_flags, .queue_names()
+    @property
+    def lock(self) -> Any: ...
     @property
     def active_queue_names(self) -> list[str]: ...
 
@@ -301,7 +310,7 @@ def balloon_details(machine: MachineControl) -> list[tuple[str, str]]:
     """Every field of BalloonInfo as (name, value) for people, sizes also in MiB/GiB."""
     info = require_balloon(machine).info()
     rows: list[tuple[str, str]] = []
-    fields = dataclasses.fields(info) if dataclasses.is_dataclass(info) else ()
+    fields: tuple[dataclasses.Field, ...] = dataclasses.fields(info) if dataclasses.is_dataclass(info) else ()
     for f in fields:
         value = getattr(info, f.name)
         if isinstance(value, Mapping):
@@ -344,8 +353,8 @@ def stats_age(machine: MachineControl, now: float | None = None) -> float | None
 
 def describe_device(t: VirtioTransportView) -> VirtioDeviceInfo:
     """What `info virtio` prints about one transport, read under its lock."""
-    from ..virtio.names import device_name, feature_list, flag_names
     from ..virtio.abi import Status
+    from ..virtio.names import device_name, feature_list, flag_names
 
     with t.lock:
         status = flag_names(Status, t.status)

@@ -9,10 +9,10 @@ import re
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any, BinaryIO
+from typing import Any, Protocol
 
-from ..units import parse_size
 from ..errors import GuestMemoryError, PyvmmError
+from ..units import parse_size
 from . import commands as C
 from .commands import CommandError, MachineControl
 
@@ -422,6 +422,14 @@ MUX_HELP = (
 )
 
 
+class ByteSink(Protocol):
+    """Where the multiplexer writes: a binary stream (the terminal), or a test's buffer."""
+
+    def write(self, data: bytes, /) -> int: ...
+
+    def flush(self) -> None: ...
+
+
 class ConsoleMux:
     """One terminal shared by the guest's serial console and the human monitor, as `-serial mon:stdio`.
 
@@ -436,7 +444,7 @@ class ConsoleMux:
         self,
         machine: MachineControl,
         serial_input: Callable[[bytes], None],
-        output: BinaryIO,
+        output: ByteSink,
         run_command: Callable[[MachineControl, str], str] = run_hmp,
     ) -> None:
         self.machine = machine

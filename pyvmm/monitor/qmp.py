@@ -83,7 +83,6 @@ def parse_address(text: str) -> QmpAddress:
 _STR_STOP = re.compile(rb'["\\]')
 _STRUCT = re.compile(rb'[{}\[\]"]')
 _SCALAR = re.compile(rb'[^\s{}\[\]",:]+')
-_SPACE = re.compile(rb"\s*")
 
 
 class FatalInput(Exception):
@@ -143,8 +142,7 @@ class JsonStream:
     def _next(self) -> tuple[Any, str | None] | None:
         buf = self.buf
         if not self.in_value:
-            start = _SPACE.match(buf, 0).end()
-            del buf[:start]
+            del buf[: len(buf) - len(buf.lstrip())]     # JSON's whitespace, as \s in a bytes pattern
             if not buf:
                 return None
             c = buf[0:1]
@@ -156,10 +154,11 @@ class JsonStream:
                 del buf[:1]
                 return None, "JSON parse error, expecting value"
             else:
-                m = _SCALAR.match(buf, 0)
-                if m.end() == len(buf):
+                scalar = _SCALAR.match(buf, 0)
+                end = scalar.end() if scalar is not None else 1
+                if end == len(buf):
                     return None      # the token may go on in the next read
-                return self._take(m.end())
+                return self._take(end)
         while True:
             if self.in_str:
                 m = _STR_STOP.search(buf, self.pos)
@@ -182,10 +181,10 @@ class JsonStream:
                 self.pos = len(buf)
                 return None
             self.pos = m.end()
-            c = m.group()
-            if c == b'"':
+            tok = m.group()
+            if tok == b'"':
                 self.in_str = True
-            elif c in (b"{", b"["):
+            elif tok in (b"{", b"["):
                 self.depth += 1
                 if self.depth > MAX_NESTING:
                     buf.clear()

@@ -324,7 +324,7 @@ class VirtioBalloon:
 
     # --- inflate / deflate ------------------------------------------------------------------------------
 
-    def _pfns(self, chain: DescChain, what: str) -> tuple[int, ...]:
+    def _pfns(self, chain: DescChain, what: str) -> list[int]:
         total = chain.readable_len
         if total % 4:
             self._guest_error(f"{what} buffer of {total} bytes is not a whole number of le32 PFNs")
@@ -332,7 +332,7 @@ class VirtioBalloon:
             self._guest_error(f"{total // 4} PFNs in one buffer; only the first {MAX_PFNS_PER_BUFFER} are used")
         data = chain.read_prefix(self.mem, MAX_PFN_BYTES) if chain.readable else b""
         n = len(data) // 4
-        return memoryview(data)[: 4 * n].cast("I").tolist() if n else ()   # le32 on this little-endian host
+        return memoryview(data)[: 4 * n].cast("I").tolist() if n else []   # le32 on this little-endian host
 
     def _inflate_chain(self, q: SplitQueue, chain: DescChain) -> int:
         pfns = self._pfns(chain, "inflate")

@@ -45,7 +45,10 @@ class VirtioDevice(Protocol):
 
     device_id: int
     queue_max_size: int
-    feature_flags: type[IntFlag]        # for decoding the device's own feature bits in the trace
+
+    @property
+    def feature_flags(self) -> type[IntFlag]:
+        """The IntFlag of the device's own feature bits, for decoding them in the trace."""
 
     def device_features(self) -> int:
         """Device-specific feature bits offered (the transport adds its own)."""

@@ -22,9 +22,9 @@ from ..memory import GuestMemory
 from ..trace import Tracer
 from .abi import VIRTIO_MMIO_CONFIG, InterruptBit, Reg, Status, TransportFeature
 from .device import VirtioDevice
+from .legacy import LEGACY
 from .names import describe_register, interrupt_names, status_names
 from .queue import SplitQueue, VirtqueueError
-from .legacy import LEGACY
 from .registers import MODERN
 
 _D = int(Status.DRIVER)
@@ -46,6 +46,19 @@ MAX_NOTIFY_ROUNDS = 64
 
 class VirtioMmio:
     """One virtio-mmio window with a virtio device behind it."""
+
+    # The state the registers read and write (registers.py, legacy.py); set in __init__ and _reset.
+    version: int
+    device: VirtioDevice
+    status: int
+    interrupt_status: int
+    config_generation: int
+    driver_features: int
+    device_features_sel: int
+    driver_features_sel: int
+    queue_sel: int
+    shm_sel: int
+    queues: list[SplitQueue]
 
     QUEUE_NOTIFY_OFFSET = int(Reg.QueueNotify)
     WINDOW_SIZE = 0x200

@@ -1,9 +1,62 @@
-"""Small ELF files made on the fly for loader and CLI tests (gcc and ld, as the Makefile uses)."""
+"""Small ELF files made on the fly: written byte by byte in Python (make_elf, for the unit tier and the
+fuzzers), or assembled with gcc and ld as the Makefile does (for guests that really run)."""
 
 from __future__ import annotations
 
+import struct
 import subprocess
 from pathlib import Path
+
+EM_386, EM_X86_64, EM_AARCH64 = 3, 62, 183
+PT_LOAD, PT_NOTE = 1, 4
+XEN_ELFNOTE_PHYS32_ENTRY = 18
+
+
+def note(owner: bytes, ntype: int, desc: bytes) -> bytes:
+    """One ELF note: namesz, descsz, type, then name and desc each padded to 4 bytes."""
+    name = owner + b"\0"
+    pad = lambda b: b + bytes(-len(b) % 4)  # noqa: E731
+    return struct.pack("<III", len(name), len(desc), ntype) + pad(name) + pad(desc)
+
+
+def make_elf(segments: list[tuple[int, bytes, int]], *, entry: int = 0x100000, notes: bytes = b"",
+             machine: int = EM_386, elfclass: int = 32) -> bytes:
+    """An executable ELF: each (paddr, data, memsz) a PT_LOAD, ``notes`` one PT_NOTE (if any)."""
+    is64 = elfclass == 64
+    ehsize, phentsize = (64, 56) if is64 else (52, 32)
+    phnum = len(segments) + (1 if notes else 0)
+    offset = ehsize + phentsize * phnum
+    body = b""
+    phdrs = b""
+
+    def phdr(ptype: int, off: int, addr: int, filesz: int, memsz: int, flags: int) -> bytes:
+        if is64:
+            return struct.pack("<IIQQQQQQ", ptype, flags, off, addr, addr, filesz, memsz, 4096)
+        return struct.pack("<IIIIIIII", ptype, off, addr, addr, filesz, memsz, flags, 4096)
+
+    for paddr, data, memsz in segments:
+        phdrs += phdr(PT_LOAD, offset + len(body), paddr, len(data), memsz, 7)
+        body += data + bytes(-len(data) % 16)
+    if notes:
+        phdrs += phdr(PT_NOTE, offset + len(body), 0, len(notes), len(notes), 4)
+        body += notes
+    ident = b"\x7fELF" + bytes([2 if is64 else 1, 1, 1]) + bytes(9)
+    fmt = "<HHIQQQIHHHHHH" if is64 else "<HHIIIIIHHHHHH"
+    header = ident + struct.pack(fmt, 2, machine, 1, entry, ehsize, 0, 0, ehsize, phentsize, phnum, 0, 0, 0)
+    return header + phdrs + body
+
+
+def make_pvh_elf(code: bytes = b"\xbe\x00\x00\x00\x00\xf4", *, base: int = 0x100000, pvh: bool = True,
+                 machine: int = EM_386) -> bytes:
+    """A kernel with one PT_LOAD of code at base and, with pvh, the Xen PVH entry note pointing at it."""
+    notes = note(b"Xen", XEN_ELFNOTE_PHYS32_ENTRY, struct.pack("<I", base)) if pvh else b""
+    return make_elf([(base, code, len(code))], entry=base, notes=notes, machine=machine)
+
+
+def write_pvh_elf(tmp: Path, name: str = "k.elf", **kw) -> Path:
+    path = tmp / name
+    path.write_bytes(make_pvh_elf(**kw))
+    return path
 
 PVH_NOTE_S = r"""
     .section .note.Xen, "a"

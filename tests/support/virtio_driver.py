@@ -231,7 +231,8 @@ class DriverQueue:
 
     # --- low level (also for hostile tests) -------------------------------------------------------------
 
-    def write_desc(self, i: int, addr: int, length: int, flags: int = 0, nxt: int = 0, table: int | None = None) -> None:
+    def write_desc(self, i: int, addr: int, length: int, flags: int = 0, nxt: int = 0,
+                   table: int | None = None) -> None:
         base = self.desc if table is None else table
         self.mem.write(base + 16 * i, _DESC.pack(addr, length, flags, nxt))
 

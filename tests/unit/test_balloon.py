@@ -6,8 +6,8 @@ import threading
 
 import pytest
 
-from pyvmm.config import parse_balloon_options
 from pyvmm import hoststat
+from pyvmm.config import parse_balloon_options
 from pyvmm.errors import ConfigError
 from pyvmm.virtio.abi import BalloonStat, Reg, Status
 from pyvmm.virtio.balloon import BalloonOptions

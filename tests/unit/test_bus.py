@@ -23,15 +23,16 @@ class Rec:
         self.log.append(("w", offset, size, value))
 
 
-def kvm_run(size=ctypes.sizeof(abi.kvm_run)):
-    buf = bytearray(size)
+def kvm_run(size=None):
+    buf = bytearray(size or ctypes.sizeof(abi.kvm_run))
     return buf, abi.kvm_run.from_buffer(buf)
 
 
 def io_exit(port, size, direction, data=b"", count=1, data_offset=0x1000):
     buf, run = kvm_run(0x1000 + 64)        # the data area KVM points at lies past the struct, in the page
     run.exit_reason = abi.KvmExit.IO
-    run.io.direction, run.io.size, run.io.port, run.io.count, run.io.data_offset = direction, size, port, count, data_offset
+    io = run.io
+    io.direction, io.size, io.port, io.count, io.data_offset = direction, size, port, count, data_offset
     buf[data_offset:data_offset + len(data)] = data
     return buf
 

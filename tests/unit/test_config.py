@@ -3,8 +3,8 @@
 import pytest
 
 from pyvmm.config import VmConfig
-from pyvmm.units import format_size, parse_size
 from pyvmm.errors import ConfigError
+from pyvmm.units import format_size, parse_size
 
 
 @pytest.mark.parametrize("text,value", [

@@ -4,13 +4,13 @@ import os
 
 from pyvmm.loader import cache
 from pyvmm.loader.elf import load_elf
-from tests.support.elfs import build_pvh_elf
+from tests.support.elfs import write_pvh_elf
 
 
 def test_cache_hit_and_invalidation(tmp_path, monkeypatch):
     monkeypatch.setenv("PYVMM_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("PYVMM_NO_CACHE", raising=False)
-    elf = build_pvh_elf(tmp_path)
+    elf = write_pvh_elf(tmp_path)
     calls = []
 
     def loader(path):
@@ -30,5 +30,5 @@ def test_cache_hit_and_invalidation(tmp_path, monkeypatch):
 
 def test_unwritable_cache_still_loads(tmp_path, monkeypatch):
     monkeypatch.setenv("PYVMM_CACHE", "/proc/no-such-dir")
-    elf = build_pvh_elf(tmp_path)
+    elf = write_pvh_elf(tmp_path)
     assert cache.load_cached(load_elf, elf, "kernel").pvh_entry == 0x100000

@@ -61,7 +61,7 @@ def _resident_pages(buf: mmap.mmap) -> int:
     import ctypes
     import ctypes.util
 
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    libc = ctypes.CDLL(None, use_errno=True)
     n = len(buf) // 4096
     vec = (ctypes.c_ubyte * n)()
     addr = ctypes.addressof(ctypes.c_char.from_buffer(buf))

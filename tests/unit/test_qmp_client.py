@@ -109,12 +109,12 @@ def test_several_qemu_qmp_clients_all_get_events(machine, tmp_path):
     async def go(path: str) -> list[dict]:
         clients = [QMPClient(f"c{i}") for i in range(5)]
         listeners = [EventListener("STOP") for _ in clients]
-        for c, listener in zip(clients, listeners):
+        for c, listener in zip(clients, listeners, strict=False):
             await c.connect(path)
             c.register_listener(listener)
         await clients[0].execute("stop")
         events = [await asyncio.wait_for(listener.get(), 10) for listener in listeners]
-        for c, listener in zip(clients, listeners):
+        for c, listener in zip(clients, listeners, strict=False):
             c.remove_listener(listener)
             await c.disconnect()
         return events

@@ -27,7 +27,7 @@ class CpuidEntry(NamedTuple):
     """One CPUID leaf/subleaf as KVM_{GET_SUPPORTED,SET}_CPUID2 carry it."""
 
     function: int
-    index: int
+    index: int  # type: ignore[assignment]  # the kernel's field name; it shadows tuple.index
     eax: int
     ebx: int
     ecx: int

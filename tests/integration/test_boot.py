@@ -5,7 +5,7 @@ import re
 import pytest
 
 from pyvmm.config import DEFAULT_FIRMWARE
-from tests.support.guest import BANNER, ROOT, pyvmm_cli, run_guest, run_qemu
+from tests.support.guest import BANNER, ROOT, pyvmm_cli, run_guest
 
 pytestmark = pytest.mark.kvm
 
@@ -84,15 +84,6 @@ def test_docs_boot_trace_excerpt_is_true():
     live = [strip(x) for x in res.stderr.splitlines() if "firmware stage" in x]
     documented = [strip(x) for x in doc.splitlines() if "firmware stage" in x]
     assert live and live == documented
-
-
-@pytest.mark.qemu
-def test_same_elf_under_qemu_microvm_prints_the_same_banner():
-    code, out = run_qemu("scenario=selftest")
-    ours, our_out, _ = run_guest("scenario=selftest")
-    assert code == 0 and ours == 0
-    assert BANNER.search(out).group(0) == BANNER.search(our_out).group(0)
-    assert "scenario selftest: PASS" in out
 
 
 def test_large_guest_has_ram_above_4g():

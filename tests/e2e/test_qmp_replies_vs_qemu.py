@@ -135,7 +135,7 @@ def test_pyvmm_replies_like_qemu(qemu, tmp_path):
 
     assert _shape(p_greeting) == _shape(q_greeting)
     assert p_replies[:2] == q_replies[:2]           # refused before negotiation; negotiation itself
-    for (text, how), q, p in zip(REQUESTS, q_replies[2:], p_replies[2:]):
+    for (text, how), q, p in zip(REQUESTS, q_replies[2:], p_replies[2:], strict=False):
         if how == "exact":
             assert p == q, f"{text}: pyvmm {json.dumps(p)} != QEMU {json.dumps(q)}"
         else:

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from tests.support.guest import MiB, ROOT, machine
+from tests.support.guest import ROOT, MiB, machine
 
 pytestmark = pytest.mark.kvm
 

@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 
 from tests.fuzz.harness import run_one
 
-HERE = pathlib.Path(__file__).parent
-ROOT = HERE.parent.parent
+HERE = pathlib.Path(__file__).parent.parent / "fuzz"
+ROOT = HERE.parent.parent  # the repository
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from pyvmm.hoststat import mapping_rss, process_rss
-from tests.e2e.test_balloon_tiny import wait_balloon
+from tests.integration.test_balloon_tiny import wait_balloon
 from tests.support.guest import MiB, machine
 
 pytestmark = pytest.mark.kvm
@@ -23,7 +23,7 @@ def test_soak_inflate_deflate_cycles():
         m.wait_for_console(r"balloon: version 2 features", 120)
         low_rss, overhead = [], []
         t0 = time.monotonic()
-        for cycle in range(CYCLES):
+        for _cycle in range(CYCLES):
             m.balloon.set_target(64 * MiB)
             info = wait_balloon(m, 64 * MiB)
             assert info.agree and info.actual_pages == info.ballooned_pages == 192 * MiB >> 12

@@ -8,7 +8,7 @@ import time
 import pexpect
 import pytest
 
-from tests.support.guest import GUEST, MiB, ROOT, ensure_built, machine
+from tests.support.guest import GUEST, ROOT, MiB, ensure_built, machine
 
 pytestmark = pytest.mark.kvm
 
