@@ -194,6 +194,11 @@ class VirtioBalloon:
         return int.from_bytes(raw[offset: offset + size].ljust(size, b"\0"), "little")
 
     def config_write(self, offset: int, size: int, value: int) -> None:
+        if offset == 4 and size == 4:
+            # One write of the whole field replaces it at once, whatever narrow writes came before.
+            self._actual_mask = 0
+            self._set_actual(value)
+            return
         for i, byte in enumerate(value.to_bytes(size, "little")):
             rel = offset + i
             if 4 <= rel < 8:
@@ -385,10 +390,15 @@ class VirtioBalloon:
     # --- free page reporting ----------------------------------------------------------------------------
 
     def _report_chain(self, q: SplitQueue, chain: DescChain) -> int:
-        # Spec "Free Page Reporting": with PAGE_POISON the device MUST NOT change reported pages to
-        # anything but poison_val, and a discarded page reads zero; so nothing is discarded then.
+        # Spec "Free Page Reporting": the driver reports in device-writable buffers, and "a device MUST
+        # NOT write to a device-readable buffer" (discarding is writing zeros); QEMU too acts only on
+        # the writable part.  With PAGE_POISON the device MUST NOT change reported pages to anything but
+        # poison_val, and a discarded page reads zero; so nothing is discarded then.
+        if chain.readable:
+            self._guest_error(f"free page report with {len(chain.readable)} device-readable buffer(s): "
+                              "not discarded")
         if not (self._features & _POISON and self.poison_val != 0):
-            for gpa, length in chain.readable + chain.writable:
+            for gpa, length in chain.writable:
                 self.reported_bytes += self.pages.discard_free(gpa, length)
         q.add_used(chain.head, 0)
         return 0

@@ -23,9 +23,9 @@ from ..trace import Tracer
 from .abi import VIRTIO_MMIO_CONFIG, InterruptBit, Reg, Status, TransportFeature
 from .device import VirtioDevice
 from .legacy import LEGACY
-from .names import describe_register, interrupt_names, status_names
+from .names import describe_bad_access, describe_register, interrupt_names, status_names
 from .queue import SplitQueue, VirtqueueError
-from .registers import MODERN
+from .registers import MODERN, read_config, write_config
 
 _D = int(Status.DRIVER)
 _FOK = int(Status.FEATURES_OK)
@@ -40,8 +40,10 @@ _INDIRECT = int(TransportFeature.VIRTIO_F_INDIRECT_DESC)
 _NOTIFICATION_DATA = int(TransportFeature.VIRTIO_F_NOTIFICATION_DATA)
 
 # A device bounds the work of one process_queue call; a notification is served in rounds of such calls
-# with the lock released in between (so the monitor waits one round at most), up to this many.  What a
-# guest that keeps refilling the ring leaves after that is served on its next notification.
+# with the lock released in between (so the monitor waits one round at most), this many on the thread
+# that notified.  What is left after them is served on another thread, round by round, until the ring
+# is drained: with VIRTIO_F_EVENT_IDX the driver will not notify again for buffers it already made
+# available (spec "Driver notifications"), so waiting for its next notification could wait forever.
 MAX_NOTIFY_ROUNDS = 64
 
 class VirtioMmio:
@@ -77,6 +79,7 @@ class VirtioMmio:
         *,
         base: int = 0,
         irq_gsi: int = 0,
+        defer: Callable[[Callable[[], None]], None] | None = None,
     ) -> None:
         if version not in (1, 2):
             raise ValueError(f"virtio-mmio version must be 1 (legacy) or 2, not {version}")
@@ -108,9 +111,12 @@ class VirtioMmio:
         self.config_generation = 0
         self.status = 0
         self.interrupt_status = 0
+        self.activated = False               # the device has its queues (DRIVER_OK, or legacy's first use)
+        self._deferred: set[int] = set()     # queues whose remaining work is scheduled
+        self._defer = defer or _on_a_thread
         self._reset_registers()
-        self._config_fields = {off + i: (fname, off, size)
-                               for off, size, fname in device.config_fields() for i in range(size)}
+        self.config_fields = {off + i: (fname, off, size)
+                              for off, size, fname in device.config_fields() for i in range(size)}
         device.attach(self)
 
     # --- the bus interface ---------------------------------------------------------------------------
@@ -118,7 +124,7 @@ class VirtioMmio:
     def read(self, offset: int, size: int) -> int:
         """A guest read of size bytes at offset in the window; never raises on guest input."""
         if offset >= VIRTIO_MMIO_CONFIG:
-            return self._config_read(offset, size)
+            return read_config(self, offset - VIRTIO_MMIO_CONFIG, size)
         if size != 4 or offset & 3 or offset < 0:
             self._bad_access(offset, size, "read")
             return 0
@@ -135,7 +141,7 @@ class VirtioMmio:
     def write(self, offset: int, size: int, value: int) -> None:
         """A guest write of size bytes at offset in the window; never raises on guest input."""
         if offset >= VIRTIO_MMIO_CONFIG:
-            self._config_write(offset, size, value)
+            write_config(self, offset - VIRTIO_MMIO_CONFIG, size, value)
             return
         if size != 4 or offset & 3 or offset < 0:
             self._bad_access(offset, size, "write")
@@ -165,17 +171,39 @@ class VirtioMmio:
             index = self._notify_index(value)
             if index is None or not self._notify(index):
                 return
-        for _ in range(MAX_NOTIFY_ROUNDS - 1):
+        self._serve_rounds(index, MAX_NOTIFY_ROUNDS - 1)
+
+    def _serve_rounds(self, index: int, rounds: int) -> None:
+        for _ in range(rounds):
             with self.lock:
                 if not self._notify(index):
                     return
+        self._continue_later(index)
+
+    def _continue_later(self, index: int) -> None:
+        """Buffers remain after this notification's rounds: serve them on another thread (as QEMU's and
+        Firecracker's devices go on until the ring is drained), once per queue at a time."""
+        with self.lock:
+            if index in self._deferred:
+                return
+            self._deferred.add(index)
+
+        def resume() -> None:
+            with self.lock:
+                self._deferred.discard(index)
+            self._serve_rounds(index, MAX_NOTIFY_ROUNDS)
+
+        if self._tracer.virtio:
+            self.trace_event("QueueNotify", index, f"more buffers than {MAX_NOTIFY_ROUNDS} rounds: continued")
+        self._defer(resume)
 
     # --- the Transport interface, for the device -----------------------------------------------------
 
     @property
     def live(self) -> bool:
-        """DRIVER_OK is set and neither DEVICE_NEEDS_RESET nor FAILED: queues may be used."""
-        return self.status & (_DOK | _NEEDS_RESET | _FAILED) == _DOK
+        """The device may use its queues: activated (at DRIVER_OK; legacy: at the driver's first use)
+        and neither DEVICE_NEEDS_RESET nor FAILED."""
+        return self.activated and not self.status & (_NEEDS_RESET | _FAILED)
 
     @property
     def tracing(self) -> bool:
@@ -210,6 +238,10 @@ class VirtioMmio:
         if self._tracer.virtio:
             self._tracer.access(self.name, "event", what, value, meaning)
 
+    def trace_access(self, direction: str, label: str, value: int, offset: int, size: int) -> None:
+        """A config-space access, shown in decimal (counts and sizes live there)."""
+        self._tracer.access(self.name, direction, label, value, "", shown=str(value), offset=offset, size=size)
+
     # --- internals: interrupts, reset, errors ----------------------------------------------------------
 
     def _raise(self, bit: int, why: str) -> None:
@@ -238,6 +270,7 @@ class VirtioMmio:
     def _reset(self) -> None:
         """Spec "Device Reset": status 0, no interrupts, every queue not ready (legacy: QueuePFN 0)."""
         self.status = 0
+        self.activated = False
         self._reset_registers()
         for q in self.queues:
             q.reset()
@@ -248,19 +281,10 @@ class VirtioMmio:
         self.device.reset()
 
     def _bad_access(self, offset: int, size: int, direction: str) -> None:
-        name = _REG_NAMES.get(offset & ~3, f"offset {offset:#x}")
-        if offset >= self.WINDOW_SIZE or offset < 0:
-            what = f"{direction} of {size} bytes at {offset:#x}, outside the {self.WINDOW_SIZE:#x} window"
-        elif size != 4:
-            what = f"{size}-byte {direction} of {name}: registers are 32 bits wide"
-        elif offset & 3:
-            what = f"unaligned {direction} at {offset:#x} ({name})"
-        elif offset in _REG_NAMES and self.rules.known(offset):
-            what = f"{direction} of {'write-only' if direction == 'read' else 'read-only'} register {name}"
-        else:
-            what = f"{direction} of {name}, which is not a version {self.version} register"
         with self.lock:
-            self.guest_error(what)
+            self.guest_error(describe_bad_access(offset, size, direction, self.version, self.WINDOW_SIZE,
+                                                 self.rules.known(offset) if 0 <= offset < VIRTIO_MMIO_CONFIG
+                                                 and not offset & 3 else False))
 
     def _run_device(self, action: Callable[..., None], *args: object) -> None:
         """Run device code that reads guest rings: a broken ring is the device's error, not the VMM's."""
@@ -287,9 +311,15 @@ class VirtioMmio:
 
     def _notify(self, index: int) -> bool:
         """One round of the device's work on queue index; True if it made progress and buffers remain."""
+        if not self.activated and self.version == 1 and self.status & (_D | _FAILED | _NEEDS_RESET) == _D:
+            # Spec "Legacy Interface: Device Initialization": a transitional device must tolerate a
+            # driver that uses the device before DRIVER_OK (older Linux balloon drivers fill and kick
+            # the stats queue in init_vqs, before virtio_device_ready): the legacy device is activated
+            # by that first use.
+            self._activate()
         if not self.live:
-            # Spec "Device Initialization": no buffers are used before DRIVER_OK.  Drivers that kick
-            # before it (older Linux primes and kicks the stats queue first) are served at DRIVER_OK.
+            # Spec "Device Initialization": a modern device uses no buffer before DRIVER_OK; buffers a
+            # driver kicked before it are served at DRIVER_OK.
             if self._tracer.virtio:
                 self.trace_event("QueueNotify", index, f"deferred: status is {status_names(self.status)}")
             return False
@@ -370,60 +400,19 @@ class VirtioMmio:
         return True
 
     def _activate(self) -> None:
+        """The device gets its queues (once per reset), and the buffers made available before are served."""
         names = self.active_queue_names
-        self._run_device(self.device.activate, self.driver_features, self.queues[: len(names)])
-        # Serve buffers the driver made available (and maybe kicked) before DRIVER_OK.
+        if not self.activated:
+            self.activated = True
+            self._run_device(self.device.activate, self.driver_features, self.queues[: len(names)])
         for q in self.queues[: len(names)]:
             if self.live and q.ready:
                 try:
                     pending = q.has_available()
                 except GuestMemoryError:
                     pending = False
-                # At DRIVER_OK the lock is held through every round: only a driver that queued
-                # buffers before DRIVER_OK gets here, and it cannot have queued more than a ring.
-                rounds = 0
-                while pending and rounds < MAX_NOTIFY_ROUNDS:
-                    pending = self._process(q.index)
-                    rounds += 1
-
-    # --- config space ---------------------------------------------------------------------------------
-
-    def _config_check(self, offset: int, size: int, direction: str) -> int | None:
-        rel = offset - VIRTIO_MMIO_CONFIG
-        if size not in (1, 2, 4) or rel % size or rel + size > self.CONFIG_SIZE:
-            with self.lock:
-                self.guest_error(f"{size}-byte config {direction} at +{rel:#x}: bad width, alignment or offset")
-            return None
-        field = self._config_fields.get(rel)
-        if self.version == 2 and field is not None and size != min(field[2], 4):
-            # Spec MMIO register table, "Config": 32-bit accesses for 32-bit fields.  Served anyway.
-            with self.lock:
-                self.guest_error(f"{size}-byte config {direction} of {field[0]}, a {field[2]}-byte field")
-        return rel
-
-    def _config_read(self, offset: int, size: int) -> int:
-        rel = self._config_check(offset, size, "read")
-        if rel is None:
-            return 0
-        with self.lock:
-            value = self.device.config_read(rel, size)
-            if self._tracer.virtio:
-                self._trace_config("read", rel, size, value)
-        return value
-
-    def _config_write(self, offset: int, size: int, value: int) -> None:
-        rel = self._config_check(offset, size, "write")
-        if rel is None:
-            return
-        value &= (1 << (8 * size)) - 1
-        with self.lock:
-            if self._tracer.virtio:
-                self._trace_config("write", rel, size, value)
-            if self.version == 2 and not self.status & _FOK:
-                # Spec "Device Initialization" step 4: the config "MUST NOT be written" before it.
-                self.guest_error("config write before FEATURES_OK")
-                return
-            self.device.config_write(rel, size, value)
+                if pending and self._process(q.index):
+                    self._continue_later(q.index)
 
     # --- names, for the trace and the monitor ------------------------------------------------------------
 
@@ -439,17 +428,10 @@ class VirtioMmio:
         label, shown, meaning = describe_register(self, direction, offset, value, note)
         self._tracer.access(self.name, direction, label, value, meaning, shown=shown, offset=offset, size=4)
 
-    def _trace_config(self, direction: str, rel: int, size: int, value: int) -> None:
-        field = self._config_fields.get(rel)
-        if field is None:
-            label = f"Config[{rel:#x}]"
-        elif rel == field[1] and size == field[2]:
-            label = field[0]
-        else:
-            label = f"{field[0]}[+{rel - field[1]}]"
-        self._tracer.access(self.name, direction, label, value, "", shown=str(value),
-                            offset=VIRTIO_MMIO_CONFIG + rel, size=size)
-
 
 _NOTIFY = int(Reg.QueueNotify)
-_REG_NAMES = {int(r): r.name for r in Reg}
+
+
+def _on_a_thread(work: Callable[[], None]) -> None:
+    """The default way to continue a queue's work: a short-lived daemon thread."""
+    threading.Thread(target=work, name="virtio-continue", daemon=True).start()

@@ -124,5 +124,32 @@ def describe_register(t: Any, direction: str, offset: int, value: int, note: str
     return label, shown, meaning
 
 
-__all__ = ["describe_register", "flag_names", "status_names", "interrupt_names", "feature_list", "short_feature_name",
-           "feature_window_names", "device_name"]
+_REG_NAMES = {int(r): r.name for r in Reg}
+
+
+def describe_bad_access(offset: int, size: int, direction: str, version: int, window: int, known: bool) -> str:
+    """What was wrong with a register access, for the guest-error line: ``2-byte read of Status: ...``."""
+    name = _REG_NAMES.get(offset & ~3, f"offset {offset:#x}")
+    if offset >= window or offset < 0:
+        return f"{direction} of {size} bytes at {offset:#x}, outside the {window:#x} window"
+    if size != 4:
+        return f"{size}-byte {direction} of {name}: registers are 32 bits wide"
+    if offset & 3:
+        return f"unaligned {direction} at {offset:#x} ({name})"
+    if offset in _REG_NAMES and known:
+        return f"{direction} of {'write-only' if direction == 'read' else 'read-only'} register {name}"
+    return f"{direction} of {name}, which is not a version {version} register"
+
+
+def describe_config(fields: dict[int, tuple[str, int, int]], rel: int, size: int) -> str:
+    """The config-space field an access touches, as the trace labels it: ``actual``, ``actual[+1]``."""
+    field = fields.get(rel)
+    if field is None:
+        return f"Config[{rel:#x}]"
+    if rel == field[1] and size == field[2]:
+        return field[0]
+    return f"{field[0]}[+{rel - field[1]}]"
+
+
+__all__ = ["describe_register", "describe_bad_access", "describe_config", "flag_names", "status_names",
+           "interrupt_names", "feature_list", "short_feature_name", "feature_window_names", "device_name"]

@@ -3,8 +3,10 @@
 A bitmap with one bit per 4 KiB page of the guest-physical address space (32 KiB per GiB, however
 full it is).  Newly ballooned pages are sorted and merged into runs, and each run is discarded with
 one call (Firecracker's balloon does the same before its discard_range).  With host pages larger than
-4 KiB (huge-page backed RAM), a host page is discarded only when every 4 KiB piece of it is ballooned
-at that moment, as QEMU and Cloud Hypervisor do.
+4 KiB (huge-page backed RAM), a host page is discarded only when every 4 KiB piece of it arrives in the
+one inflate request being served, as QEMU does (its partially-ballooned page lives for one request):
+pieces ballooned by earlier requests do not count, because without MUST_TELL_HOST the guest may already
+be using one of them again, its deflate still unseen in the other queue.
 """
 
 from __future__ import annotations
@@ -59,9 +61,12 @@ class BalloonedPages:
             bitmap[byte] |= bit
             fresh.append(pfn)
         self.count += len(fresh)
-        runs = _runs(sorted(fresh))
-        for start, count in runs:
-            self._discard_run(start, count)
+        if self._sub == 1:
+            runs = _runs(sorted(fresh))
+            for start, count in runs:
+                self._discard_range(start << VIRTIO_BALLOON_PFN_SHIFT, count << VIRTIO_BALLOON_PFN_SHIFT)
+        else:
+            runs = self._discard_whole_host_pages(fresh)
         return len(fresh), len(runs), bad, dup
 
     def remove(self, pfns: Iterable[int]) -> tuple[int, int, int]:
@@ -92,28 +97,16 @@ class BalloonedPages:
         self._discard_range(lo, hi - lo)
         return self.discarded_bytes - before
 
-    def _discard_run(self, start: int, count: int) -> None:
-        """Give back the host pages that a run of newly ballooned 4 KiB pages completes."""
+    def _discard_whole_host_pages(self, fresh: list[int]) -> list[tuple[int, int]]:
+        """Discard the host pages whose every 4 KiB piece is in fresh (this request); their runs."""
         sub = self._sub
-        if sub == 1:
-            self._discard_range(start << VIRTIO_BALLOON_PFN_SHIFT, count << VIRTIO_BALLOON_PFN_SHIFT)
-            return
-        first, last = start // sub, (start + count - 1) // sub
-        if not self._host_page_full(first):
-            first += 1
-        if last >= first and not self._host_page_full(last):
-            last -= 1
-        if last >= first:
-            self._discard_range(first * self.host_page_size, (last - first + 1) * self.host_page_size)
-
-    def _host_page_full(self, hp: int) -> bool:
-        sub = self._sub
-        lo = hp * sub
-        if not self.in_ram(lo) or not self.in_ram(lo + sub - 1):
-            return False
-        if sub >= 8:
-            return self.bitmap[lo >> 3: (lo + sub) >> 3] == b"\xff" * (sub >> 3)
-        return all(p in self for p in range(lo, lo + sub))
+        pieces: dict[int, int] = {}
+        for pfn in fresh:
+            pieces[pfn // sub] = pieces.get(pfn // sub, 0) + 1
+        runs = _runs(sorted(hp for hp, n in pieces.items() if n == sub))
+        for first, count in runs:
+            self._discard_range(first * self.host_page_size, count * self.host_page_size)
+        return runs
 
     def _discard_range(self, gpa: int, length: int) -> None:
         """discard() once per RAM region the range touches (a run never spans the MMIO hole)."""

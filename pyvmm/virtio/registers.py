@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .abi import VIRTIO_MMIO_CONFIG, VIRTIO_MMIO_MAGIC_VALUE, Reg, Status, TransportFeature
-from .names import status_names
+from .names import describe_config, status_names
 
 if TYPE_CHECKING:
     from .mmio import VirtioMmio
@@ -214,6 +214,46 @@ MODERN_WRITES: dict[Reg, Writer] = {
     Reg.SHMSel: _set("shm_sel"),
     Reg.QueueReset: lambda t, v: t.guest_error(f"QueueReset <- {v} without VIRTIO_F_RING_RESET"),
 }
+
+
+# --- the device's configuration space (offset 0x100 on) ------------------------------------------------
+
+def _config_access(t: VirtioMmio, rel: int, size: int, direction: str) -> bool:
+    """Whether a config access of size bytes at rel may go to the device (a guest error if not)."""
+    if size not in (1, 2, 4) or rel % size or rel + size > t.CONFIG_SIZE:
+        with t.lock:
+            t.guest_error(f"{size}-byte config {direction} at +{rel:#x}: bad width, alignment or offset")
+        return False
+    field = t.config_fields.get(rel)
+    if t.version == 2 and field is not None and size != min(field[2], 4):
+        # Spec MMIO register table, "Config": 32-bit accesses for 32-bit fields.  Served anyway.
+        with t.lock:
+            t.guest_error(f"{size}-byte config {direction} of {field[0]}, a {field[2]}-byte field")
+    return True
+
+
+def read_config(t: VirtioMmio, rel: int, size: int) -> int:
+    if not _config_access(t, rel, size, "read"):
+        return 0
+    with t.lock:
+        value = t.device.config_read(rel, size)
+        if t.tracing:
+            t.trace_access("read", describe_config(t.config_fields, rel, size), value, VIRTIO_MMIO_CONFIG + rel, size)
+    return value
+
+
+def write_config(t: VirtioMmio, rel: int, size: int, value: int) -> None:
+    if not _config_access(t, rel, size, "write"):
+        return
+    value &= (1 << (8 * size)) - 1
+    with t.lock:
+        if t.tracing:
+            t.trace_access("write", describe_config(t.config_fields, rel, size), value, VIRTIO_MMIO_CONFIG + rel, size)
+        if t.version == 2 and not t.status & _FOK:
+            # Spec "Device Initialization" step 4: the config "MUST NOT be written" before it.
+            t.guest_error("config write before FEATURES_OK")
+            return
+        t.device.config_write(rel, size, value)
 
 
 def table(*parts: dict) -> tuple:
