@@ -57,9 +57,13 @@ bench: build host-deps
 	$(MAKE) -s -C bench
 	$(PY) bench/run_all.py
 
+# Every fuzz target for FUZZ_SECONDS each (default 120), a corpus per target in fuzz-corpus/.
+FUZZ_TARGETS := virtio qmp hmp options elf bzimage firmware tracefile
 fuzz: build
-	mkdir -p fuzz-corpus
-	$(PY) -m tests.fuzz.fuzz_virtio fuzz-corpus -max_total_time=$${FUZZ_SECONDS:-600}
+	for t in $(FUZZ_TARGETS); do \
+	  mkdir -p fuzz-corpus/$$t && \
+	  $(PY) -m tests.fuzz.fuzz $$t fuzz-corpus/$$t -max_total_time=$${FUZZ_SECONDS:-120} || exit 1; \
+	done
 
 soak: build
 	PYVMM_SOAK_CYCLES=1000 $(PY) -m pytest -q -s -ra tests/integration/test_soak.py

@@ -123,7 +123,9 @@ def make_tracer(cfg: VmConfig, res: Resources) -> Tracer:
         tracer = Tracer(set(cfg.trace), stream=sys.stderr,
                         json_path=str(cfg.trace_file) if cfg.trace_file else None)
     except OSError as e:
-        raise ConfigError(f"--trace-file {cfg.trace_file}: {e.strerror}") from None
+        raise ConfigError(f"--trace-file {str(cfg.trace_file)!r}: {e.strerror}") from None
+    except ValueError as e:          # a NUL byte in the path
+        raise ConfigError(f"--trace-file {str(cfg.trace_file)!r}: {e}") from None
     res.add(tracer.close)
     return tracer
 

@@ -31,6 +31,9 @@ class _Parser(argparse.ArgumentParser):
         super().__init__(*args, **kw)
 
     def error(self, message: str) -> NoReturn:  # one line, exit 2, as argparse does, but with our prefix
+        from .errors import one_line
+
+        message = one_line(message)
         self.exit(2, f"pyvmm: {message} (see pyvmm {self.prog.split()[-1]} --help)\n"
                   if " " in self.prog else f"pyvmm: {message} (see pyvmm --help)\n")
 

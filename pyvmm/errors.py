@@ -7,9 +7,23 @@ import os
 
 
 class PyvmmError(Exception):
-    """An error the user can act on; the CLI prints it as one line and exits non-zero."""
+    """An error the user can act on; the CLI prints it as one line and exits non-zero.
+
+    The message is kept to one line whatever it quotes: a newline or other control character that came
+    from the user's input (a file name, an option) is shown escaped, as repr() would show it.
+    """
 
     exit_code = 1
+
+    def __init__(self, message: str = "", *args: object) -> None:
+        super().__init__(one_line(str(message)), *args)
+
+
+def one_line(text: str) -> str:
+    """text with control characters escaped (\\n, \\x00, ...), so it prints as a single line."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
 
 
 class ConfigError(PyvmmError):

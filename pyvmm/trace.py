@@ -55,6 +55,7 @@ class Tracer:
             self._newline = "\r\n" if stream is not None and stream.isatty() else "\n"
         except (AttributeError, ValueError):
             self._newline = "\n"
+        self.json_path = json_path
         self._json = open(json_path, "w", encoding="utf-8") if json_path else None  # noqa: SIM115
         self._clock = clock or time.monotonic
         self._t0 = self._clock()
@@ -85,11 +86,19 @@ class Tracer:
     def _write(self, line: str, record: dict[str, Any]) -> None:
         with self._lock:
             if self._stream is not None:
-                self._stream.write(line + self._newline)
-                self._stream.flush()
+                try:
+                    self._stream.write(line + self._newline)
+                    self._stream.flush()
+                except (OSError, ValueError) as e:     # a closed or broken pipe: the VM goes on
+                    self._stream = None
+                    _sink_failed("the trace's terminal stream", e)
             if self._json is not None:
-                self._json.write(json.dumps(record, separators=(",", ":")) + "\n")
-                self._json.flush()
+                try:
+                    self._json.write(json.dumps(record, separators=(",", ":")) + "\n")
+                    self._json.flush()
+                except OSError as e:                   # a full disk (/dev/full), a yanked device
+                    self._json = None
+                    _sink_failed(f"the trace file {self.json_path}", e)
 
     def _head(self) -> tuple[float, int | None, str]:
         t = round(self._clock() - self._t0, 6)
@@ -142,8 +151,18 @@ class Tracer:
     def close(self) -> None:
         with self._lock:
             if self._json is not None:
-                self._json.close()
+                try:
+                    self._json.close()
+                except OSError as e:            # the last flush on a full disk
+                    _sink_failed(f"the trace file {self.json_path}", e)
                 self._json = None
+
+
+def _sink_failed(what: str, err: BaseException) -> None:
+    import logging
+
+    reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+    logging.getLogger("pyvmm").warning("%s failed (%s); tracing to it stops, the VM goes on", what, reason)
 
 
 _ARROWS = {"read": "->", "write": "<-", "event": "!!"}

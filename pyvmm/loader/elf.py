@@ -70,6 +70,7 @@ def load_elf(path: str | Path, *, what: str = "kernel") -> ElfImage:
                               "or a bzImage)")
         f.seek(0)
         from elftools.common.exceptions import ELFError
+        from elftools.construct import ConstructError
         from elftools.elf.elffile import ELFFile
         from elftools.elf.segments import NoteSegment
 
@@ -86,7 +87,11 @@ def load_elf(path: str | Path, *, what: str = "kernel") -> ElfImage:
                 if ptype == "PT_LOAD" and seg["p_memsz"]:
                     if seg["p_filesz"] > seg["p_memsz"]:
                         raise LoaderError(f"{what} {path}: a PT_LOAD segment's file size exceeds its memory size")
-                    segments.append(Segment(seg["p_paddr"], seg.data(), seg["p_memsz"]))
+                    data = seg.data()
+                    if len(data) != seg["p_filesz"]:
+                        raise LoaderError(f"{what} {path}: truncated: the PT_LOAD segment at {seg['p_paddr']:#x} "
+                                          f"has {len(data)} of its {seg['p_filesz']} bytes")
+                    segments.append(Segment(seg["p_paddr"], data, seg["p_memsz"]))
                 elif ptype == "PT_NOTE" and isinstance(seg, NoteSegment):
                     for note in seg.iter_notes():
                         owners.add(note["n_name"])
@@ -97,12 +102,18 @@ def load_elf(path: str | Path, *, what: str = "kernel") -> ElfImage:
                             fmt = "<Q" if len(desc) >= 8 else "<I"
                             pvh_entry = struct.unpack_from(fmt, desc)[0]
             entry = elf["e_entry"]
-        except ELFError as e:
-            raise LoaderError(f"{what} {path}: corrupt ELF ({e})") from None
-        except (struct.error, ValueError, OverflowError) as e:
-            raise LoaderError(f"{what} {path}: corrupt ELF ({e})") from None
+        except (ELFError, ConstructError, struct.error, ValueError, OverflowError, EOFError, OSError) as e:
+            # pyelftools reports a garbled header, table or note with any of these.
+            raise LoaderError(f"{what} {path}: corrupt ELF ({type(e).__name__}: {e})") from None
     if not segments:
         raise LoaderError(f"{what} {path}: no loadable segments")
+    ordered = sorted(segments, key=lambda s: s.paddr)
+    for a, b in zip(ordered, ordered[1:], strict=False):
+        if a.paddr + a.memsz > b.paddr:
+            raise LoaderError(f"{what} {path}: PT_LOAD segments overlap ({a.paddr:#x}+{a.memsz:#x} and "
+                              f"{b.paddr:#x}+{b.memsz:#x})")
+    if pvh_entry is not None and not any(s.paddr <= pvh_entry < s.paddr + s.memsz for s in segments):
+        raise LoaderError(f"{what} {path}: the PVH entry {pvh_entry:#x} lies outside its loadable segments")
     return ElfImage(path, EM_X86_64 if machine == "EM_X86_64" else EM_386, entry, pvh_entry, tuple(segments),
                     frozenset(owners))
 

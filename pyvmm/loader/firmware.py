@@ -101,6 +101,7 @@ def load_firmware(path: str | os.PathLike[str]) -> FirmwareImage:
     if data[:4] != b"\x7fELF":
         raise LoaderError(f"{where}: not an ELF file (give the firmware.elf, not the flat .bin)")
     from elftools.common.exceptions import ELFError
+    from elftools.construct import ConstructError
     from elftools.elf.elffile import ELFFile
 
     try:
@@ -110,7 +111,7 @@ def load_firmware(path: str | os.PathLike[str]) -> FirmwareImage:
                               "32-bit x86 (EM_386) ELF")
         image = _lay_out(elf, where)
         symbols = _symbols(elf, where)
-    except ELFError as exc:
+    except (ELFError, ConstructError, ValueError, EOFError, OSError) as exc:
         raise LoaderError(f"{where}: corrupt or truncated ELF: {exc}") from None
     _check_handoff(image, symbols, where)
     return FirmwareImage(image=image, symbols=symbols, path=path)

@@ -166,6 +166,9 @@ class CommandError(Exception):
     """A command that failed: QEMU's error class and a clear one-line description."""
 
     def __init__(self, cls: str, desc: str) -> None:
+        from ..errors import one_line
+
+        desc = one_line(desc)          # what it quotes of the request stays on the line
         super().__init__(desc)
         self.cls = cls
         self.desc = desc

@@ -56,3 +56,41 @@ def test_segment_outside_ram(tmp_path):
     img = load_elf(write_pvh_elf(tmp_path))
     with pytest.raises(LoaderError, match="does not fit"):
         place_segments(img, GuestMemory.from_bytearray(1 << 20))
+
+
+def _pvh_note(entry):
+    import struct
+
+    from tests.support.elfs import note
+
+    return note(b"Xen", 18, struct.pack("<I", entry))
+
+
+@pytest.mark.parametrize("segments, entry, message", [
+    ([(0x100000, b"\x90" * 16, 0x2000), (0x101000, b"\x90" * 16, 16)], 0x100000, "segments overlap"),
+    ([(0x100000, b"\x90" * 16, 16)], 0x300000, "PVH entry 0x300000 lies outside its loadable segments"),
+])
+def test_kernels_the_loader_refuses(tmp_path, segments, entry, message):
+    (tmp_path / "k.elf").write_bytes(make_elf(segments, entry=entry, notes=_pvh_note(entry)))
+    with pytest.raises(LoaderError, match=message) as e:
+        load_elf(tmp_path / "k.elf")
+    assert "\n" not in str(e.value)
+
+
+def test_truncated_segment_and_garbled_note(tmp_path):
+    image = make_elf([(0x100000, b"\x90" * 256, 256)], notes=_pvh_note(0x100000))
+    (tmp_path / "short.elf").write_bytes(image[:-40])          # the note survives, the segment does not
+    with pytest.raises(LoaderError, match="truncated|corrupt ELF"):
+        load_elf(tmp_path / "short.elf")
+    garbled = bytearray(image)
+    garbled[-20:-16] = b"\xff\xff\xff\x7f"                         # the note's name size
+    (tmp_path / "note.elf").write_bytes(bytes(garbled))
+    with pytest.raises(LoaderError, match="corrupt ELF"):
+        load_elf(tmp_path / "note.elf")
+
+
+def test_error_messages_stay_on_one_line(tmp_path):
+    path = tmp_path / "two\nlines.elf"
+    with pytest.raises(LoaderError) as e:
+        load_elf(path)
+    assert "\n" not in str(e.value) and "two\\nlines.elf" in str(e.value)

@@ -1,9 +1,10 @@
-"""Coverage-guided fuzzing of virtio-mmio + balloon (atheris), or a long hypothesis run where atheris is absent.
+"""Coverage-guided fuzzing of one target of tests/fuzz/targets.py (atheris), or hypothesis where atheris is absent.
 
-    python -m tests.fuzz.fuzz_virtio [CORPUS_DIR] [-runs=N | -max_total_time=S] [libFuzzer flags]
+    python -m tests.fuzz.fuzz TARGET [CORPUS_DIR] [-runs=N | -max_total_time=S] [libFuzzer flags]
 
-Inputs that fail are written by libFuzzer as crash-* files; copy them into tests/fuzz/regressions/ so
-the test suite replays them forever.  The last line printed says how many inputs ran.
+TARGET is one of virtio, qmp, hmp, options, elf, bzimage, firmware, tracefile.  Inputs that fail are
+written by libFuzzer as crash-* files; copy the virtio ones into tests/fuzz/regressions/ so the test
+suite replays them forever.  The last line printed says how many inputs ran.
 """
 
 from __future__ import annotations
@@ -23,11 +24,12 @@ def _report() -> None:
     print(f"fuzz: {_count} inputs ran in {time.monotonic() - _t0:.1f} s, no failure", flush=True)
 
 
-def _atheris_main(argv: list[str]) -> None:
+def _atheris_main(target: str, argv: list[str]) -> None:
     import atheris
 
     with atheris.instrument_imports(include=["pyvmm"]):
-        from tests.fuzz.harness import run_one
+        from tests.fuzz.targets import TARGETS
+    run_one = TARGETS[target]
 
     runs = next((int(a.split("=", 1)[1]) for a in argv if a.startswith("-runs=")), None)
     deadline = next((float(a.split("=", 1)[1]) for a in argv if a.startswith("-max_total_time=")), None)
@@ -45,11 +47,13 @@ def _atheris_main(argv: list[str]) -> None:
     atheris.Fuzz()
 
 
-def _hypothesis_main(argv: list[str]) -> None:
+def _hypothesis_main(target: str, argv: list[str]) -> None:
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
-    from tests.fuzz.harness import run_one
+    from tests.fuzz.targets import TARGETS
+
+    run_one = TARGETS[target]
 
     runs = next((int(a.split("=", 1)[1]) for a in argv if a.startswith("-runs=")), 20_000)
     corpus = next((a for a in argv[1:] if not a.startswith("-")), None)
@@ -70,18 +74,28 @@ def _hypothesis_main(argv: list[str]) -> None:
     _report()
 
 
+# The names of tests/fuzz/targets.py's TARGETS, spelled out here: importing that module before atheris
+# instruments it would leave every pyvmm module it loads without coverage feedback.
+TARGET_NAMES = ("virtio", "qmp", "hmp", "options", "elf", "bzimage", "firmware", "tracefile")
+
+
 def main(argv: list[str]) -> None:
+    if len(argv) < 2 or argv[1] not in TARGET_NAMES:
+        sys.stderr.write(f"usage: python -m tests.fuzz.fuzz {{{','.join(TARGET_NAMES)}}} [CORPUS] [-runs=N]\n")
+        sys.exit(2)
+    target, argv = argv[1], [argv[0], *argv[2:]]
     for path in [a for a in argv[1:] if not a.startswith("-")]:
         os.makedirs(path, exist_ok=True)
+    print(f"fuzz: target {target}", flush=True)
     if os.environ.get("PYVMM_FUZZ_ENGINE") != "hypothesis":
         try:
             import atheris  # noqa: F401
         except ImportError:
             print("fuzz: atheris is not installed; using hypothesis", flush=True)
         else:
-            _atheris_main(argv)
+            _atheris_main(target, argv)
             return
-    _hypothesis_main(argv)
+    _hypothesis_main(target, argv)
 
 
 if __name__ == "__main__":
