@@ -27,7 +27,7 @@ from .devices.exit import DebugExit
 from .devices.post import PostPort
 from .devices.power import I8042, SleepControl
 from .devices.serial import Serial16550
-from .errors import ConfigError, LoaderError, PyvmmError
+from .errors import ConfigError, LoaderError, PyvmmError, host_limit
 from .eventloop import EventLoop
 from .guestlog import GuestErrorLog
 from .irq import IrqfdLine, KvmIrqLine
@@ -101,8 +101,10 @@ def build_vm(cfg: VmConfig) -> Machine:
             virtio_devices=virtio, balloon_transport=balloon, acpi_rsdp=rsdp, kernel=kernel,
             firmware=firmware, vcpus=vcpus, event_loop=event_loop, resources=res,
         )
-    except BaseException:
+    except BaseException as e:
         res.close()          # nothing a failed build opened outlives it
+        if isinstance(e, OSError) and (limit := host_limit(e, "cannot build the VM")) is not None:
+            raise limit from None
         raise
 
 
@@ -144,7 +146,9 @@ def map_ram(vm: VmFd, cfg: VmConfig, res: Resources) -> GuestMemory:
     try:
         mem = GuestMemory.anonymous(layout.ram_layout(cfg.memory), prealloc=cfg.mem_prealloc)
     except (OSError, OverflowError) as e:
-        raise ConfigError(f"cannot map {cfg.memory >> 20} MiB of guest RAM: {e}") from None
+        why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise ConfigError(f"cannot map {cfg.memory >> 20} MiB of guest RAM ({why}): give the VM less with -m, "
+                          "or the process more address space (ulimit -v, vm.overcommit_memory)") from None
     res.add(mem.close)
     for r in mem.regions:
         vm.set_user_memory_region(r.gpa, r.size, r.hva)

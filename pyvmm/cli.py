@@ -199,6 +199,15 @@ def main(argv: list[str] | None = None) -> int:
     except PyvmmError as e:
         sys.stderr.write(f"pyvmm: {e}\n")
         return e.exit_code
+    except OSError as e:
+        # A host limit met anywhere (a module import, a thread, a pipe): one line, not a traceback.
+        from .errors import host_limit
+
+        limit = host_limit(e, "cannot go on")
+        if limit is None:
+            raise
+        sys.stderr.write(f"pyvmm: {limit}\n")
+        return limit.exit_code
     except KeyboardInterrupt:
         sys.stderr.write("pyvmm: interrupted\n")
         return 130

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .units import format_size
+from .units import format_size, parse_size
 
 PAGE_SIZE = 4096
 _ROOT = Path(__file__).resolve().parent.parent
@@ -96,6 +96,22 @@ class VmConfig:
     virtio_cmdline: bool | None = None   # virtio_mmio.device= on the command line; None: unless the
                                          # kernel is Linux and finds the devices in ACPI (as microvm)
     acpi: bool = True                    # ACPI tables (RSDP, XSDT, FADT, MADT, DSDT) for the guest
+
+    def __post_init__(self) -> None:
+        # The Python API takes what people type: paths as str or Path, sizes as bytes or "256M" (MiB by
+        # default, as -m), trace categories and QMP addresses as one string or several.
+        for name in ("kernel", "initrd", "firmware", "trace_file"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                object.__setattr__(self, name, Path(value))
+        if isinstance(self.memory, str):
+            object.__setattr__(self, "memory", parse_size(self.memory, what="memory size (-m)"))
+        if isinstance(self.trace, str):
+            object.__setattr__(self, "trace", frozenset(t.strip() for t in self.trace.split(",") if t.strip()))
+        elif not isinstance(self.trace, frozenset):
+            object.__setattr__(self, "trace", frozenset(self.trace))
+        if isinstance(self.qmp, str):
+            object.__setattr__(self, "qmp", (self.qmp,))
 
     def validate(self, max_vcpus: int | None = None) -> VmConfig:
         if self.memory <= 0:

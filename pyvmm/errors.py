@@ -51,6 +51,8 @@ class KvmError(PyvmmError):
     def __init__(self, ioctl: str, errno: int, hint: str = "") -> None:
         name = _errno.errorcode.get(errno, str(errno))
         msg = f"{ioctl} failed: {name} ({os.strerror(errno)})"
+        if not hint and errno in _LIMITS:
+            hint = _LIMITS[errno].split(": ", 1)[-1].format(nofile="see ulimit -n")
         if hint:
             msg += f"; {hint}"
         super().__init__(msg)
@@ -62,3 +64,27 @@ class GuestCrash(PyvmmError):
     """The guest stopped in a way it cannot recover from (triple fault, entry failure, emulation error)."""
 
     exit_code = 3
+
+
+# Host limits, not bugs: what to say when the host refuses a resource, wherever pyvmm asked for it.
+_LIMITS = {
+    _errno.EMFILE: "out of file descriptors: raise the limit (ulimit -n, now {nofile})",
+    _errno.ENFILE: "the host's file table is full: close files or raise fs.file-max",
+    _errno.ENOMEM: "out of memory: give the VM less with -m, or the process more (ulimit -v)",
+    _errno.ENOSPC: "no space left on the device",
+}
+
+
+def host_limit(err: OSError, doing: str) -> PyvmmError | None:
+    """A one-line PyvmmError for an OSError that is a host limit (EMFILE, ENFILE, ENOMEM, ENOSPC), else None."""
+    hint = _LIMITS.get(err.errno or 0)
+    if hint is None:
+        return None
+    try:
+        import resource
+
+        nofile = str(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+    except (ImportError, ValueError, OSError):
+        nofile = "?"
+    what = f" ({err.filename})" if getattr(err, "filename", None) else ""
+    return PyvmmError(f"{doing}{what}: {hint.format(nofile=nofile)}")

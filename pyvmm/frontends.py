@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import weakref
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -15,10 +16,13 @@ def attach_frontends(machine: Machine, *, terminal: bool) -> None:
     terminal for the guest's console (raw mode; Ctrl-A c for the monitor unless it is off).  What is
     attached here is detached by machine.close(), the terminal's settings restored on every way out."""
     cfg = machine.config
+    # The front ends hold the machine weakly: their threads must not keep a dropped Machine alive
+    # (its finalizer closes them along with everything else).
+    proxy = weakref.proxy(machine)
     for address in cfg.qmp:
         from .monitor.qmp import QmpServer
 
-        server = QmpServer(machine, address)
+        server = QmpServer(proxy, address)
         server.start()
         machine.qmp_servers.append(server)
         machine.resources.add(server.close)
@@ -28,7 +32,7 @@ def attach_frontends(machine: Machine, *, terminal: bool) -> None:
         mux: ConsoleMux | RawInput
         if cfg.monitor:
             # Ctrl-A c between the guest's console and the (pyvmm) monitor, as -serial mon:stdio.
-            mux = ConsoleMux(machine, machine.serial.feed, _RawOut())
+            mux = ConsoleMux(proxy, machine.serial.feed, _RawOut())
             machine.console_out = mux.guest_output
         else:
             mux = RawInput(machine.serial.feed, machine.stopped.is_set)

@@ -7,6 +7,7 @@ import logging
 import re
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -64,6 +65,7 @@ class Machine:
     qmp_servers: list[Any]           # started by start(), from config.qmp
     start_time: float                # time.monotonic() when built, and when the guest started
     guest_start_time: float | None
+    _finalizer: weakref.finalize     # closes a machine that is dropped without close()
 
     def __new__(cls, config: VmConfig | None = None, /, **kwargs: Any) -> Machine:
         if config is None:
@@ -106,6 +108,11 @@ class Machine:
         self.qmp_servers = []
         self.start_time = time.monotonic()
         self.guest_start_time = None
+        # The safety net of a Machine that is dropped without close() (a notebook cell run again, a
+        # script that forgets): its vCPUs are stopped and its fds and mappings closed when it is garbage
+        # collected, or at the latest when the interpreter exits.  The finalizer holds the parts, never
+        # the Machine itself, so it does not keep the Machine alive.
+        self._finalizer = weakref.finalize(self, _release, control, vcpus, resources, "the Machine was dropped")
         return self
 
     # --- parts by another name --------------------------------------------------------------------------
@@ -181,7 +188,7 @@ class Machine:
 
     # --- life cycle ---------------------------------------------------------------------------------------
 
-    def start(self, *, terminal: bool = False) -> Machine:
+    def start(self, *, terminal: bool = False) -> None:
         """Run the vCPUs, with the configured QMP servers (and, with ``terminal``, the interactive
         console on this process's terminal: raw mode, Ctrl-A c for the monitor)."""
         from .frontends import attach_frontends
@@ -196,7 +203,6 @@ class Machine:
         self.guest_start_time = time.monotonic()
         for v in self.vcpus:
             v.start()
-        return self
 
     def status(self) -> str:
         """"created" (QMP: prelaunch), "running", "paused" or "shutdown"."""
@@ -250,12 +256,9 @@ class Machine:
         return self.control.exit_code
 
     def close(self) -> None:
-        """Stop the VM if it runs, join its threads, and close every fd and mapping."""
-        if not self.control.stop_requested:
-            self.stop(0, "closed")
-        for v in self.vcpus:
-            v.join(2)
-        self.resources.close()
+        """Stop the VM if it runs, join its threads, and close every fd and mapping (once)."""
+        self._finalizer.detach()
+        _release(self.control, self.vcpus, self.resources, "closed")
 
     def __enter__(self) -> Machine:
         return self
@@ -289,3 +292,12 @@ class Machine:
 
     def set_trace(self, category: str, on: bool) -> None:
         self.tracer.set(category, on)
+
+
+def _release(control: RunControl, vcpus: list[Vcpu], resources: Resources, why: str) -> None:
+    """Stop the vCPUs, wait for their threads, close what the machine holds (safe to call twice)."""
+    if not control.stop_requested:
+        control.stop(0, why)
+    for v in vcpus:
+        v.join(2)
+    resources.close()

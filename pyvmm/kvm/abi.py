@@ -216,6 +216,16 @@ class kvm_mp_state(ctypes.Structure):
     _fields_ = [("mp_state", c_uint32)]
 
 
+class KvmMpState(IntEnum):
+    """KVM_MP_STATE_* (<linux/kvm.h>): where a vCPU is in the INIT/SIPI protocol."""
+
+    RUNNABLE = 0
+    UNINITIALIZED = 1
+    INIT_RECEIVED = 2
+    HALTED = 3
+    SIPI_RECEIVED = 4
+
+
 # struct kvm_run and the members of its exit union.
 
 class _kvm_run_io(ctypes.Structure):

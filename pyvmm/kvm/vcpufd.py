@@ -103,5 +103,14 @@ class VcpuFd:
         dbg = abi.kvm_guest_debug(control=control)
         ioctl(self.fd, abi.KVM_SET_GUEST_DEBUG, dbg, name="KVM_SET_GUEST_DEBUG")
 
+    def get_mp_state(self) -> int:
+        s = abi.kvm_mp_state()
+        ioctl(self.fd, abi.KVM_GET_MP_STATE, s, name="KVM_GET_MP_STATE")
+        return s.mp_state
+
+    def set_mp_state(self, state: int) -> None:
+        """KVM_MP_STATE_*: an AP made RUNNABLE starts at its registers without waiting for INIT/SIPI."""
+        ioctl(self.fd, abi.KVM_SET_MP_STATE, abi.kvm_mp_state(mp_state=state), name="KVM_SET_MP_STATE")
+
     def get_tsc_khz(self) -> int:
         return ioctl(self.fd, abi.KVM_GET_TSC_KHZ, name="KVM_GET_TSC_KHZ")

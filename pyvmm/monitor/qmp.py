@@ -267,6 +267,7 @@ class QmpServer:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._created_path = ""
+        self._created_id = (0, 0)
         self._commands: dict[str, tuple[Callable[[_Client, dict], Any], dict[str, tuple[str, bool]]]] = {
             "qmp_capabilities": (self._cmd_capabilities, {"enable": ("strlist", False)}),
             "query-version": (lambda c, a: C.query_version(), {}),
@@ -322,6 +323,8 @@ class QmpServer:
                     raise PyvmmError(f"QMP socket path {a.path} is too long for a unix socket") from None
                 raise PyvmmError(f"cannot create QMP socket {a.path}: {e.strerror or e}") from None
             self._created_path = a.path
+            st = os.stat(a.path)
+            self._created_id = (st.st_dev, st.st_ino)
         else:
             family = socket.AF_INET6 if ":" in a.host else socket.AF_INET
             sock = socket.socket(family, socket.SOCK_STREAM)
@@ -404,8 +407,12 @@ class QmpServer:
             if s is not None:
                 s.close()
         if self._created_path:
+            # Only the socket we made: if someone deleted it while the VM ran (and maybe put something
+            # else at that path), there is nothing of ours to remove.
             try:
-                os.unlink(self._created_path)
+                st = os.lstat(self._created_path)
+                if (st.st_dev, st.st_ino) == self._created_id:
+                    os.unlink(self._created_path)
             except OSError:
                 pass
             self._created_path = ""

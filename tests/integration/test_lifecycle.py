@@ -3,11 +3,15 @@
 import signal
 import subprocess
 import sys
+import threading
 import time
+from pathlib import Path
 
 import pexpect
 import pytest
 
+from pyvmm.config import VmConfig
+from pyvmm.vm import Machine
 from tests.support.guest import GUEST, ROOT, MiB, ensure_built, machine
 
 pytestmark = pytest.mark.kvm
@@ -104,3 +108,62 @@ def test_machine_started_off_the_main_thread():
     lines = res.stdout.splitlines()
     assert "install_kick_handler() called on the main thread" in lines[0], res
     assert lines[1] == "0"
+
+
+def _counts() -> tuple[int, int, int]:
+    import os
+
+    fds = len(os.listdir("/proc/self/fd"))
+    maps = len(Path("/proc/self/maps").read_text().splitlines())
+    return fds, maps, threading.active_count()
+
+
+def _start_demo(append: str = "scenario=demo dirty=8M"):
+    m = Machine(VmConfig(kernel=GUEST, memory=64 << 20, append=append, console="none"))
+    m.start()
+    m.wait_for_console(r"balloon: version", 30)
+    return m
+
+
+def test_a_dropped_machine_stops_and_leaves_nothing_behind():
+    """A notebook cell run again (`vm = Machine(...); vm.start()`) drops the old Machine without close():
+    its vCPUs stop and its fds, mappings and threads go with it."""
+    import gc
+
+    ensure_built()
+    _start_demo().close()                   # imports, caches and the interpreter's own arenas settle
+    gc.collect()
+    before = _counts()
+    vm = _start_demo()
+    control = vm.control
+    vm = None                               # the only reference
+    gc.collect()
+    assert control.stopped.wait(5) and control.stop_reason == "the Machine was dropped"
+    time.sleep(0.2)
+    assert _counts() == before
+
+
+def test_two_machines_side_by_side():
+    ensure_built()
+    a = Machine(VmConfig(kernel=GUEST, memory=64 << 20, append="scenario=selftest", console="none"))
+    b = Machine(VmConfig(kernel=GUEST, memory=96 << 20, append="scenario=selftest", console="none"))
+    with a, b:
+        a.start()
+        b.start()
+        assert a.wait(60) == 0 and b.wait(60) == 0
+        import re
+
+        sizes = [int(re.search(r"pyvmm-guest: memory (\d+) MiB", m.console_text()).group(1)) for m in (a, b)]
+        assert 60 < sizes[0] <= 64 and 92 < sizes[1] <= 96
+
+
+def test_a_process_that_exits_without_close_stops_its_machine():
+    ensure_built()
+    code = ("from pyvmm import Machine, VmConfig\n"
+            f"m = Machine(VmConfig(kernel={str(GUEST)!r}, memory=64 << 20, append='scenario=demo dirty=8M',"
+            " console='none'))\n"
+            "m.start()\nm.wait_for_console('balloon: version', 30)\nprint('up', flush=True)\n")
+    t0 = time.monotonic()
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert res.returncode == 0 and res.stdout == "up\n" and "Traceback" not in res.stderr, res.stderr
+    assert time.monotonic() - t0 < 30

@@ -43,3 +43,14 @@ def test_validate(kw, msg):
 def test_smp_above_limit():
     with pytest.raises(ConfigError, match="KVM allows"):
         VmConfig(smp=9).validate(max_vcpus=8)
+
+
+def test_the_python_api_takes_what_people_type(tmp_path):
+    cfg = VmConfig(kernel=str(tmp_path / "k.elf"), memory="256M", initrd="i.gz", trace="virtio,boot",
+                   qmp="unix:/tmp/q.sock", trace_file="t.jsonl")
+    assert cfg.kernel == tmp_path / "k.elf" and cfg.initrd.name == "i.gz" and cfg.trace_file.name == "t.jsonl"
+    assert cfg.memory == 256 << 20 and VmConfig(memory="1G").memory == 1 << 30
+    assert VmConfig(memory="64").memory == 64 << 20
+    assert cfg.trace == frozenset({"virtio", "boot"}) and cfg.qmp == ("unix:/tmp/q.sock",)
+    with pytest.raises(ConfigError, match="not a size"):
+        VmConfig(memory="lots")
