@@ -190,6 +190,79 @@ static u64 next_in(const u64 *map, u64 from)
 }
 
 u64 mark_next(int m, u64 from) { return next_in(marks[m], from); }
+
+/* Bulk operations a bitmap word at a time.  The guest's code runs emulated on nested hosts (about a
+   microsecond an instruction), so the balloon's per-page work is kept to a few instructions: a page
+   taken from a word is one ctz and a store, its marks are set for the whole word at once. */
+
+unsigned alloc_bulk(u32 *pfns, unsigned n)
+{
+    unsigned got = 0;
+    u64 start = hint;
+    for (u64 k = 0; k < map_words && got < n; k++) {
+        u64 w = start + k < map_words ? start + k : start + k - map_words;
+        u64 bits = free_map[w];
+        if (!bits)
+            continue;
+        unsigned before = got;
+        while (bits && got < n) {
+            pfns[got++] = (u32)(w * 64 + (u64)__builtin_ctzll(bits));
+            bits &= bits - 1;
+        }
+        free_map[w] = bits;
+        mem.free_pages -= got - before;
+        hint = w;
+    }
+    return got;
+}
+
+/* Set mark `on` and clear mark `off` (-1: none) for each pfn, a word at a time for runs in one word. */
+void marks_update(const u32 *pfns, unsigned n, int on, int off)
+{
+    for (unsigned i = 0; i < n;) {
+        u64 w = pfns[i] >> 6, mask = 0;
+        for (; i < n && pfns[i] >> 6 == w; i++)
+            mask |= 1ULL << (pfns[i] & 63);
+        if (on >= 0)
+            marks[on][w] |= mask;
+        if (off >= 0)
+            marks[off][w] &= ~mask;
+    }
+}
+
+unsigned mark_take(int m, u32 *pfns, unsigned n, u64 *from)
+{
+    unsigned got = 0;
+    u64 w = *from >> 6;
+    for (u64 k = 0; k <= map_words && got < n; k++, w++) {
+        if (w >= map_words)
+            w = 0;
+        u64 bits = marks[m][w];
+        while (bits && got < n) {
+            pfns[got++] = (u32)(w * 64 + (u64)__builtin_ctzll(bits));
+            bits &= bits - 1;
+        }
+        marks[m][w] = bits;
+        *from = w * 64;
+    }
+    return got;
+}
+
+void free_bulk(const u32 *pfns, unsigned n)
+{
+    for (unsigned i = 0; i < n;) {
+        unsigned start = i;
+        u64 w = pfns[i] >> 6, mask = 0;
+        for (; i < n && pfns[i] >> 6 == w; i++)
+            mask |= 1ULL << (pfns[i] & 63);
+        if (pfns[i - 1] >= max_pfn || free_map[w] & mask) {
+            printf("alloc: bad free of a page in %#llx..%#llx\n", w * 64 * PAGE_SIZE, (w * 64 + 63) * PAGE_SIZE);
+            guest_exit(EXIT_FAIL);
+        }
+        free_map[w] |= mask;
+        mem.free_pages += i - start;       /* the pfns are distinct: a balloon holds each page once */
+    }
+}
 u64 free_next(u64 from) { return next_in(free_map, from); }
 
 bool alloc_selftest(void)

@@ -53,22 +53,14 @@ static void tell_host(struct virtq *vq, unsigned n)
 
 unsigned balloon_fill(u32 n)
 {
-    unsigned got = 0;
     n = MIN(n, (u32)BALLOON_ARRAY_PFNS_MAX);
-    while (got < n) {
-        u64 pa = alloc_page_noretry();
-        if (!pa)
-            break;
-        balloon.pfns[got++] = (u32)(pa >> PAGE_SHIFT); /* 4 KiB balloon pages: PFN = address >> 12 */
-    }
+    /* 4 KiB balloon pages: PFN = address >> 12, the allocator's own page frame numbers. */
+    unsigned got = alloc_bulk(balloon.pfns, n);
     if (got == 0)
         return 0;
     /* From here on the pages are the host's: never touched again until deflated. */
     tell_host(balloon.inflate, got);
-    for (unsigned i = 0; i < got; i++) {
-        mark_set(MARK_BALLOON, balloon.pfns[i]);
-        mark_clear(MARK_RETURNED, balloon.pfns[i]);
-    }
+    marks_update(balloon.pfns, got, MARK_BALLOON, MARK_RETURNED);
     balloon.num_pages += got;
     balloon.inflated_total += got;
     return got;
@@ -76,29 +68,16 @@ unsigned balloon_fill(u32 n)
 
 unsigned balloon_leak(u32 n)
 {
-    unsigned got = 0;
     n = MIN(MIN(n, (u32)BALLOON_ARRAY_PFNS_MAX), balloon.num_pages);
-    while (got < n) {
-        u64 pfn = mark_next(MARK_BALLOON, balloon_hint);
-        if (pfn >= max_pfn) {
-            if (balloon_hint == 0)
-                break;
-            balloon_hint = 0;
-            continue;
-        }
-        mark_clear(MARK_BALLOON, pfn); /* taken off the balloon list, not yet usable */
-        balloon.pfns[got++] = (u32)pfn;
-        balloon_hint = pfn + 1;
-    }
+    /* Taken off the balloon list, not yet usable. */
+    unsigned got = mark_take(MARK_BALLOON, balloon.pfns, n, &balloon_hint);
     if (got == 0)
         return 0;
     /* Tell the host before reusing the pages: with MUST_TELL_HOST this order is required, and
        Linux keeps it always. */
     tell_host(balloon.deflate, got);
-    for (unsigned i = 0; i < got; i++) {
-        mark_set(MARK_RETURNED, balloon.pfns[i]);
-        free_page((u64)balloon.pfns[i] << PAGE_SHIFT);
-    }
+    marks_update(balloon.pfns, got, MARK_RETURNED, -1);
+    free_bulk(balloon.pfns, got);
     balloon.num_pages -= got;
     balloon.deflated_total += got;
     return got;

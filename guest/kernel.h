@@ -135,6 +135,13 @@ void mark_set(int mark, u64 pfn);
 void mark_clear(int mark, u64 pfn);
 bool mark_test(int mark, u64 pfn);
 u64 mark_next(int mark, u64 from); /* next pfn >= from with the mark, or max_pfn */
+/* Bulk forms, a bitmap word at a time (the balloon's per-page cost): up to n free pages taken into
+   pfns; marks set (on) and cleared (off, -1 for none) for each of n pfns; up to n pages with mark m
+   taken off it into pfns, searching from *from (updated); n distinct pages freed. */
+unsigned alloc_bulk(u32 *pfns, unsigned n);
+void marks_update(const u32 *pfns, unsigned n, int on, int off);
+unsigned mark_take(int mark, u32 *pfns, unsigned n, u64 *from);
+void free_bulk(const u32 *pfns, unsigned n);
 u64 free_next(u64 from);           /* next free pfn >= from, or max_pfn */
 bool alloc_selftest(void);
 
