@@ -269,9 +269,11 @@ def _sregs_common(s: Any, extra: dict[str, Any]) -> Decoded:
     f["gdt"] = {"base": s.gdt.base, "limit": s.gdt.limit}
     f["idt"] = {"base": s.idt.base, "limit": s.idt.limit}
     f.update(extra)
-    text = _braces([("mode", mode_name(s)), ("cr0", f"{s.cr0:#x} {flag_text(Cr0, s.cr0)}"),
-                    ("cr3", f"{s.cr3:#x}"), ("cr4", f"{s.cr4:#x} {flag_text(Cr4, s.cr4)}"),
-                    ("efer", f"{s.efer:#x} {flag_text(Efer, s.efer)}"), ("cs", _segment_text(s.cs)),
+    def named(value: int, flags: type[IntFlag]) -> str:
+        return f"{value:#x} {flag_text(flags, value)}" if value else "0"
+
+    text = _braces([("mode", mode_name(s)), ("cr0", named(s.cr0, Cr0)), ("cr3", f"{s.cr3:#x}"),
+                    ("cr4", named(s.cr4, Cr4)), ("efer", named(s.efer, Efer)), ("cs", _segment_text(s.cs)),
                     ("apic_base", f"{s.apic_base:#x}")])
     verbose = [f"  {name:<3} {_segment_text(getattr(s, name))}" for name in segs]
     verbose += [f"  gdt {{base {s.gdt.base:#x} limit {s.gdt.limit:#x}}}"

@@ -170,7 +170,7 @@ class Summary:
             from rich.console import Console
             from rich.table import Table
         except ImportError:
-            out.write(f"{title}\n")
+            out.write(f"{title}\n" + ("" if ioctl_rows else "no KVM ioctl was traced\n"))
             for row in ioctl_rows:
                 out.write("  ".join(row) + "\n")
             out.write(caption + "\n")
@@ -179,6 +179,9 @@ class Summary:
             return
         console = Console(file=out, highlight=False, width=max(100, Console(file=out).width))
         console.print(title, markup=False)
+        if not ioctl_rows:
+            console.print("no KVM ioctl was traced", markup=False)
+            return
         t = Table()
         for col, justify in (("ioctl", "left"), ("calls", "right"), ("total", "right"), ("mean", "right"),
                              ("errors", "left")):

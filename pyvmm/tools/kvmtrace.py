@@ -41,7 +41,7 @@ from .kvmdecode import (
     request_name,
     role_of_link,
 )
-from .kvmreport import IoctlRecord, Report
+from .kvmreport import SCHEMA_VERSION, IoctlRecord, Report
 
 _WALL = 0x4000_0000             # waitpid: threads and processes alike
 _STOP_SIGNALS = (signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU)
@@ -54,6 +54,10 @@ KVM_CREATE_VCPU = 0xAE41
 
 class TraceError(PyvmmError):
     """kvmtrace cannot start, attach or go on: one line."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 class _Interrupted(Exception):
@@ -238,7 +242,7 @@ class Tracer:
         """Start argv stopped, with the KVM-ioctl filter (unless use_seccomp is False), seize it, let it run."""
         path = shutil.which(argv[0])
         if path is None:
-            raise TraceError(f"kvmtrace: command not found: {argv[0]} (give a path, or check PATH)")
+            raise TraceError(f"kvmtrace: command not found: {argv[0]} (give a path, or check PATH)", 127)
         r, w = os.pipe()
         pid = os.fork()
         if pid == 0:                                   # the child: filter, stop until seized, exec
@@ -268,8 +272,8 @@ class Tracer:
         self._seize(pid)
         self._add_thread(pid, pid)
         os.kill(pid, signal.SIGCONT)
-        self.report.event("start", f"{pid} {' '.join(argv)}", pid=pid, command=argv,
-                          mode="seccomp" if self.seccomp else "syscall", schema=1)
+        self.report.event("start", f"started {pid}: {' '.join(argv)}", pid=pid, command=argv,
+                          mode="seccomp" if self.seccomp else "syscall", schema=SCHEMA_VERSION)
         return pid
 
     def attach(self, pid: int) -> int:
@@ -305,7 +309,7 @@ class Tracer:
         kvm_fds = self._kvm_fds(tgid)
         self.report.event("attach", f"attached to {tgid} ({proc.comm}), {len(self.threads)} threads, "
                           f"{len(kvm_fds)} KVM fds", pid=tgid, comm=proc.comm, threads=len(self.threads),
-                          kvm_fds=kvm_fds, mode="syscall", schema=1)
+                          kvm_fds=kvm_fds, mode="syscall", schema=SCHEMA_VERSION)
         sys.stderr.write(f"pyvmm: kvmtrace: attached to {tgid} ({proc.comm}): {len(self.threads)} threads, "
                          f"KVM fds {', '.join(f'{fd} {r}' for fd, r in kvm_fds.items()) or 'none yet'}; "
                          "Ctrl-C detaches\n")
@@ -496,7 +500,11 @@ class Tracer:
         rec = IoctlRecord((f.t0 - self.t0) / 1e9, proc.tgid, t.tid, f.fd, f.role, f.request, request_name(f.request),
                           f.decoded, ret, err, now - f.t0)
         if f.request == KVM_RUN:
-            if f.role.kind == "vcpu" and (err is None or err == errno.EINTR):
+            if f.role.kind == "vcpu" and err == errno.EINTR:
+                # A signal (a VMM's kick, our own PTRACE_INTERRUPT) ended the run: no exit to decode, and
+                # kvm_run may still hold the previous one.
+                rec.exit = ExitRecord("INTR", key="EINTR")
+            elif f.role.kind == "vcpu" and err is None:
                 rec.exit = self._read_exit(proc, f.role.index or 0)
                 if rec.exit is not None and rec.exit.pending_reply is not None:
                     t.reply = rec                      # shown once the VMM has answered (next KVM_RUN)
