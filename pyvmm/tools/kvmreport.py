@@ -225,11 +225,16 @@ class Report:
         self.last_refill = clock()
         self.hidden: Counter[str] = Counter()
         self.hidden_since = clock()
+        self.last_flush = clock()
 
     # records and events
 
     def record(self, rec: IoctlRecord) -> None:
         self.summary.add(rec)
+        now = self.clock()
+        if now - self.last_flush > 0.5:          # a file fills in as it goes (tail -f), not only at the end
+            self.out.flush()
+            self.last_flush = now
         if self.summary_only:
             return
         if self.json:
@@ -250,6 +255,7 @@ class Report:
             self._write_json({"type": kind, **fields})
         elif not self.json and not self.summary_only:
             self.out.write(f"+++ {text} +++\n")
+        self.out.flush()
 
     def finish(self, duration: float, title: str) -> None:
         self._report_hidden(final=True)
