@@ -17,6 +17,7 @@ import pytest
 
 from pyvmm.cli_control import QmpConnection
 from tests.support.guest import BANNER, GUEST, ROOT, MiB, ensure_built, tmp_socket
+from tests.support.kvmtrace import ioctls, records, serial_bytes
 
 pytestmark = pytest.mark.kvm
 
@@ -28,30 +29,6 @@ def kvmtrace(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
     ensure_built()
     return subprocess.run([*PYVMM, "kvmtrace", *args], capture_output=True, text=True, timeout=timeout,
                           stdin=subprocess.DEVNULL, cwd=ROOT)
-
-
-def records(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-def ioctls(recs: list[dict], name: str) -> list[dict]:
-    return [r for r in recs if r["type"] == "ioctl" and r["request"] == name]
-
-
-def serial_bytes(recs: list[dict], port: int = 0x3F8) -> bytes:
-    """What the guest wrote to the UART's transmit register, from the IO exits alone (after the divisor
-    latch is closed again: with LCR.DLAB set the same port is the divisor's low byte)."""
-    out = bytearray()
-    dlab = False
-    for r in ioctls(recs, "KVM_RUN"):
-        ex = r.get("exit") or {}
-        if ex.get("reason") != "IO" or ex["direction"] != "out":
-            continue
-        if ex["port"] == port + 3:
-            dlab = bool(int(ex["data"], 16) & 0x80)
-        elif ex["port"] == port and not dlab:
-            out += bytes.fromhex(ex["data"])
-    return bytes(out)
 
 
 def test_trace_of_the_tiny_guest_from_create_vm_to_its_exit(tmp_path):
