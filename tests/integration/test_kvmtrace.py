@@ -239,3 +239,10 @@ def test_a_vmm_killed_while_traced(tmp_path):
     recs = records(trace)
     assert recs[-1]["type"] == "summary" and recs[-1]["exits"]["total"] > 0
     assert any(r["type"] == "exit" and r["signal"] == "SIGKILL" for r in recs)
+
+
+def test_python_ptrace_is_loaded_only_by_the_verb():
+    code = ("import sys, pyvmm.cli as c; c.build_parser().parse_args(['kvmtrace', '-p', '1']); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'ptrace' or 'kvmtrace' in m))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert res.returncode == 0 and res.stdout.strip() == "[]", res.stdout + res.stderr
