@@ -641,7 +641,7 @@ class Tracer:
             code = 128 + sig
             text = f"{proc.tgid} ({proc.comm}) killed by {self.signal_name(sig)}"
             fields = {"code": None, "signal": self.signal_name(sig)}
-        self.report.event("exit", text, pid=proc.tgid, **fields)
+        self.report.event("process_exit", text, pid=proc.tgid, **fields)
         if proc.tgid in (self.launched, self.attached):
             self.exit_code = code
             if os.WIFSIGNALED(status) or self.attached is not None:

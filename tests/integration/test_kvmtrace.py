@@ -71,7 +71,7 @@ def test_trace_of_the_tiny_guest_from_create_vm_to_its_exit(tmp_path):
     assert summary["type"] == "summary"
     assert summary["ioctls"]["KVM_RUN"]["count"] == len(runs)
     assert summary["exits"]["by_reason"]["IO"] == sum(1 for r in runs if r["exit"]["reason"] == "IO")
-    exit_rec = next(r for r in recs if r["type"] == "exit")
+    exit_rec = next(r for r in recs if r["type"] == "process_exit")
     assert exit_rec["code"] == 0
     assert "KVM_SET_USER_MEMORY_REGION" in res.stderr and "COM1 RBR/THR" in res.stderr, \
         "the table is printed for people while the JSON goes to the file"
@@ -238,7 +238,7 @@ def test_a_vmm_killed_while_traced(tmp_path):
     assert err.splitlines()[-1] == f"pyvmm: kvmtrace: {vmm} ({comm}) killed by SIGKILL"
     recs = records(trace)
     assert recs[-1]["type"] == "summary" and recs[-1]["exits"]["total"] > 0
-    assert any(r["type"] == "exit" and r["signal"] == "SIGKILL" for r in recs)
+    assert any(r["type"] == "process_exit" and r["signal"] == "SIGKILL" for r in recs)
 
 
 def test_python_ptrace_is_loaded_only_by_the_verb():
