@@ -310,7 +310,8 @@ class Tracer:
         self.report.event("attach", f"attached to {tgid} ({proc.comm}), {len(self.threads)} threads, "
                           f"{len(kvm_fds)} KVM fds", pid=tgid, comm=proc.comm, threads=len(self.threads),
                           kvm_fds=kvm_fds, mode="syscall", schema=SCHEMA_VERSION)
-        sys.stderr.write(f"pyvmm: kvmtrace: attached to {tgid} ({proc.comm}): {len(self.threads)} threads, "
+        n = len(self.threads)
+        sys.stderr.write(f"pyvmm: kvmtrace: attached to {tgid} ({proc.comm}): {n} thread{'s' * (n != 1)}, "
                          f"KVM fds {', '.join(f'{fd} {r}' for fd, r in kvm_fds.items()) or 'none yet'}; "
                          "Ctrl-C detaches\n")
         sys.stderr.flush()
