@@ -84,12 +84,44 @@ def _add_run_parser(sub) -> None:
     p.add_argument("-v", "--verbose", action="store_true", help="log guest errors and device events")
 
 
+def _add_kvmtrace_parser(sub) -> None:
+    p = sub.add_parser(
+        "kvmtrace", help="trace the KVM ioctls and exits of any VMM (pyvmm, QEMU, Firecracker, ...)",
+        description="Run COMMAND (or attach to PID) under ptrace and show every ioctl it makes on /dev/kvm, "
+        "a VM fd or a vCPU fd, its argument structure decoded, and every KVM_RUN exit read from the vCPU's "
+        "kvm_run; a summary table at the end. Needs python-ptrace (pip install 'pyvmm[kvmtrace]'). "
+        "docs/kvmtrace.md has examples and the --json schema.",
+        usage="pyvmm kvmtrace [-o FILE] [--json] [--summary] [--exits | --no-exits] [-v] "
+              "(-p PID | -- COMMAND [ARG...])")
+    p.add_argument("-o", "--output", metavar="FILE", help="write the trace to FILE (default: standard error)")
+    p.add_argument("--json", action="store_true", help="JSON lines for tools, one record per ioctl (every exit)")
+    p.add_argument("--summary", action="store_true", help="only the summary: ioctls by name, exits by reason")
+    ex = p.add_mutually_exclusive_group()
+    ex.add_argument("--exits", action="store_true",
+                    help="a line for every KVM_RUN exit (default: every one until 2000 lines, then a line a second)")
+    ex.add_argument("--no-exits", action="store_true", help="no KVM_RUN lines (they still count in the summary)")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="list what the structures hold: CPUID entries, MSRs, segments, GSI routes")
+    p.add_argument("-p", "--pid", type=int, help="attach to a running process; Ctrl-C detaches and it runs on")
+    p.add_argument("--no-seccomp", action="store_true",
+                   help="stop the command at every system call, as -p must, not only at KVM ioctls")
+    p.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND", help="the VMM to run, after --")
+    p.set_defaults(func=_kvmtrace_main)
+
+
+def _kvmtrace_main(args) -> int:
+    from .tools.kvmtrace import main  # python-ptrace is loaded only when the verb runs
+
+    return main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="pyvmm", description="A virtual machine monitor in pure Python on Linux KVM, "
                      "with a virtio-mmio memory balloon.")
     parser.add_argument("--version", action="version", version=f"pyvmm {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=_Parser)
     _add_run_parser(sub)
+    _add_kvmtrace_parser(sub)
     try:
         from .cli_control import add_control_parsers
     except ImportError:

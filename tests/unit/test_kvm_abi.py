@@ -29,6 +29,32 @@ SIZES = {
     "kvm_ioeventfd": 64,
     "kvm_mp_state": 4,
     "kvm_run": 2352,
+    # added for kvmtrace's decoding (sizes from the 6.1 headers)
+    "kvm_sregs2": 320,
+    "kvm_xsave": 4096,
+    "kvm_xcr": 16,
+    "kvm_xcrs": 392,
+    "kvm_debugregs": 128,
+    "kvm_msr_list": 4,
+    "kvm_msr_filter_range": 24,
+    "kvm_msr_filter": 392,
+    "kvm_pit_state2": 112,
+    "kvm_enable_cap": 104,
+    "kvm_irq_routing_irqchip": 8,
+    "kvm_irq_routing_msi": 16,
+    "kvm_irq_routing_entry": 48,
+    "kvm_irq_routing": 8,
+    "kvm_device_attr": 24,
+    "kvm_create_device": 12,
+    "kvm_clock_data": 48,
+    "kvm_signal_mask": 4,
+    "kvm_msi": 32,
+    "kvm_coalesced_mmio_zone": 16,
+    "kvm_dirty_log": 16,
+    "kvm_interrupt": 4,
+    "kvm_vapic_addr": 8,
+    "kvm_tpr_access_ctl": 40,
+    "kvm_irqchip": 520,
 }
 
 
@@ -71,6 +97,16 @@ def test_kvm_run_exit_members():
     assert ctypes.sizeof(abi._kvm_run_exit) == 256
 
 
+def test_sregs2_layout():
+    s = abi.kvm_sregs2
+    assert s.cr0.offset == 0xE0 and s.flags.offset == 0x118
+
+
+def test_cap_numbers():
+    assert (abi.KvmCap.SREGS2, abi.KvmCap.XSAVE2, abi.KvmCap.X86_NOTIFY_VMEXIT, abi.KvmCap.BINARY_STATS_FD) == (
+        200, 208, 219, 203)
+
+
 def test_sregs_layout():
     s = abi.kvm_sregs
     assert s.gdt.offset == 192 and s.idt.offset == 208
@@ -99,6 +135,53 @@ def test_flexible_arrays():
     (abi.KVM_GET_VCPU_EVENTS, 0x8040AE9F),
     (abi.KVM_CREATE_VM, 0xAE01),
     (abi.KVM_GET_API_VERSION, 0xAE00),
+    # the ones kvmtrace names, from a C program over the 6.1 headers
+    (abi.KVM_GET_SREGS2, 0x8140AECC),
+    (abi.KVM_SET_SREGS2, 0x4140AECD),
+    (abi.KVM_ENABLE_CAP, 0x4068AEA3),
+    (abi.KVM_SET_GSI_ROUTING, 0x4008AE6A),
+    (abi.KVM_GET_MSR_INDEX_LIST, 0xC004AE02),
+    (abi.KVM_GET_MSR_FEATURE_INDEX_LIST, 0xC004AE0A),
+    (abi.KVM_GET_DEVICE_ATTR, 0x4018AEE2),
+    (abi.KVM_SET_DEVICE_ATTR, 0x4018AEE1),
+    (abi.KVM_HAS_DEVICE_ATTR, 0x4018AEE3),
+    (abi.KVM_GET_XCRS, 0x8188AEA6),
+    (abi.KVM_SET_XCRS, 0x4188AEA7),
+    (abi.KVM_GET_XSAVE, 0x9000AEA4),
+    (abi.KVM_SET_XSAVE, 0x5000AEA5),
+    (abi.KVM_GET_XSAVE2, 0x9000AECF),
+    (abi.KVM_GET_DEBUGREGS, 0x8080AEA1),
+    (abi.KVM_SET_DEBUGREGS, 0x4080AEA2),
+    (abi.KVM_SET_CLOCK, 0x4030AE7B),
+    (abi.KVM_GET_CLOCK, 0x8030AE7C),
+    (abi.KVM_SET_VAPIC_ADDR, 0x4008AE93),
+    (abi.KVM_TPR_ACCESS_REPORTING, 0xC028AE92),
+    (abi.KVM_X86_SET_MSR_FILTER, 0x4188AEC6),
+    (abi.KVM_X86_SETUP_MCE, 0x4008AE9C),
+    (abi.KVM_X86_GET_MCE_CAP_SUPPORTED, 0x8008AE9D),
+    (abi.KVM_SET_TSC_KHZ, 0xAEA2),
+    (abi.KVM_KVMCLOCK_CTRL, 0xAEAD),
+    (abi.KVM_SET_SIGNAL_MASK, 0x4004AE8B),
+    (abi.KVM_IRQ_LINE_STATUS, 0xC008AE67),
+    (abi.KVM_SIGNAL_MSI, 0x4020AEA5),
+    (abi.KVM_REGISTER_COALESCED_MMIO, 0x4010AE67),
+    (abi.KVM_UNREGISTER_COALESCED_MMIO, 0x4010AE68),
+    (abi.KVM_CREATE_DEVICE, 0xC00CAEE0),
+    (abi.KVM_GET_EMULATED_CPUID, 0xC008AE09),
+    (abi.KVM_GET_STATS_FD, 0xAECE),
+    (abi.KVM_SET_BOOT_CPU_ID, 0xAE78),
+    (abi.KVM_GET_DIRTY_LOG, 0x4010AE42),
+    (abi.KVM_NMI, 0xAE9A),
+    (abi.KVM_INTERRUPT, 0x4004AE86),
+    (abi.KVM_GET_SUPPORTED_HV_CPUID, 0xC008AEC1),
+    (abi.KVM_GET_IRQCHIP, 0xC208AE62),
+    (abi.KVM_SET_IRQCHIP, 0x8208AE63),
+    (abi.KVM_GET_PIT2, 0x8070AE9F),
+    (abi.KVM_SET_PIT2, 0x4070AEA0),
+    (abi.KVM_SET_GUEST_DEBUG, 0x4048AE9B),
+    (abi.KVM_CHECK_EXTENSION, 0xAE03),
+    (abi.KVM_GET_CPUID2, 0xC008AE91),
+    (abi.KVM_GET_NR_MMU_PAGES, 0xAE45),
 ])
 def test_ioctl_numbers_match_kernel(value, expected):
     assert value == expected

@@ -2,16 +2,76 @@
 
 from __future__ import annotations
 
+import enum
 import struct
 
 from ...kvm import abi
 from . import layout
 
-X86_CR0_PE = 1 << 0
-X86_CR0_ET = 1 << 4
-X86_CR0_PG = 1 << 31
-EFER_LME = 1 << 8
-EFER_LMA = 1 << 10
+
+class Cr0(enum.IntFlag):
+    """CR0 bits (Intel SDM vol. 3A, "Control Registers")."""
+
+    PE = 1 << 0
+    MP = 1 << 1
+    EM = 1 << 2
+    TS = 1 << 3
+    ET = 1 << 4
+    NE = 1 << 5
+    WP = 1 << 16
+    AM = 1 << 18
+    NW = 1 << 29
+    CD = 1 << 30
+    PG = 1 << 31
+
+
+class Cr4(enum.IntFlag):
+    """CR4 bits (Intel SDM vol. 3A, "Control Registers")."""
+
+    VME = 1 << 0
+    PVI = 1 << 1
+    TSD = 1 << 2
+    DE = 1 << 3
+    PSE = 1 << 4
+    PAE = 1 << 5
+    MCE = 1 << 6
+    PGE = 1 << 7
+    PCE = 1 << 8
+    OSFXSR = 1 << 9
+    OSXMMEXCPT = 1 << 10
+    UMIP = 1 << 11
+    LA57 = 1 << 12
+    VMXE = 1 << 13
+    SMXE = 1 << 14
+    FSGSBASE = 1 << 16
+    PCIDE = 1 << 17
+    OSXSAVE = 1 << 18
+    KL = 1 << 19
+    SMEP = 1 << 20
+    SMAP = 1 << 21
+    PKE = 1 << 22
+    CET = 1 << 23
+    PKS = 1 << 24
+
+
+class Efer(enum.IntFlag):
+    """IA32_EFER bits (Intel SDM vol. 4, MSR 0xC0000080; AMD APM vol. 2, "Extended Feature Enable Register")."""
+
+    SCE = 1 << 0
+    LME = 1 << 8
+    LMA = 1 << 10
+    NXE = 1 << 11
+    SVME = 1 << 12
+    LMSLE = 1 << 13
+    FFXSR = 1 << 14
+    TCE = 1 << 15
+
+
+X86_CR0_PE = int(Cr0.PE)
+X86_CR0_ET = int(Cr0.ET)
+X86_CR0_PG = int(Cr0.PG)
+EFER_LME = int(Efer.LME)
+EFER_LMA = int(Efer.LMA)
 
 # GDT used by the direct (firmware-less) entry: null, null, 32-bit code (0x10), data (0x18), TSS (0x20).
 BOOT_CS = 0x10
@@ -69,7 +129,7 @@ def setup_cpuid(kvm, vcpu, index: int, num_cpus: int, *, passthrough: bool) -> N
 # The 64-bit entry of the Linux boot protocol (Documentation/arch/x86/boot.rst, "64-bit Boot Protocol"):
 # paging on with an identity map, __BOOT_CS = 0x10 a 64-bit code segment, __BOOT_DS = 0x18 flat data.
 _GDT64 = [0, 0, 0x00AF9B000000FFFF, 0x00CF93000000FFFF]
-X86_CR4_PAE = 1 << 5
+X86_CR4_PAE = int(Cr4.PAE)
 
 
 def write_identity_page_tables(mem, base: int = layout.BOOT_PAGE_TABLES) -> int:
@@ -109,7 +169,8 @@ _RFLAGS = [(0, "CF"), (2, "PF"), (4, "AF"), (6, "ZF"), (7, "SF"), (8, "TF"), (9,
            (11, "OF")]
 
 
-def _mode(sregs) -> str:
+def mode_name(sregs) -> str:
+    """The CPU mode sregs (kvm_sregs or kvm_sregs2) describe: real, protected, long or compatibility."""
     if not sregs.cr0 & X86_CR0_PE:
         return "real mode"
     if sregs.efer & EFER_LMA:
@@ -133,7 +194,7 @@ def format_registers(regs, sregs) -> str:
     flags = " ".join(n for bit, n in _RFLAGS if r.rflags >> bit & 1)
     real = not sregs.cr0 & X86_CR0_PE
     lines = [
-        f"mode: {_mode(sregs)}",
+        f"mode: {mode_name(sregs)}",
         f"RAX={r.rax:016x} RBX={r.rbx:016x} RCX={r.rcx:016x} RDX={r.rdx:016x}",
         f"RSI={r.rsi:016x} RDI={r.rdi:016x} RBP={r.rbp:016x} RSP={r.rsp:016x}",
         f"R8 ={r.r8:016x} R9 ={r.r9:016x} R10={r.r10:016x} R11={r.r11:016x}",
