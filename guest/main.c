@@ -37,6 +37,7 @@ int scenario_bench(void);
 int scenario_triplefault(void);
 int scenario_hostile(void);
 int scenario_gaps(void);
+int scenario_reboot(void);
 extern const char *fail_reason;
 const char *current_scenario = "boot";
 
@@ -44,7 +45,7 @@ static const struct scenario scenarios[] = {
     {"selftest", scenario_selftest}, {"demo", scenario_demo},       {"verify", scenario_verify},
     {"oom", scenario_oom},           {"stats", scenario_stats},     {"bench", scenario_bench},
     {"triplefault", scenario_triplefault}, {"hostile", scenario_hostile},
-    {"gaps", scenario_gaps},
+    {"gaps", scenario_gaps},         {"reboot", scenario_reboot},
 };
 
 static void boot_fail(const char *why)
@@ -94,6 +95,9 @@ void kmain(u32 start_info_pa)
             guest_exit((u32)code);
         }
     }
-    printf("scenario %s: FAIL unknown scenario\n", name);
+    printf("scenario %s: FAIL unknown scenario (known:", name);
+    for (unsigned i = 0; i < ARRAY_SIZE(scenarios); i++)
+        printf(" %s", scenarios[i].name);
+    printf(")\n");
     guest_exit(EXIT_BAD_SCENARIO);
 }

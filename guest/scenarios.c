@@ -247,3 +247,25 @@ int scenario_gaps(void)
     printf("gaps: PASS\n");
     return EXIT_PASS;
 }
+
+/* reboot: the first boot asks for a reset through the i8042 (command 0xFE on port 0x64, what Linux's
+   reboot=k does); the second boot exits 0.  Which boot this is lives in a word of low RAM that no
+   loader writes and a reset does not clear (RAM keeps its contents across a reset, as on a PC). */
+#define REBOOT_MARK_PA 0x7000UL
+#define REBOOT_MAGIC 0x544f4f424552ULL      /* "REBOOT" */
+
+int scenario_reboot(void)
+{
+    volatile u64 *mark = (volatile u64 *)REBOOT_MARK_PA;
+    if (*mark != REBOOT_MAGIC) {
+        *mark = REBOOT_MAGIC;
+        printf("reboot: first boot, resetting through the i8042\n");
+        outb(0x64, 0xFE);
+        cli();
+        for (;;)
+            __asm__ __volatile__("hlt");
+    }
+    *mark = 0;
+    printf("reboot: second boot\n");
+    return EXIT_PASS;
+}

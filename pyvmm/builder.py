@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .arch.x86 import cpu, layout, pvh
+from .arch.x86.poweron import PlatformPowerOn, VcpuPowerOn
 from .bus import MmioBus, PioBus
 from .config import VmConfig
 from .console import ConsoleLog
@@ -81,6 +82,7 @@ def build_vm(cfg: VmConfig) -> Machine:
         event_loop = EventLoop()
         res.add(event_loop.stop)
         vmfd = create_vm(kvm, res)
+        platform = PlatformPowerOn.capture(vmfd)        # the PIC, IOAPIC and PIT as KVM made them
         memory = map_ram(vmfd, cfg, res)
         pio, mmio = PioBus(), MmioBus(on_unmapped=GuestErrorLog("mmio"))
         serial = attach_platform(vmfd, pio, control, console)
@@ -93,13 +95,14 @@ def build_vm(cfg: VmConfig) -> Machine:
         vcpus = create_vcpus(kvm, vmfd, cfg, pio=pio, mmio=mmio, control=control, memory=memory,
                              rom=rom, res=res)
         control.vcpus = vcpus
+        control.no_reboot, control.no_shutdown = cfg.no_reboot, cfg.no_shutdown
         kernel.enter(vcpus[0].fd, memory, firmware=firmware is not None, tracer=tracer)
         balloon = next((t for t in virtio if t.name == "balloon0"), None)
         return Machine.assemble(
             config=cfg, control=control, console=console, tracer=tracer, kvm=kvm, vmfd=vmfd,
             memory=memory, rom=rom, pio_bus=pio, mmio_bus=mmio, serial=serial, post=post,
             virtio_devices=virtio, balloon_transport=balloon, acpi_rsdp=rsdp, kernel=kernel,
-            firmware=firmware, vcpus=vcpus, event_loop=event_loop, resources=res,
+            firmware=firmware, vcpus=vcpus, event_loop=event_loop, resources=res, platform=platform,
         )
     except BaseException as e:
         res.close()          # nothing a failed build opened outlives it
@@ -164,7 +167,7 @@ def attach_platform(vm: VmFd, pio: PioBus, control: RunControl, console: Console
     pio.insert(DebugExit(lambda code: control.stop(code, f"the guest exited with code {code}",
                                                    event_reason="guest-shutdown")),
                layout.DEBUG_EXIT_PORT, 4, "debug-exit")
-    pio.insert(SleepControl(lambda: control.stop(0, "the guest powered off", event_reason="guest-shutdown")),
+    pio.insert(SleepControl(lambda: control.guest_poweroff("the guest powered off (ACPI S5)")),
                SLEEP_CONTROL_PORT, 2, "acpi sleep control")
     pio.insert(I8042(lambda: control.guest_reset(current_vcpu(), "the guest requested a reset (i8042)")),
                layout.I8042_DATA_PORT, 5, "i8042 (reset)")
@@ -396,7 +399,9 @@ def create_vcpus(kvm: Kvm, vm: VmFd, cfg: VmConfig, *, pio: PioBus, mmio: MmioBu
         fd = vm.create_vcpu(i)
         res.add(fd.close)
         cpu.setup_cpuid(kvm, fd, i, cfg.smp, passthrough=passthrough)
-        vcpus.append(Vcpu(fd, i, pio=pio, mmio=mmio, control=control, memory=memory, read_rom=read_rom))
+        v = Vcpu(fd, i, pio=pio, mmio=mmio, control=control, memory=memory, read_rom=read_rom)
+        v.power_on = VcpuPowerOn.capture(fd)           # before any entry state: what a reset restores
+        vcpus.append(v)
     return vcpus
 
 

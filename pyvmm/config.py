@@ -96,6 +96,10 @@ class VmConfig:
     virtio_cmdline: bool | None = None   # virtio_mmio.device= on the command line; None: unless the
                                          # kernel is Linux and finds the devices in ACPI (as microvm)
     acpi: bool = True                    # ACPI tables (RSDP, XSDT, FADT, MADT, DSDT) for the guest
+    start_paused: bool = False           # -S: the vCPUs wait for `cont` (QMP, monitor, gdb)
+    no_reboot: bool = False              # -no-reboot: a guest's reset request ends the VM instead
+    no_shutdown: bool = False            # -no-shutdown: a guest's power-off stops it instead of ending it
+    name: str = ""                       # -name: shown by the monitor and query-name
 
     def __post_init__(self) -> None:
         # The Python API takes what people type: paths as str or Path, sizes as bytes or "256M" (MiB by

@@ -60,6 +60,11 @@ class RunControl:
         self._hold_cond = threading.Condition()
         self._listeners: list[Listener] = []
         self.vcpus: Sequence[ControlledVcpu] = ()
+        # What a guest's reset and power-off do: QEMU's -no-reboot turns a reset into an exit, and
+        # -no-shutdown a power-off into a stop; reset_handler(reason) resets the machine (Machine sets it).
+        self.no_reboot = False
+        self.no_shutdown = False
+        self.reset_handler: Callable[[str], None] | None = None
 
     # --- events ---------------------------------------------------------------------------------------
 
@@ -96,6 +101,13 @@ class RunControl:
 
     # --- hold: keeping the vCPUs out of KVM_RUN ---------------------------------------------------------
 
+    def hold_for_prelaunch(self) -> None:
+        """-S: the vCPUs wait before their first instruction until someone says `cont`."""
+        with self.lock:
+            self._user_paused = True
+            self._hold()
+            self.state = "prelaunch"
+
     def pause(self) -> bool:
         """Hold the vCPUs for the user (QMP `stop`); True (and a STOP event) once they are all out."""
         with self.lock:
@@ -112,9 +124,9 @@ class RunControl:
         return True
 
     def resume(self) -> bool:
-        """Release the user's hold (QMP `cont`); True (and a RESUME event) if there was one."""
+        """Release the user's hold (QMP `cont`, also after -S); True (and a RESUME event) if there was one."""
         with self.lock:
-            if not self._user_paused or self.stop_requested:
+            if not self._user_paused or self.stop_requested or self.state == "shutdown":
                 return False
             self._user_paused = False
             self.state = "running"
@@ -165,13 +177,45 @@ class RunControl:
     def guest_stopped(self, vcpu: ControlledVcpu, reason: str, exit_code: int) -> None:
         self.stop(exit_code, reason, event_reason="guest-shutdown")
 
+    def guest_halted(self, vcpu: ControlledVcpu, reason: str) -> None:
+        """A power-off seen on a vCPU thread (KVM_SYSTEM_EVENT_SHUTDOWN, a final HLT)."""
+        self.guest_poweroff(reason)
+
     def guest_crashed(self, vcpu: ControlledVcpu, reason: str) -> None:
         self._report(f"pyvmm: {reason} on vCPU {vcpu.index}\n{_dump(vcpu)}")
         self.stop(GuestCrash.exit_code, reason, event_reason="guest-panic")
 
     def guest_reset(self, vcpu: ControlledVcpu | None, reason: str) -> None:
-        """The guest asked for a reset (i8042, ACPI, KVM_SYSTEM_EVENT_RESET)."""
-        self.stop(0, f"{reason}; pyvmm does not reboot, stopping", event_reason="guest-reset")
+        """The guest asked for a reset (i8042, ACPI, KVM_SYSTEM_EVENT_RESET): the machine reboots, unless
+        -no-reboot asks for an exit.  Called on a vCPU thread, which cannot wait for itself to stop: the
+        reset itself runs on a thread of its own."""
+        handler = self.reset_handler
+        if self.no_reboot or handler is None:
+            self.stop(0, f"{reason}; -no-reboot: exiting" if self.no_reboot else reason, event_reason="guest-reset")
+            return
+        threading.Thread(target=handler, args=(reason,), name="reset", daemon=True).start()
+
+    def guest_poweroff(self, reason: str) -> None:
+        """The guest powered off (ACPI S5, KVM_SYSTEM_EVENT_SHUTDOWN): the VM ends, or with -no-shutdown
+        stops in the "shutdown" state until `system_reset` (QEMU's behaviour)."""
+        if not self.no_shutdown:
+            self.stop(0, reason, event_reason="guest-shutdown")
+            return
+        self.emit("SHUTDOWN", {"guest": True, "reason": "guest-shutdown"})
+        with self.lock:
+            if self.state == "shutdown" or self.stop_requested:
+                return
+            self._user_paused = True
+            self._hold()
+            self.state = "shutdown"
+        for v in self.vcpus:
+            v.kick()
+
+    def after_reset(self) -> None:
+        """A reset brings a -no-shutdown machine back from "shutdown": paused, waiting for `cont`."""
+        with self.lock:
+            if self.state == "shutdown" and not self.stop_requested:
+                self.state = "paused"
 
     def vcpu_failed(self, vcpu: ControlledVcpu, exc: BaseException) -> None:
         """A pyvmm bug on a vCPU thread: dump the vCPU, stop the VM, and re-raise in wait()."""

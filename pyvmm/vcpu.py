@@ -22,6 +22,7 @@ from .kvm import abi, runlayout
 from .kvm.abi import KvmExit, KvmInternalError, KvmSystemEvent
 
 if TYPE_CHECKING:
+    from .arch.x86.poweron import VcpuPowerOn
     from .bus import MmioBus, PioBus
     from .kvm.vcpufd import VcpuFd
     from .memory import GuestMemory
@@ -51,6 +52,8 @@ class VcpuControl(Protocol):
 
     def guest_reset(self, vcpu: Vcpu, reason: str) -> None: ...
 
+    def guest_poweroff(self, reason: str) -> None: ...
+
     def vcpu_failed(self, vcpu: Vcpu, exc: BaseException) -> None: ...
 
     def count_fixup(self, name: str) -> None: ...
@@ -71,6 +74,7 @@ class Vcpu:
         self.thread: threading.Thread | None = None
         self.exits = 0
         self.paused = threading.Event()        # set by this thread while it is parked
+        self.power_on: VcpuPowerOn | None = None   # the state a reset restores (set by the builder)
 
     # --- control from other threads -----------------------------------------------------------
 
@@ -123,6 +127,8 @@ class Vcpu:
         pio = self.pio.dispatch
         mmio = self.mmio.dispatch
         EXIT_IO, EXIT_MMIO = int(KvmExit.IO), int(KvmExit.MMIO)
+        if ctl.hold_requested:            # -S: wait for `cont` before the first instruction
+            ctl.park(self)
         while True:
             try:
                 run(fd, KVM_RUN)
@@ -181,12 +187,13 @@ class Vcpu:
                 return True
             case exits.SystemEventExit(type=t):
                 if t == KvmSystemEvent.SHUTDOWN:
-                    ctl.guest_stopped(self, "the guest powered off", exit_code=0)
+                    ctl.guest_poweroff("the guest powered off")
                 elif t == KvmSystemEvent.RESET:
                     ctl.guest_reset(self, "the guest requested a reset (KVM_SYSTEM_EVENT_RESET)")
                 else:
                     ctl.guest_crashed(self, f"KVM_EXIT_SYSTEM_EVENT {ex.type_name}")
-                return True
+                    return True
+                return ctl.stop_requested      # a reboot or -no-shutdown: this thread goes on
             case _:
                 ctl.guest_crashed(self, f"unexpected exit {ex}")
                 return True

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from .config import VmConfig
 
 if TYPE_CHECKING:
+    from .arch.x86.poweron import PlatformPowerOn
     from .builder import KernelLoad, Resources
     from .bus import MmioBus, PioBus
     from .console import ConsoleLog
@@ -62,10 +63,13 @@ class Machine:
     vcpus: list[Vcpu]
     event_loop: EventLoop            # ioeventfd notifies and irqfd resamples
     resources: Resources             # what close() releases
+    platform: PlatformPowerOn        # the PIC, IOAPIC and PIT at power-on, for a reset
     qmp_servers: list[Any]           # started by start(), from config.qmp
     start_time: float                # time.monotonic() when built, and when the guest started
     guest_start_time: float | None
     _finalizer: weakref.finalize     # closes a machine that is dropped without close()
+    resets: int                      # machine resets since power-on (system_reset, the guest's)
+    _reset_lock: threading.Lock
 
     def __new__(cls, config: VmConfig | None = None, /, **kwargs: Any) -> Machine:
         if config is None:
@@ -82,7 +86,7 @@ class Machine:
                  serial: Serial16550, post: PostPort, virtio_devices: list[VirtioMmio],
                  balloon_transport: VirtioMmio | None, acpi_rsdp: int, kernel: KernelLoad,
                  firmware: FirmwareImage | None, vcpus: list[Vcpu], event_loop: EventLoop,
-                 resources: Resources) -> Machine:
+                 resources: Resources, platform: PlatformPowerOn) -> Machine:
         """A machine of these parts: for build_vm, which makes them."""
         self = object.__new__(cls)
         self.config = config
@@ -105,6 +109,10 @@ class Machine:
         self.vcpus = vcpus
         self.event_loop = event_loop
         self.resources = resources
+        self.platform = platform
+        self.resets = 0
+        self._reset_lock = threading.Lock()
+        control.reset_handler = _weak_reset(self)
         self.qmp_servers = []
         self.start_time = time.monotonic()
         self.guest_start_time = None
@@ -190,7 +198,8 @@ class Machine:
 
     def start(self, *, terminal: bool = False) -> None:
         """Run the vCPUs, with the configured QMP servers (and, with ``terminal``, the interactive
-        console on this process's terminal: raw mode, Ctrl-A c for the monitor)."""
+        console on this process's terminal: raw mode, Ctrl-A c for the monitor).  With the config's
+        start_paused (-S) the vCPUs wait before their first instruction until `cont` or resume()."""
         from .frontends import attach_frontends
         from .vcpu import install_kick_handler
 
@@ -199,7 +208,10 @@ class Machine:
         install_kick_handler()   # PyvmmError off the main thread unless it was installed there before
         attach_frontends(self, terminal=terminal)
         self.event_loop.start()
-        self.control.state = "running"
+        if self.config.start_paused:
+            self.control.hold_for_prelaunch()
+        else:
+            self.control.state = "running"
         self.guest_start_time = time.monotonic()
         for v in self.vcpus:
             v.start()
@@ -225,8 +237,38 @@ class Machine:
         """QMP `quit` and the monitor's `quit`: stop the VM, exit code 0."""
         self.stop(0, "quit from the monitor", event_reason="host-qmp-quit")
 
-    def reset(self) -> None:
-        raise NotImplementedError("system_reset is not supported by pyvmm machines yet")
+    def reset(self, *, guest: bool = False, reason: str = "system_reset") -> None:
+        """A machine reset, as the reset line of a PC: every vCPU back to its power-on state (the BSP at
+        the reset vector, the APs waiting for INIT/SIPI), the PIC, IOAPIC and PIT as at power-on, every
+        device reset, the kernel, its boot information and the ACPI tables written into RAM again, and
+        the BSP's entry state set as at boot; then a RESET event (QEMU's)."""
+        from .builder import write_acpi
+
+        with self._reset_lock:
+            if self.control.stop_requested:
+                return
+            self.control.hold()
+            try:
+                if self.control.stop_requested:
+                    return
+                self.platform.restore(self.vmfd)
+                for v in self.vcpus:
+                    assert v.power_on is not None
+                    v.power_on.restore(v.fd)
+                self.serial.reset()
+                self.post.reset()
+                for t in self.virtio_devices:
+                    t.reset()
+                write_acpi(self.memory, self.config, self.virtio_devices)
+                self.kernel.load(self.memory)
+                self.kernel.enter(self.vcpus[0].fd, self.memory, firmware=self.firmware is not None,
+                                  tracer=self.tracer)
+                self.resets += 1
+                self.control.after_reset()
+            finally:
+                self.control.release()
+        self.control.emit("RESET", {"guest": guest, "reason": "guest-reset" if guest else "host-qmp-system-reset"})
+        log.info("machine reset (%s)", reason)
 
     @contextlib.contextmanager
     def quiesced(self) -> Iterator[None]:
@@ -301,3 +343,15 @@ def _release(control: RunControl, vcpus: list[Vcpu], resources: Resources, why: 
     for v in vcpus:
         v.join(2)
     resources.close()
+
+
+def _weak_reset(machine: Machine) -> Callable[[str], None]:
+    """The run control's way to reset the machine on a guest's request, holding it only weakly."""
+    ref = weakref.ref(machine)
+
+    def reset(reason: str) -> None:
+        m = ref()
+        if m is not None:
+            m.reset(guest=True, reason=reason)
+
+    return reset

@@ -92,6 +92,11 @@ class Serial16550:
         self.sink = sink
         self.lock = threading.Lock()
         self.rx: collections.deque[int] = collections.deque()
+        self._level = False
+        self.reset()
+
+    def reset(self) -> None:
+        """The power-on register values (a machine reset); bytes typed but not yet read are kept."""
         self.ier = 0
         self.lcr = 0x03       # 8N1
         self.mcr = _OUT2
@@ -102,7 +107,9 @@ class Serial16550:
         self.dlm = 0
         self.fcr = 0
         self.thr_interrupt = False   # THRE interrupt pending (cleared by reading IIR or writing THR)
-        self._level = False
+        if self._level:
+            self._level = False
+            self.irq.set_level(False)
 
     # --- input from the host ------------------------------------------------------------------
 

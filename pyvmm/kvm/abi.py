@@ -377,9 +377,36 @@ class kvm_tpr_access_ctl(ctypes.Structure):
     _fields_ = [("enabled", c_uint32), ("flags", c_uint32), ("reserved", c_uint32 * 8)]
 
 
+class kvm_pic_state(ctypes.Structure):
+    """One 8259A of the in-kernel PIC (arch/x86/include/uapi/asm/kvm.h)."""
+
+    _fields_ = [(n, c_uint8) for n in (
+        "last_irr", "irr", "imr", "isr", "priority_add", "irq_base", "read_reg_select", "poll", "special_mask",
+        "init_state", "auto_eoi", "rotate_on_auto_eoi", "special_fully_nested_mode", "init4", "elcr",
+        "elcr_mask")]
+
+
+KVM_IOAPIC_NUM_PINS = 24
+
+
+class kvm_ioapic_state(ctypes.Structure):
+    """The in-kernel IOAPIC; each redirection entry is the 64-bit `bits` of the header's union."""
+
+    _fields_ = [("base_address", c_uint64), ("ioregsel", c_uint32), ("id", c_uint32), ("irr", c_uint32),
+                ("pad", c_uint32), ("redirtbl", c_uint64 * KVM_IOAPIC_NUM_PINS)]
+
+
+class _kvm_irqchip_chip(ctypes.Union):
+    _fields_ = [("dummy", c_char * 512), ("pic", kvm_pic_state), ("ioapic", kvm_ioapic_state)]
+
+
+KVM_IRQCHIP_PIC_MASTER = 0
+KVM_IRQCHIP_PIC_SLAVE = 1
+KVM_IRQCHIP_IOAPIC = 2
+
+
 class kvm_irqchip(ctypes.Structure):
-    # union { char dummy[512]; struct kvm_pic_state pic; struct kvm_ioapic_state ioapic; } chip;
-    _fields_ = [("chip_id", c_uint32), ("pad", c_uint32), ("chip", c_char * 512)]
+    _fields_ = [("chip_id", c_uint32), ("pad", c_uint32), ("chip", _kvm_irqchip_chip)]
 
 
 # struct kvm_run and the members of its exit union.

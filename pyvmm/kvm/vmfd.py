@@ -51,6 +51,23 @@ class VmFd:
         cfg = abi.kvm_pit_config(flags=abi.KVM_PIT_SPEAKER_DUMMY)
         ioctl(self.fd, abi.KVM_CREATE_PIT2, cfg, name="KVM_CREATE_PIT2")
 
+    def get_irqchip(self, chip_id: int) -> abi.kvm_irqchip:
+        """One in-kernel interrupt controller's state (KVM_IRQCHIP_PIC_MASTER, _SLAVE or _IOAPIC)."""
+        chip = abi.kvm_irqchip(chip_id=chip_id)
+        ioctl(self.fd, abi.KVM_GET_IRQCHIP, chip, name="KVM_GET_IRQCHIP")
+        return chip
+
+    def set_irqchip(self, chip: abi.kvm_irqchip) -> None:
+        ioctl(self.fd, abi.KVM_SET_IRQCHIP, chip, name="KVM_SET_IRQCHIP")
+
+    def get_pit2(self) -> abi.kvm_pit_state2:
+        state = abi.kvm_pit_state2()
+        ioctl(self.fd, abi.KVM_GET_PIT2, state, name="KVM_GET_PIT2")
+        return state
+
+    def set_pit2(self, state: abi.kvm_pit_state2) -> None:
+        ioctl(self.fd, abi.KVM_SET_PIT2, state, name="KVM_SET_PIT2")
+
     def irq_line(self, gsi: int, level: int) -> None:
         ioctl(self.fd, abi.KVM_IRQ_LINE, abi.kvm_irq_level(irq=gsi, level=level), name="KVM_IRQ_LINE")
 

@@ -267,6 +267,11 @@ class VirtioMmio:
         self.queue_sel = 0
         self.shm_sel = 0
 
+    def reset(self) -> None:
+        """A machine reset: the device as after the driver writes Status 0."""
+        with self.lock:
+            self._reset()
+
     def _reset(self) -> None:
         """Spec "Device Reset": status 0, no interrupts, every queue not ready (legacy: QueuePFN 0)."""
         self.status = 0

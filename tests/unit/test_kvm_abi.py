@@ -55,6 +55,8 @@ SIZES = {
     "kvm_vapic_addr": 8,
     "kvm_tpr_access_ctl": 40,
     "kvm_irqchip": 520,
+    "kvm_pic_state": 16,
+    "kvm_ioapic_state": 216,
 }
 
 
