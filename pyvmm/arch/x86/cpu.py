@@ -1,4 +1,4 @@
-"""x86 CPU state: the PVH 32-bit entry state, the CPUID handed to each vCPU, and register dumps."""
+"""x86 CPU state: the 32-bit entry states (PVH, Multiboot), the CPUID handed to each vCPU, and register dumps."""
 
 from __future__ import annotations
 
@@ -32,6 +32,20 @@ def _flat(selector: int, type_: int, *, db: int = 1) -> abi.kvm_segment:
 def set_pvh_entry_state(vcpu, entry: int, start_info: int) -> None:
     """The state the PVH ABI promises at the 32-bit entry: protected mode, paging off, flat 4 GiB
     segments, EBX = hvm_start_info, interrupts off (Xen's docs/misc/pvh.pandoc)."""
+    _set_flat32_entry_state(vcpu, entry, ebx=start_info, eax=0)
+
+
+def set_multiboot_entry_state(vcpu, entry: int, info: int) -> None:
+    """The Multiboot Specification's "Machine state" (3.2): EAX = 0x2BADB002, EBX = multiboot_info,
+    CS a 32-bit read/execute segment and DS, ES, FS, GS, SS 32-bit read/write segments, all with offset
+    0 and limit 0xFFFFFFFF; CR0 with PG clear and PE set; EFLAGS with VM and IF clear.  A20 is on: KVM
+    has no A20 gate."""
+    from ...loader.multiboot import MULTIBOOT_BOOTLOADER_MAGIC
+
+    _set_flat32_entry_state(vcpu, entry, ebx=info, eax=MULTIBOOT_BOOTLOADER_MAGIC)
+
+
+def _set_flat32_entry_state(vcpu, entry: int, *, ebx: int, eax: int) -> None:
     sregs = vcpu.get_sregs()
     code = _flat(BOOT_CS, 0xB)
     data = _flat(BOOT_DS, 0x3)
@@ -44,7 +58,7 @@ def set_pvh_entry_state(vcpu, entry: int, start_info: int) -> None:
     sregs.cr4 = 0
     sregs.efer = 0
     vcpu.set_sregs(sregs)
-    regs = abi.kvm_regs(rip=entry, rbx=start_info, rflags=0x2)
+    regs = abi.kvm_regs(rip=entry, rbx=ebx, rax=eax, rflags=0x2)
     vcpu.set_regs(regs)
 
 
