@@ -24,8 +24,9 @@ from .config import VmConfig
 from .console import ConsoleLog
 from .control import RunControl
 from .devices.exit import DebugExit
+from .devices.i8042 import I8042
 from .devices.post import PostPort
-from .devices.power import I8042, SleepControl
+from .devices.power import SleepControl
 from .devices.serial import Serial16550
 from .errors import ConfigError, LoaderError, PyvmmError
 from .eventloop import EventLoop
@@ -38,6 +39,7 @@ from .trace import Tracer
 from .vcpu import Vcpu, current_vcpu
 
 if TYPE_CHECKING:
+    from .devices.vga import VgaText
     from .kvm.vcpufd import VcpuFd
     from .kvm.vmfd import VmFd
     from .loader.bzimage import BzImage
@@ -84,11 +86,12 @@ def build_vm(cfg: VmConfig) -> Machine:
         vmfd = create_vm(kvm, res)
         memory = map_ram(vmfd, cfg, res)
         pio, mmio = PioBus(), MmioBus(on_unmapped=GuestErrorLog("mmio"))
-        serial = attach_platform(vmfd, pio, control, console)
+        serial, i8042 = attach_platform(vmfd, pio, control, console)
         virtio = attach_virtio(vmfd, mmio, memory, cfg, tracer, event_loop, res)
         rsdp = write_acpi(memory, cfg, virtio)
         kernel = load_kernel(memory, cfg, virtio, rsdp)
         kernel.load(memory)
+        vga = attach_vga(pio, memory, cfg, kernel)
         firmware, rom = map_firmware(vmfd, cfg, kernel, res)
         post = attach_post(pio, tracer, control, active=firmware is not None)
         vcpus = create_vcpus(kvm, vmfd, cfg, pio=pio, mmio=mmio, control=control, memory=memory,
@@ -98,7 +101,7 @@ def build_vm(cfg: VmConfig) -> Machine:
         balloon = next((t for t in virtio if t.name == "balloon0"), None)
         return Machine.assemble(
             config=cfg, control=control, console=console, tracer=tracer, kvm=kvm, vmfd=vmfd,
-            memory=memory, rom=rom, pio_bus=pio, mmio_bus=mmio, serial=serial, post=post,
+            memory=memory, rom=rom, pio_bus=pio, mmio_bus=mmio, serial=serial, keyboard=i8042, vga=vga, post=post,
             virtio_devices=virtio, balloon_transport=balloon, acpi_rsdp=rsdp, kernel=kernel,
             firmware=firmware, vcpus=vcpus, event_loop=event_loop, resources=res,
         )
@@ -150,8 +153,9 @@ def map_ram(vm: VmFd, cfg: VmConfig, res: Resources) -> GuestMemory:
     return mem
 
 
-def attach_platform(vm: VmFd, pio: PioBus, control: RunControl, console: ConsoleLog) -> Serial16550:
-    """COM1, the debug-exit port, the ACPI sleep register and the i8042's reset line."""
+def attach_platform(vm: VmFd, pio: PioBus, control: RunControl,
+                    console: ConsoleLog) -> tuple[Serial16550, I8042]:
+    """COM1, the debug-exit port, the ACPI sleep register and the i8042 (PS/2 keyboard, IRQ 1, reset)."""
     from .arch.x86.acpi import SLEEP_CONTROL_PORT
 
     serial = Serial16550(KvmIrqLine(vm, layout.SERIAL_IRQ), console.write)
@@ -161,9 +165,10 @@ def attach_platform(vm: VmFd, pio: PioBus, control: RunControl, console: Console
                layout.DEBUG_EXIT_PORT, 4, "debug-exit")
     pio.insert(SleepControl(lambda: control.stop(0, "the guest powered off", event_reason="guest-shutdown")),
                SLEEP_CONTROL_PORT, 2, "acpi sleep control")
-    pio.insert(I8042(lambda: control.guest_reset(current_vcpu(), "the guest requested a reset (i8042)")),
-               layout.I8042_DATA_PORT, 5, "i8042 (reset)")
-    return serial
+    i8042 = I8042(lambda: control.guest_reset(current_vcpu(), "the guest requested a reset (i8042)"),
+                  KvmIrqLine(vm, layout.I8042_KBD_IRQ))
+    pio.insert(i8042, layout.I8042_DATA_PORT, 5, "i8042 (PS/2 keyboard)")
+    return serial, i8042
 
 
 def attach_virtio(vm: VmFd, mmio: MmioBus, mem: GuestMemory, cfg: VmConfig, tracer: Tracer,
@@ -438,6 +443,20 @@ def _cmdline(cfg: VmConfig, virtio: list[VirtioMmio], *, announce_default: bool,
         raise ConfigError(f"kernel command line is {len(cmdline.encode())} bytes; at most "
                           f"{layout.BOOT_CMDLINE_MAX - 1} fit")
     return cmdline
+
+
+def attach_vga(pio: PioBus, mem: GuestMemory, cfg: VmConfig, kernel: KernelLoad) -> VgaText | None:
+    """The VGA text console (its registers at 0x3C0-0x3DF; the buffer is guest RAM at 0xB8000): by default
+    for Multiboot kernels, which print there, and not for the others, which use the serial port."""
+    mode = cfg.vga if cfg.vga is not None else ("text" if kernel.is_multiboot else "none")
+    if mode != "text":
+        return None
+    from .devices.vga import VgaText, attach_buffer
+
+    vga = VgaText(attach_buffer(mem))
+    base, end = layout.VGA_PORTS
+    pio.insert(vga, base, end - base, "vga")
+    return vga
 
 
 def map_firmware(vm: VmFd, cfg: VmConfig, kernel: KernelLoad,

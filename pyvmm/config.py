@@ -96,6 +96,7 @@ class VmConfig:
     virtio_cmdline: bool | None = None   # virtio_mmio.device= on the command line; None: unless the
                                          # kernel is Linux and finds the devices in ACPI (as microvm)
     acpi: bool = True                    # ACPI tables (RSDP, XSDT, FADT, MADT, DSDT) for the guest
+    vga: str | None = None               # "text" or "none"; None: text for Multiboot kernels, else none
 
     def validate(self, max_vcpus: int | None = None) -> VmConfig:
         if self.memory <= 0:
@@ -115,6 +116,8 @@ class VmConfig:
             raise ConfigError(f"--smp {self.smp} is more than this host's KVM allows ({max_vcpus})")
         if self.virtio_version not in (1, 2):
             raise ConfigError("--virtio-version must be 1 (legacy) or 2 (modern)")
+        if self.vga not in (None, "none", "text"):
+            raise ConfigError(f"--vga {self.vga}: choose none or text (pyvmm has no VGA graphics modes)")
         unknown = set(self.trace) - TRACE_CATEGORIES
         if unknown:
             raise ConfigError(f"unknown trace category {sorted(unknown)[0]!r} "

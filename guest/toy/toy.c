@@ -278,7 +278,7 @@ static void show_module(uint32_t i, const struct multiboot_mod_list *m)
     log(m->mod_start & 0xFFF ? " (not page-aligned)\n" : " (page-aligned)\n");
 }
 
-static void show_info(uint32_t magic, const struct multiboot_info *mbi)
+static const char *show_info(uint32_t magic, const struct multiboot_info *mbi)
 {
     uint32_t hflags = multiboot_header[1];
     label("boot: ");
@@ -286,7 +286,7 @@ static void show_info(uint32_t magic, const struct multiboot_info *mbi)
     say(hflags & MULTIBOOT_AOUT_KLUDGE ? ", a.out kludge (flag 16)\n" : ", ELF32\n");
     log("toy: info at "); log_x((uint32_t)mbi); log(", flags "); log_x(mbi->flags); log("\n");
     if (magic != MULTIBOOT_BOOTLOADER_MAGIC)
-        return;
+        return "";
     if (mbi->flags & INFO_LOADER) {
         log("toy: boot loader "); log((const char *)mbi->boot_loader_name); log("\n");
     }
@@ -329,6 +329,7 @@ static void show_info(uint32_t magic, const struct multiboot_info *mbi)
         log("toy: exit requested on the command line\n");
         outl(0xF4, 0);              /* pyvmm (and QEMU's isa-debug-exit) end the VM here */
     }
+    return cmdline;
 }
 
 void kmain(uint32_t magic, const struct multiboot_info *mbi)
@@ -339,12 +340,20 @@ void kmain(uint32_t magic, const struct multiboot_info *mbi)
     say(" pyvmm toy kernel                                                               ");  /* a whole row */
     attr = ATTR_TEXT;
     say("\n");
-    show_info(magic, mbi);
+    const char *cmdline = show_info(magic, mbi);
     cpu_tables();
     pic_init();
     while (inb(0x64) & 1)
         (void)inb(0x60);            /* whatever the controller held before we listened */
     prompt();
+    if (has_word(cmdline, "poll")) {
+        /* "poll" on the command line: read the controller's status instead of taking IRQ 1 (for a
+           host that cannot return from an interrupt in 32-bit code; see docs/toy-kernels.md). */
+        log("\ntoy: ready for keys (polling)\n");
+        for (;;)
+            if (inb(0x64) & 1)
+                keyboard_irq();
+    }
     log("\ntoy: ready for keys\n");
     __asm__ volatile("sti");
     for (;;)
