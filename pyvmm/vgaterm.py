@@ -67,10 +67,10 @@ class StableRows:
 
 
 def _scrolled(old: list[str], new: list[str]) -> int:
-    """k > 0 if new is old moved up by k rows (at least two non-blank rows carried over), else 0."""
+    """k > 0 if new is old moved up by k rows (with text carried over, not just blanks), else 0."""
     for k in range(1, ROWS):
         kept = old[k:]
-        if sum(1 for x in kept if x.strip()) >= 2 and new[: ROWS - k] == kept:
+        if any(x.strip() for x in kept) and new[: ROWS - k] == kept:
             return k
     return 0
 

@@ -1,10 +1,12 @@
-"""The short fuzz run of `make test`: hypothesis over the harness, the regression corpus, and atheris."""
+"""The short fuzz run of `make test`: hypothesis over the harness, the regression corpus, and atheris over the
+virtio device model and the Multiboot loader."""
 
 import os
 import pathlib
 import subprocess
 import sys
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -33,11 +35,12 @@ def test_regression_corpus():
         run_one(path.read_bytes())
 
 
-def test_coverage_guided_short_run(tmp_path):
-    """A few thousand inputs through the fuzzer entry point (atheris if installed, else hypothesis)."""
+@pytest.mark.parametrize("fuzzer", ["fuzz_virtio", "fuzz_multiboot"])
+def test_coverage_guided_short_run(tmp_path, fuzzer):
+    """A few thousand inputs through each fuzzer's entry point (atheris if installed, else hypothesis)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.run(
-        [sys.executable, "-m", "tests.fuzz.fuzz_virtio", str(tmp_path / "corpus"), "-runs=1500", "-seed=7"],
+        [sys.executable, "-m", f"tests.fuzz.{fuzzer}", str(tmp_path / "corpus"), "-runs=1500", "-seed=7"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False,
     )
     out = proc.stdout + proc.stderr
