@@ -348,6 +348,28 @@ def stats_age(machine: MachineControl, now: float | None = None) -> float | None
     return max(0.0, (time.time() if now is None else now) - updated)
 
 
+MAX_PMEMSAVE = 64 * MiB    # bytes one pmemsave may write
+
+
+def pmemsave(machine: MachineControl, gpa: int, size: int, filename: str) -> None:
+    """QEMU's pmemsave: size bytes of guest-physical memory from gpa into filename."""
+    from ..errors import GuestMemoryError
+
+    if size < 0 or gpa < 0:
+        raise CommandError("GenericError", "Invalid parameter: val and size must not be negative")
+    if size > MAX_PMEMSAVE:
+        raise CommandError("GenericError", f"pmemsave of {size} bytes: pyvmm saves at most {MAX_PMEMSAVE} at once")
+    try:
+        data = machine.read_memory(gpa, size)
+    except GuestMemoryError as e:
+        raise CommandError("GenericError", str(e)) from None
+    try:
+        with open(filename, "wb") as f:
+            f.write(data)
+    except OSError as e:
+        raise CommandError("GenericError", f"could not open '{filename}': {e.strerror}") from None
+
+
 # --- keyboard and screen ----------------------------------------------------------------------------
 
 DEFAULT_HOLD_MS = 100     # QEMU's send-key hold-time default

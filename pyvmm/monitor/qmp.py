@@ -292,6 +292,11 @@ class QmpServer:
                 lambda c, a: C.qom_set(self.machine, a["path"], a["property"], a["value"]),
                 {"path": ("str", True), "property": ("str", True), "value": ("any", True)},
             ),
+            "pmemsave": (
+                lambda c, a: C.pmemsave(self.machine, a["val"], a["size"], a["filename"]),
+                {"val": ("int", True), "size": ("int", True), "filename": ("str", True),
+                 "cpu-index": ("int", False)},
+            ),
             "send-key": (
                 lambda c, a: C.send_key(self.machine, [C.resolve_key(k) for k in _key_list(a["keys"])],
                                         a.get("hold-time")),
