@@ -200,3 +200,36 @@ def test_bad_multiboot_images_on_the_command_line(tmp_path: Path, module_file: P
     _one_line(pyvmm_cli("run", str(big), "-m", "64M"), r"past the end of guest RAM \(64 MiB\)")
     _one_line(pyvmm_cli("run", str(TOY_ELF), "-initrd", f"{module_file},{tmp_path / 'missing.bin'}"),
               r"module .*missing.bin: no such file")
+
+
+# --- docs/toy-kernels.md stays true ------------------------------------------------------------------------
+
+DOC = ROOT / "docs" / "toy-kernels.md"
+
+
+def _doc_block(after: str) -> str:
+    text = DOC.read_text()
+    return text.split(after, 1)[1].split("```\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_documented_screenshot_is_true(tmp_path: Path) -> None:
+    Path("/tmp/readme.txt").write_bytes(b"hello from a module\n")
+    m = boot(TOY_ELF, memory=128 * MiB, initrd="/tmp/readme.txt")
+    try:
+        m.type_text(b"Hi pyvmm!")
+        wait_screen(m, r"keyboard> Hi pyvmm!")
+        m.screendump(str(tmp_path / "toy.txt"))
+        serial = m.console_text()
+    finally:
+        m.close()
+    assert (tmp_path / "toy.txt").read_text().rstrip("\n") == _doc_block("## A screenshot, as text").rstrip("\n")
+    for line in _doc_block("what the screen leaves out:").strip().splitlines():
+        assert line in serial, line
+
+
+def test_the_documented_no_header_line_is_true(tmp_path: Path) -> None:
+    flat = tmp_path / "flat.bin"
+    flat.write_bytes(b"\x90" * 4096)
+    res = pyvmm_cli("run", str(flat))
+    documented = _doc_block("of the three gets one line naming them:").strip()
+    assert res.stderr.strip() == documented.replace("kernel flat.bin", f"kernel {flat}")
