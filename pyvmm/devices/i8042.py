@@ -13,6 +13,7 @@ import collections
 import threading
 from collections.abc import Callable
 
+from ..errors import PyvmmError
 from ..irq import IrqLine
 from . import keycodes
 
@@ -246,8 +247,11 @@ class I8042:
             self.key(n, True)
 
         def release() -> None:
-            for n in reversed(names):
-                self.key(n, False)
+            try:
+                for n in reversed(names):
+                    self.key(n, False)
+            except (PyvmmError, OSError):
+                pass        # the VM went away during the hold: there is no guest left to tell
 
         if hold <= 0:
             release()
