@@ -58,7 +58,7 @@ bench: build host-deps
 	$(PY) bench/run_all.py
 
 # Every fuzz target for FUZZ_SECONDS each (default 120), a corpus per target in fuzz-corpus/.
-FUZZ_TARGETS := virtio qmp hmp options elf bzimage firmware tracefile
+FUZZ_TARGETS := virtio qmp hmp options elf bzimage firmware tracefile multiboot
 fuzz: build
 	for t in $(FUZZ_TARGETS); do \
 	  mkdir -p fuzz-corpus/$$t && \

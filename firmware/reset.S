@@ -1,5 +1,5 @@
 /*
- * pyvmm boot ROM: from the x86 reset vector, in real mode, to the guest's PVH 32-bit entry.
+ * pyvmm boot ROM: from the x86 reset vector, in real mode, to the guest's 32-bit entry (PVH or Multiboot).
  *
  * The ROM is 64 KiB, mapped read-only at 0xFFFF0000-0xFFFFFFFF. At reset the vCPU has CS.selector 0xF000,
  * CS.base 0xFFFF0000 and IP 0xFFF0 (Intel SDM vol. 3, "Processor State After Reset"), so its first
@@ -22,10 +22,12 @@
 #define STAGE_JUMP_ENTRY    0x05
 #define ERROR_NO_HANDOFF    0xE1
 #define ERROR_BAD_MAGIC     0xE2
+#define ERROR_BAD_PROTOCOL  0xE3
 
 #define HVM_START_MAGIC     0x336ec578      /* hvm_start_info.magic, xen/include/public/arch-x86/hvm/start_info.h */
+#define MULTIBOOT_MAGIC     0x2badb002      /* EAX at a Multiboot entry (Multiboot Specification 0.6.96, 3.2) */
 #define HANDOFF_MAGIC       0x4d565950      /* the bytes "PYVM" */
-#define HANDOFF_VERSION     1
+#define HANDOFF_VERSION     2
 
 #define CR0_PE              0x00000001
 #define CR0_ET              0x00000010      /* reads as 1 on every CPU since the 486; kept set */
@@ -49,11 +51,14 @@ handoff_magic:
     .globl handoff_version
 handoff_version:
     .long HANDOFF_VERSION
-    .globl pvh_entry
-pvh_entry:                  /* guest-physical PVH 32-bit entry (XEN_ELFNOTE_PHYS32_ENTRY) */
+    .globl kernel_entry
+kernel_entry:               /* guest-physical 32-bit entry: the PVH note's, or the Multiboot kernel's */
     .long 0
-    .globl pvh_start_info
-pvh_start_info:             /* guest-physical address of the hvm_start_info pyvmm prepared */
+    .globl boot_info
+boot_info:                  /* guest-physical address of the hvm_start_info or multiboot_info pyvmm built */
+    .long 0
+    .globl boot_magic
+boot_magic:                 /* the protocol: 0 for PVH, MULTIBOOT_MAGIC for Multiboot (it goes in EAX) */
     .long 0
 
 /* ---------------------------------------------------------------- GDT, in the ROM */
@@ -116,22 +121,31 @@ protected_mode:
     movb $STAGE_PROTECTED, %al
     outb %al, $POST_PORT
 
-    movl pvh_start_info, %ebx
-    movl pvh_entry, %ecx
+    movl boot_info, %ebx
+    movl kernel_entry, %ecx
+    movl boot_magic, %edx
     testl %ebx, %ebx
     jz no_handoff
     testl %ecx, %ecx
     jz no_handoff
+    testl %edx, %edx
+    jnz 1f
+    /* PVH: the start info carries a magic the ROM can check. */
     cmpl $HVM_START_MAGIC, (%ebx)
     jne bad_magic
-    movb $STAGE_INFO_CHECKED, %al
+    jmp 2f
+1:  /* Multiboot: multiboot_info has no magic of its own; the protocol word must be Multiboot's. */
+    cmpl $MULTIBOOT_MAGIC, %edx
+    jne bad_protocol
+2:  movb $STAGE_INFO_CHECKED, %al
     outb %al, $POST_PORT
 
-    /* PVH entry state: EBX = start info; 32-bit flat CS/DS/ES/SS; paging off; CR4 is 0 from reset;
-       EFLAGS has IF, TF and VM clear (only cli ran; reset value 0x2). */
+    /* The entry state both protocols ask for: EBX = boot information; 32-bit flat CS/DS/ES/SS; paging
+       off; CR4 is 0 from reset; EFLAGS has IF, TF and VM clear (only cli ran; reset value 0x2). A20 is
+       always on under KVM. EAX is 0 for PVH and 0x2BADB002 for Multiboot (its 3.2 "Machine state"). */
     movb $STAGE_JUMP_ENTRY, %al
     outb %al, $POST_PORT
-    xorl %eax, %eax
+    movl %edx, %eax
     xorl %edx, %edx
     xorl %esi, %esi
     xorl %edi, %edi
@@ -144,6 +158,9 @@ no_handoff:
     jmp halt_with_code
 bad_magic:
     movb $ERROR_BAD_MAGIC, %al
+    jmp halt_with_code
+bad_protocol:
+    movb $ERROR_BAD_PROTOCOL, %al
 halt_with_code:
     outb %al, $POST_PORT
     /* Interrupts stay off, so this sleeps for good; the VMM is expected to stop on an 0xEx code. */

@@ -14,7 +14,7 @@ import os
 import stat
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,8 +25,9 @@ from .config import VmConfig
 from .console import ConsoleLog
 from .control import RunControl
 from .devices.exit import DebugExit
+from .devices.i8042 import I8042
 from .devices.post import PostPort
-from .devices.power import I8042, SleepControl
+from .devices.power import SleepControl
 from .devices.serial import Serial16550
 from .errors import ConfigError, LoaderError, PyvmmError, host_limit
 from .eventloop import EventLoop
@@ -39,11 +40,13 @@ from .trace import Tracer
 from .vcpu import Vcpu, current_vcpu
 
 if TYPE_CHECKING:
+    from .devices.vga import VgaText
     from .kvm.vcpufd import VcpuFd
     from .kvm.vmfd import VmFd
     from .loader.bzimage import BzImage
     from .loader.elf import ElfImage
     from .loader.firmware import FirmwareImage
+    from .loader.multiboot import Module, MultibootImage
     from .virtio.mmio import VirtioMmio
     from .vm import Machine
 
@@ -85,11 +88,12 @@ def build_vm(cfg: VmConfig) -> Machine:
         platform = PlatformPowerOn.capture(vmfd)        # the PIC, IOAPIC and PIT as KVM made them
         memory = map_ram(vmfd, cfg, res)
         pio, mmio = PioBus(), MmioBus(on_unmapped=GuestErrorLog("mmio"))
-        serial = attach_platform(vmfd, pio, control, console)
+        serial, i8042 = attach_platform(vmfd, pio, control, console)
         virtio = attach_virtio(vmfd, mmio, memory, cfg, tracer, event_loop, res)
         rsdp = write_acpi(memory, cfg, virtio)
         kernel = load_kernel(memory, cfg, virtio, rsdp)
         kernel.load(memory)
+        vga = attach_vga(pio, memory, cfg, kernel)
         firmware, rom = map_firmware(vmfd, cfg, kernel, res)
         post = attach_post(pio, tracer, control, active=firmware is not None)
         vcpus = create_vcpus(kvm, vmfd, cfg, pio=pio, mmio=mmio, control=control, memory=memory,
@@ -100,7 +104,7 @@ def build_vm(cfg: VmConfig) -> Machine:
         balloon = next((t for t in virtio if t.name == "balloon0"), None)
         return Machine.assemble(
             config=cfg, control=control, console=console, tracer=tracer, kvm=kvm, vmfd=vmfd,
-            memory=memory, rom=rom, pio_bus=pio, mmio_bus=mmio, serial=serial, post=post,
+            memory=memory, rom=rom, pio_bus=pio, mmio_bus=mmio, serial=serial, keyboard=i8042, vga=vga, post=post,
             virtio_devices=virtio, balloon_transport=balloon, acpi_rsdp=rsdp, kernel=kernel,
             firmware=firmware, vcpus=vcpus, event_loop=event_loop, resources=res, platform=platform,
         )
@@ -158,8 +162,9 @@ def map_ram(vm: VmFd, cfg: VmConfig, res: Resources) -> GuestMemory:
     return mem
 
 
-def attach_platform(vm: VmFd, pio: PioBus, control: RunControl, console: ConsoleLog) -> Serial16550:
-    """COM1, the debug-exit port, the ACPI sleep register and the i8042's reset line."""
+def attach_platform(vm: VmFd, pio: PioBus, control: RunControl,
+                    console: ConsoleLog) -> tuple[Serial16550, I8042]:
+    """COM1, the debug-exit port, the ACPI sleep register and the i8042 (PS/2 keyboard, IRQ 1, reset)."""
     from .arch.x86.acpi import SLEEP_CONTROL_PORT
 
     serial = Serial16550(KvmIrqLine(vm, layout.SERIAL_IRQ), console.write)
@@ -169,9 +174,10 @@ def attach_platform(vm: VmFd, pio: PioBus, control: RunControl, console: Console
                layout.DEBUG_EXIT_PORT, 4, "debug-exit")
     pio.insert(SleepControl(lambda: control.guest_poweroff("the guest powered off (ACPI S5)")),
                SLEEP_CONTROL_PORT, 2, "acpi sleep control")
-    pio.insert(I8042(lambda: control.guest_reset(current_vcpu(), "the guest requested a reset (i8042)")),
-               layout.I8042_DATA_PORT, 5, "i8042 (reset)")
-    return serial
+    i8042 = I8042(lambda: control.guest_reset(current_vcpu(), "the guest requested a reset (i8042)"),
+                  KvmIrqLine(vm, layout.I8042_KBD_IRQ))
+    pio.insert(i8042, layout.I8042_DATA_PORT, 5, "i8042 (PS/2 keyboard)")
+    return serial, i8042
 
 
 def attach_virtio(vm: VmFd, mmio: MmioBus, mem: GuestMemory, cfg: VmConfig, tracer: Tracer,
@@ -222,14 +228,19 @@ def write_acpi(mem: GuestMemory, cfg: VmConfig, virtio: list[VirtioMmio]) -> int
 
 @dataclass
 class KernelLoad:
-    """The kernel as it goes into guest RAM: written at build and again at every reset, then entered."""
+    """The kernel as it goes into guest RAM: written at build and again at every reset, then entered.
+
+    Three kinds, one per boot protocol pyvmm speaks: a PVH ELF (``ElfImage``), a Linux bzImage
+    (``BzImage``) and a Multiboot v1 kernel (``MultibootImage``); load() and enter() dispatch on it.
+    """
 
     path: Path
-    image: ElfImage | BzImage
+    image: ElfImage | BzImage | MultibootImage
     cmdline: str
     initrd: bytes | None
     rsdp: int = 0                 # the ACPI RSDP's gpa, handed to the kernel (0: no ACPI)
-    start_info: int = 0           # PVH: where load() put the hvm_start_info
+    boot_info: int = 0            # PVH: the hvm_start_info; Multiboot: the multiboot_info (set by load())
+    modules: list[Module] = field(default_factory=list)    # Multiboot: -initrd's modules
 
     @property
     def is_bzimage(self) -> bool:
@@ -237,13 +248,47 @@ class KernelLoad:
 
         return isinstance(self.image, BzImage)
 
+    @property
+    def is_multiboot(self) -> bool:
+        from .loader.multiboot import MultibootImage
+
+        return isinstance(self.image, MultibootImage)
+
+    @property
+    def protocol(self) -> str:
+        """"pvh", "linux" or "multiboot"."""
+        return "linux" if self.is_bzimage else "multiboot" if self.is_multiboot else "pvh"
+
+    @property
+    def entry32(self) -> int:
+        """The 32-bit entry the firmware (or the direct path) jumps to: PVH and Multiboot kernels."""
+        from .loader.multiboot import MultibootImage
+
+        if isinstance(self.image, MultibootImage):
+            return self.image.entry
+        entry = getattr(self.image, "pvh_entry", None)
+        assert entry is not None, "a bzImage has no 32-bit entry"
+        return entry
+
+    @property
+    def boot_magic(self) -> int:
+        """EAX at the 32-bit entry: 0x2BADB002 for Multiboot, 0 for PVH."""
+        from .loader.multiboot import MULTIBOOT_BOOTLOADER_MAGIC
+
+        return MULTIBOOT_BOOTLOADER_MAGIC if self.is_multiboot else 0
+
     def load(self, mem: GuestMemory) -> None:
-        """Segments (or the protected-mode kernel), initrd, command line and boot information."""
+        """Segments (or the protected-mode kernel), initrd or modules, command line and boot information."""
         from .loader.bzimage import BzImage, build_boot_params, e820_map, place_initrd
         from .loader.elf import place_segments
+        from .loader.multiboot import MultibootImage, write_boot_info
 
         cmdline = self.cmdline.encode()
         ram = mem.ram_size
+        if isinstance(self.image, MultibootImage):
+            placed = write_boot_info(mem, self.image, ram_size=ram, cmdline=cmdline, modules=self.modules)
+            self.boot_info = placed.info
+            return
         if isinstance(self.image, BzImage):
             bz = self.image
             mem.write(bz.load_address, bz.protected_mode_kernel)
@@ -267,11 +312,11 @@ class KernelLoad:
                 raise LoaderError(f"initrd: {len(self.initrd)} bytes do not fit in guest RAM above the kernel")
             mem.write(gpa, self.initrd)
             initrd = (gpa, len(self.initrd))
-        self.start_info = pvh.write_start_info(mem, ram, cmdline, initrd=initrd, rsdp=self.rsdp)
+        self.boot_info = pvh.write_start_info(mem, ram, cmdline, initrd=initrd, rsdp=self.rsdp)
 
     def enter(self, bsp: VcpuFd, mem: GuestMemory, *, firmware: bool, tracer: Tracer) -> None:
-        """The BSP's first state: the 64-bit boot protocol for a bzImage; for a PVH kernel the reset
-        vector (the firmware takes it from there) or the 32-bit PVH entry directly."""
+        """The BSP's first state: the 64-bit boot protocol for a bzImage; for a PVH or Multiboot kernel
+        the reset vector (the firmware takes it from there) or the 32-bit entry directly."""
         from .loader.bzimage import BzImage
 
         if isinstance(self.image, BzImage):
@@ -282,82 +327,158 @@ class KernelLoad:
                             f"pyvmm set long mode with an identity map, RIP={bz.entry_64:#x}, "
                             f"RSI={layout.BOOT_INFO:#x} (boot_params)", stage="linux64-entry")
         elif not firmware:
-            entry = self.image.pvh_entry
-            assert entry is not None
+            entry = self.entry32
             cpu.write_boot_gdt(mem)
-            cpu.set_pvh_entry_state(bsp, entry, self.start_info)
+            if self.is_multiboot:
+                cpu.set_multiboot_entry_state(bsp, entry, self.boot_info)
+                what, regs = "Multiboot", f"EAX={self.boot_magic:#x}, EBX={self.boot_info:#x} (multiboot_info)"
+            else:
+                cpu.set_pvh_entry_state(bsp, entry, self.boot_info)
+                what, regs = "PVH", f"EBX={self.boot_info:#x}"
             if tracer.boot:
-                tracer.emit("boot", f"direct PVH entry (no firmware): pyvmm set 32-bit protected mode, "
-                            f"CR0=0x11 (PE|ET), CS=0x10 flat, EIP={entry:#x}, EBX={self.start_info:#x}",
-                            stage="direct-entry", cr0=0x11, rip=entry, rbx=self.start_info)
+                tracer.emit("boot", f"direct {what} entry (no firmware): pyvmm set 32-bit protected mode, "
+                            f"CR0=0x11 (PE|ET), CS=0x10 flat, EIP={entry:#x}, {regs}",
+                            stage="direct-entry", cr0=0x11, rip=entry, rbx=self.boot_info, rax=self.boot_magic)
         # With the firmware, a new vCPU already sits at the reset vector (CS.base 0xFFFF0000, IP 0xFFF0).
 
 
+KNOWN_FORMATS = ("pyvmm boots three kinds of kernel: a Linux bzImage (boot protocol header \"HdrS\"), a "
+                 "Multiboot v1 kernel (header in the first 8 KiB) and a PVH ELF (XEN_ELFNOTE_PHYS32_ENTRY note)")
+
+
 def load_kernel(mem: GuestMemory, cfg: VmConfig, virtio: list[VirtioMmio], rsdp: int) -> KernelLoad:
-    """A PVH ELF (the tiny guest, Linux's vmlinux) or a bzImage (the Linux boot protocol), checked and
-    parsed, with its command line; nothing is written to RAM yet."""
+    """The kernel, recognised, checked and parsed, with its command line and initrd or modules; nothing
+    is written to RAM yet.
+
+    A file may carry more than one boot header; the first that matches wins, in QEMU's order
+    (hw/i386/x86.c, x86_load_linux): the bzImage's "HdrS", then a Multiboot header, then the PVH note.
+    A Multiboot ELF may well carry a PVH note too, and its author chose Multiboot by writing the header.
+    """
     kernel = cfg.kernel_path
     if not kernel.exists():
         hint = " (run `make build` to build the demo guest)" if cfg.kernel is None else ""
         raise LoaderError(f"kernel {kernel}: no such file{hint}")
     _check_file(kernel, "kernel", cfg.memory)
-    initrd = None
-    if cfg.initrd is not None:
-        _check_file(Path(cfg.initrd), "initrd", cfg.memory)
-        try:
-            initrd = Path(cfg.initrd).read_bytes()
-        except OSError as e:
-            raise LoaderError(f"initrd {cfg.initrd}: {e.strerror}") from None
+    from .loader.bzimage import is_bzimage
+    from .loader.multiboot import MULTIBOOT_SEARCH, find_header, header_problem
+
+    try:
+        with open(kernel, "rb") as f:
+            head = f.read(MULTIBOOT_SEARCH)
+    except OSError as e:
+        raise LoaderError(f"kernel {kernel}: {e.strerror}") from None
+    if is_bzimage(head):
+        return _load_bzimage(kernel, cfg, virtio, rsdp)
+    if find_header(head) is not None:
+        return _load_multiboot(kernel, cfg, virtio, rsdp)
     from .loader.cache import load_cached
     from .loader.elf import is_elf, load_elf
 
-    image: ElfImage | BzImage
-    if is_elf(kernel):
-        image = load_cached(load_elf, kernel, "kernel")
-        if image.pvh_entry is None:
-            raise LoaderError(f"kernel {kernel}: no PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY); "
-                              "build it with a PVH note (Linux: CONFIG_PVH=y), or boot its bzImage")
-        for s in image.segments:
-            if not mem.contains(s.paddr, s.memsz):
-                raise LoaderError(f"kernel {kernel}: segment at {s.paddr:#x}+{s.memsz:#x} does not fit in "
-                                  "guest RAM (give the VM more memory with -m)")
-        is_linux = image.is_linux
-    else:
-        from .loader.bzimage import is_bzimage, parse_bzimage
+    if not is_elf(kernel):
+        problem = header_problem(kernel.read_bytes())
+        raise LoaderError(f"kernel {kernel}: {problem or 'no boot header pyvmm knows'}; {KNOWN_FORMATS}")
+    image = load_cached(load_elf, kernel, "kernel")
+    if image.pvh_entry is None:
+        problem = header_problem(kernel.read_bytes())
+        if problem:
+            raise LoaderError(f"kernel {kernel}: {problem}")
+        raise LoaderError(f"kernel {kernel}: an ELF with neither a PVH entry note nor a Multiboot header; "
+                          f"{KNOWN_FORMATS} (Linux: build with CONFIG_PVH=y, or boot its bzImage)")
+    for s in image.segments:
+        if not mem.contains(s.paddr, s.memsz):
+            raise LoaderError(f"kernel {kernel}: segment at {s.paddr:#x}+{s.memsz:#x} does not fit in "
+                              "guest RAM (give the VM more memory with -m)")
+    initrd = _read_initrd(cfg)
+    cmdline = _cmdline(cfg, virtio, announce_default=not (image.is_linux and cfg.acpi))
+    return KernelLoad(kernel, image, cmdline, initrd, rsdp=rsdp)
 
-        data = kernel.read_bytes()
-        if not is_bzimage(data):
-            raise LoaderError(f"kernel {kernel}: neither an ELF file nor a bzImage (pyvmm boots PVH ELF "
-                              f"kernels such as guest/build/guest.elf, and Linux bzImages)")
-        image = parse_bzimage(data, name=f"kernel {kernel}")
-        if image.runtime_end > min(cfg.memory, layout.RAM_LOW_END):
-            raise ConfigError(f"kernel {kernel} needs {image.runtime_end >> 20} MiB of RAM to unpack; "
-                              f"give the VM more with -m")
-        is_linux = True
-    # Linux finds virtio-mmio devices in the DSDT; announcing them on the command line as well would
-    # register each twice (the second probe fails with EBUSY).  Other kernels get the parameter.
-    announce = cfg.virtio_cmdline if cfg.virtio_cmdline is not None else not (is_linux and cfg.acpi)
-    devices = [f"virtio_mmio.device={t.WINDOW_SIZE:#x}@{t.base:#x}:{t.irq_gsi}" for t in virtio] if announce else []
-    cmdline = " ".join(x for x in [cfg.append.strip(), *devices] if x)
+
+def _load_bzimage(kernel: Path, cfg: VmConfig, virtio: list[VirtioMmio], rsdp: int) -> KernelLoad:
+    from .loader.bzimage import parse_bzimage
+
+    image = parse_bzimage(kernel.read_bytes(), name=f"kernel {kernel}")
+    if image.runtime_end > min(cfg.memory, layout.RAM_LOW_END):
+        raise ConfigError(f"kernel {kernel} needs {image.runtime_end >> 20} MiB of RAM to unpack; "
+                          f"give the VM more with -m")
+    initrd = _read_initrd(cfg)
+    return KernelLoad(kernel, image, _cmdline(cfg, virtio, announce_default=not cfg.acpi), initrd, rsdp=rsdp)
+
+
+def _load_multiboot(kernel: Path, cfg: VmConfig, virtio: list[VirtioMmio], rsdp: int) -> KernelLoad:
+    """A Multiboot kernel: its command line is the kernel's file name, a space and -append, as QEMU
+    and GRUB give it; -initrd is a comma-separated list of modules, each "file [its string]"."""
+    from .loader.multiboot import Module, check_placement, parse_module_list, parse_multiboot
+
+    image = parse_multiboot(kernel.read_bytes(), kernel)
+    check_placement(image, cfg.memory)
+    modules = []
+    if cfg.initrd is not None:
+        for name, string in parse_module_list(str(cfg.initrd)):
+            _check_file(Path(name), "module", cfg.memory)
+            try:
+                data = Path(name).read_bytes()
+            except OSError as e:
+                raise LoaderError(f"module {name}: {e.strerror}") from None
+            modules.append(Module(data, string.encode()))
+    # A toy kernel has no virtio driver: no virtio_mmio.device= unless asked (--virtio-cmdline).
+    extra = _cmdline(cfg, virtio, announce_default=False, append="")
+    cmdline = f"{cfg.kernel_path} {cfg.append.strip()}" + (f" {extra}" if extra else "")
     if len(cmdline.encode()) >= layout.BOOT_CMDLINE_MAX:
         raise ConfigError(f"kernel command line is {len(cmdline.encode())} bytes; at most "
                           f"{layout.BOOT_CMDLINE_MAX - 1} fit")
-    return KernelLoad(kernel, image, cmdline, initrd, rsdp=rsdp)
+    return KernelLoad(kernel, image, cmdline, None, rsdp=rsdp, modules=modules)
+
+
+def _read_initrd(cfg: VmConfig) -> bytes | None:
+    if cfg.initrd is None:
+        return None
+    _check_file(Path(cfg.initrd), "initrd", cfg.memory)
+    try:
+        return Path(cfg.initrd).read_bytes()
+    except OSError as e:
+        raise LoaderError(f"initrd {cfg.initrd}: {e.strerror}") from None
+
+
+def _cmdline(cfg: VmConfig, virtio: list[VirtioMmio], *, announce_default: bool, append: str | None = None) -> str:
+    """-append, and virtio_mmio.device= for each device unless the kernel finds them in ACPI.
+
+    Linux finds virtio-mmio devices in the DSDT; announcing them on the command line as well would
+    register each twice (the second probe fails with EBUSY).  Other kernels get the parameter."""
+    announce = cfg.virtio_cmdline if cfg.virtio_cmdline is not None else announce_default
+    devices = [f"virtio_mmio.device={t.WINDOW_SIZE:#x}@{t.base:#x}:{t.irq_gsi}" for t in virtio] if announce else []
+    text = cfg.append.strip() if append is None else append
+    cmdline = " ".join(x for x in [text, *devices] if x)
+    if len(cmdline.encode()) >= layout.BOOT_CMDLINE_MAX:
+        raise ConfigError(f"kernel command line is {len(cmdline.encode())} bytes; at most "
+                          f"{layout.BOOT_CMDLINE_MAX - 1} fit")
+    return cmdline
+
+
+def attach_vga(pio: PioBus, mem: GuestMemory, cfg: VmConfig, kernel: KernelLoad) -> VgaText | None:
+    """The VGA text console (its registers at 0x3C0-0x3DF; the buffer is guest RAM at 0xB8000): by default
+    for Multiboot kernels, which print there, and not for the others, which use the serial port."""
+    mode = cfg.vga if cfg.vga is not None else ("text" if kernel.is_multiboot else "none")
+    if mode != "text":
+        return None
+    from .devices.vga import VgaText, attach_buffer
+
+    vga = VgaText(attach_buffer(mem))
+    base, end = layout.VGA_PORTS
+    pio.insert(vga, base, end - base, "vga")
+    return vga
 
 
 def map_firmware(vm: VmFd, cfg: VmConfig, kernel: KernelLoad,
                  res: Resources) -> tuple[FirmwareImage | None, MemoryRegion | None]:
-    """The boot ROM (PVH kernels, unless --no-firmware): its hand-off words patched, mapped read-only
-    just below 4 GiB so that the reset vector lands in it."""
+    """The boot ROM (PVH and Multiboot kernels, unless --no-firmware): its hand-off words patched, mapped
+    read-only just below 4 GiB so that the reset vector lands in it."""
     if kernel.is_bzimage or cfg.firmware is None:
         return None, None
     from .loader.cache import load_cached
     from .loader.firmware import load_firmware
 
     fw = load_cached(load_firmware, Path(cfg.firmware), "firmware")
-    entry = kernel.image.pvh_entry  # type: ignore[union-attr]
-    assert entry is not None
-    rom = fw.with_handoff(entry, kernel.start_info)
+    rom = fw.with_handoff(kernel.entry32, kernel.boot_info, kernel.boot_magic)
     buf = mmap.mmap(-1, len(rom), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     buf[:] = rom
     region = MemoryRegion(layout.FIRMWARE_BASE, len(rom), buf, name="firmware")

@@ -40,14 +40,17 @@ class _Parser(argparse.ArgumentParser):
 
 def _add_run_parser(sub) -> None:
     p = sub.add_parser("run", help="boot a kernel (default: the bundled demo guest)",
-                       description="Boot a PVH ELF kernel in a new VM. With no KERNEL, boots the bundled "
-                       "tiny guest, whose balloon follows the host's target.")
-    p.add_argument("kernel", nargs="?", type=Path, help="PVH ELF kernel (default: guest/build/guest.elf)")
+                       description="Boot a kernel (PVH ELF, Multiboot or bzImage) in a new VM. With no KERNEL, "
+                       "boots the bundled tiny guest, whose balloon follows the host's target.")
+    p.add_argument("kernel", nargs="?", type=Path,
+                   help="kernel: a PVH ELF, a Multiboot kernel or a bzImage (default: guest/build/guest.elf)")
     p.add_argument("-kernel", dest="kernel_opt", type=Path, help=argparse.SUPPRESS)
     p.add_argument("-m", "--memory", default="256M", help="guest RAM, e.g. 256M or 1G (default 256M)")
     p.add_argument("--smp", type=int, default=1, help="number of vCPUs (default 1)")
     p.add_argument("--append", "-append", default="", help="kernel command line")
-    p.add_argument("--initrd", "-initrd", type=Path, help="initial ramdisk (PVH module 0)")
+    p.add_argument("--initrd", "-initrd", type=Path,
+                   help="initial ramdisk (PVH module 0); for a Multiboot kernel, modules as QEMU takes them: "
+                        "\"file args,file2\"")
     fw = p.add_mutually_exclusive_group()
     fw.add_argument("--firmware", type=Path, help="boot ROM ELF (default: firmware/build/firmware.elf)")
     fw.add_argument("--no-firmware", action="store_true",
@@ -71,6 +74,9 @@ def _add_run_parser(sub) -> None:
     p.add_argument("--cpu", choices=("auto", "host"), default="auto",
                    help="CPUID: auto masks what this host cannot emulate (on kvm_pvm), host passes it through")
     p.add_argument("--no-acpi", action="store_true", help="no ACPI tables for the guest")
+    p.add_argument("--vga", choices=("none", "text"), default=None,
+                   help="VGA text console at 0xB8000, shown on the terminal (default: text for Multiboot "
+                        "kernels, none otherwise); with it, typed keys go to the PS/2 keyboard")
     p.add_argument("--mem-prealloc", "-mem-prealloc", action="store_true",
                    help="fault all guest RAM in at start (as QEMU's -mem-prealloc)")
     vc = p.add_mutually_exclusive_group()
@@ -170,7 +176,7 @@ def config_from_args(args):
         trace_file=args.trace_file, ioeventfd=not args.no_ioeventfd, irqfd=args.irqfd,
         qmp=tuple(args.qmp), monitor=not args.no_monitor,
         cpu_passthrough=True if args.cpu == "host" else None, acpi=not args.no_acpi,
-        mem_prealloc=args.mem_prealloc, virtio_cmdline=args.virtio_cmdline,
+        mem_prealloc=args.mem_prealloc, virtio_cmdline=args.virtio_cmdline, vga=args.vga,
     )
 
 

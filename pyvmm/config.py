@@ -100,6 +100,7 @@ class VmConfig:
     no_reboot: bool = False              # -no-reboot: a guest's reset request ends the VM instead
     no_shutdown: bool = False            # -no-shutdown: a guest's power-off stops it instead of ending it
     name: str = ""                       # -name: shown by the monitor and query-name
+    vga: str | None = None               # "text" or "none"; None: text for Multiboot kernels, else none
 
     def __post_init__(self) -> None:
         # The Python API takes what people type: paths as str or Path, sizes as bytes or "256M" (MiB by
@@ -135,6 +136,8 @@ class VmConfig:
             raise ConfigError(f"--smp {self.smp} is more than this host's KVM allows ({max_vcpus})")
         if self.virtio_version not in (1, 2):
             raise ConfigError("--virtio-version must be 1 (legacy) or 2 (modern)")
+        if self.vga not in (None, "none", "text"):
+            raise ConfigError(f"--vga {self.vga}: choose none or text (pyvmm has no VGA graphics modes)")
         unknown = set(self.trace) - TRACE_CATEGORIES
         if unknown:
             raise ConfigError(f"unknown trace category {sorted(unknown)[0]!r} "

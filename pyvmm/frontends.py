@@ -1,4 +1,5 @@
-"""The one place where a machine's front ends attach: QMP servers and the terminal console with its monitor."""
+"""The one place where a machine's front ends attach: QMP servers, the VGA screen on the terminal, and
+the terminal console with its monitor."""
 
 from __future__ import annotations
 
@@ -26,16 +27,25 @@ def attach_frontends(machine: Machine, *, terminal: bool) -> None:
         server.start()
         machine.qmp_servers.append(server)
         machine.resources.add(server.close)
+    if machine.vga is not None and cfg.console == "stdio":
+        from .vgaterm import VgaTerminal
+
+        screen = VgaTerminal(machine.vga)
+        screen.start()
+        machine.resources.add(screen.stop)
     if terminal:
         from .monitor.hmp import ConsoleMux, RawInput, stdio_console
 
+        # Typed keys go where the guest reads them: with a screen, to its PS/2 keyboard (as a display's
+        # keyboard does in QEMU); without one, to the serial port (as QEMU's -nographic).
+        typed = machine.keyboard.type_text if machine.vga is not None else machine.serial.feed
         mux: ConsoleMux | RawInput
         if cfg.monitor:
             # Ctrl-A c between the guest's console and the (pyvmm) monitor, as -serial mon:stdio.
-            mux = ConsoleMux(proxy, machine.serial.feed, _RawOut())
+            mux = ConsoleMux(proxy, typed, _RawOut())
             machine.console_out = mux.guest_output
         else:
-            mux = RawInput(machine.serial.feed, machine.stopped.is_set)
+            mux = RawInput(typed, machine.stopped.is_set)
         stack = contextlib.ExitStack()
         stack.enter_context(stdio_console(mux))
         machine.resources.add(stack.close)

@@ -213,7 +213,8 @@ class Vcpu:
     def _emulation_gap(self, code: bytes) -> bool:
         """Finish, in the VMM, an instruction the host's emulator refused (a nested kvm_pvm host fails
         on a few): `int3` becomes the #BP it should raise, `fwait` (nothing to wait for: pyvmm's x87
-        state has no pending exception) is skipped.  Counted by the run control."""
+        state has no pending exception) is skipped, a 32-bit `iretd` is done here (arch/x86/cpu.py's
+        finish_iret32).  Counted by the run control."""
         if not code:
             return False
         if code[0] == 0xCC:
@@ -235,6 +236,15 @@ class Vcpu:
             regs.rip += 1
             self.fd.set_regs(regs)
             name = "fwait skipped"
+        elif code[0] == 0xCF:                    # iretd in 32-bit protected mode (a Multiboot kernel's)
+            regs, sregs = self.fd.get_regs(), self.fd.get_sregs()
+            cs = sregs.cs.selector
+            if not cpu.finish_iret32(self.memory, regs, sregs):
+                return False
+            if sregs.cs.selector != cs:
+                self.fd.set_sregs(sregs)
+            self.fd.set_regs(regs)
+            name = "iretd (32-bit) done by pyvmm"
         else:
             return False
         self.control.count_fixup(name)

@@ -19,8 +19,10 @@ if TYPE_CHECKING:
     from .bus import MmioBus, PioBus
     from .console import ConsoleLog
     from .control import RunControl
+    from .devices.i8042 import I8042
     from .devices.post import PostPort
     from .devices.serial import Serial16550
+    from .devices.vga import VgaText
     from .eventloop import EventLoop
     from .kvm.system import Kvm
     from .kvm.vmfd import VmFd
@@ -53,6 +55,8 @@ class Machine:
     pio_bus: PioBus                  # serial 0x3f8, debug exit 0xf4, ACPI sleep 0x600, i8042 0x60, POST 0x80
     mmio_bus: MmioBus                # virtio-mmio windows from 0xd0000000
     serial: Serial16550              # COM1
+    keyboard: I8042                  # the PS/2 keyboard controller at 0x60/0x64 (IRQ 1, reset line)
+    vga: VgaText | None              # the VGA text console (--vga text), None without one
     post: PostPort                   # the firmware's boot-stage codes
     virtio_devices: list[VirtioMmio]  # one virtio-mmio transport per device
     balloon_transport: VirtioMmio | None
@@ -83,7 +87,8 @@ class Machine:
     @classmethod
     def assemble(cls, *, config: VmConfig, control: RunControl, console: ConsoleLog, tracer: Tracer, kvm: Kvm,
                  vmfd: VmFd, memory: GuestMemory, rom: MemoryRegion | None, pio_bus: PioBus, mmio_bus: MmioBus,
-                 serial: Serial16550, post: PostPort, virtio_devices: list[VirtioMmio],
+                 serial: Serial16550, keyboard: I8042, vga: VgaText | None, post: PostPort,
+                 virtio_devices: list[VirtioMmio],
                  balloon_transport: VirtioMmio | None, acpi_rsdp: int, kernel: KernelLoad,
                  firmware: FirmwareImage | None, vcpus: list[Vcpu], event_loop: EventLoop,
                  resources: Resources, platform: PlatformPowerOn) -> Machine:
@@ -100,6 +105,8 @@ class Machine:
         self.pio_bus = pio_bus
         self.mmio_bus = mmio_bus
         self.serial = serial
+        self.keyboard = keyboard
+        self.vga = vga
         self.post = post
         self.virtio_devices = virtio_devices
         self.balloon_transport = balloon_transport
@@ -334,6 +341,32 @@ class Machine:
 
     def set_trace(self, category: str, on: bool) -> None:
         self.tracer.set(category, on)
+
+    # --- keyboard and screen (sendkey, send-key, screendump) ----------------------------------------------
+
+    def send_keys(self, keys: list[str], hold_ms: int = 100) -> None:
+        """Press the keys (QKeyCode names) together, release them hold_ms later (QMP send-key)."""
+        self.keyboard.send_keys(keys, hold_ms / 1000)
+
+    def type_text(self, data: bytes) -> None:
+        """Type text on the PS/2 keyboard, as the console does with --vga text."""
+        self.keyboard.type_text(data)
+
+    def screen_text(self) -> str:
+        """The VGA text screen as 25 lines; ValueError without a VGA (--vga none)."""
+        from .devices.vga import screen_text
+
+        if self.vga is None:
+            raise ValueError("this machine has no VGA (--vga none)")
+        return screen_text(self.vga.snapshot())
+
+    def screendump(self, path: str, fmt: str | None = None) -> str:
+        """Write the screen (PPM, PNG, or text for a .txt file); returns the format written."""
+        from .devices.vga import screendump
+
+        if self.vga is None:
+            raise ValueError("this machine has no VGA (--vga none)")
+        return screendump(self.vga, path, fmt)
 
 
 def _release(control: RunControl, vcpus: list[Vcpu], resources: Resources, why: str) -> None:

@@ -3,7 +3,8 @@
 
 # Standalone on purpose: it checks the ROM without the rest of pyvmm (only the loader's hand-off patch),
 # so a ROM bug and a VMM bug can be told apart. Usage:
-#   python firmware/tools/romcheck.py [firmware/build/firmware.elf] [--no-magic] [--no-handoff] [--json]
+#   python firmware/tools/romcheck.py [firmware/build/firmware.elf] [--no-magic] [--no-handoff] [--multiboot]
+#                                     [--json]
 
 from __future__ import annotations
 
@@ -103,10 +104,13 @@ HVM_START_MAGIC = 0x336EC578
 EXIT_PORT = 0xF4
 MAX_EXITS = 64
 
-# The payload at the PVH entry: report EBX on the exit port (out imm8, eax), then hlt.
-PAYLOAD = bytes([0x89, 0xD8,        # mov %ebx, %eax
+# The payload at the kernel entry: keep EAX (the protocol magic) in ECX, report EBX on the exit port
+# (out imm8, eax), then hlt.
+PAYLOAD = bytes([0x89, 0xC1,        # mov %eax, %ecx
+                 0x89, 0xD8,        # mov %ebx, %eax
                  0xE7, EXIT_PORT,   # out %eax, $0xf4
                  0xF4])             # hlt
+PAYLOAD_EXIT_OFFSET = 6             # EIP at the payload's exit: just past the out
 
 
 @dataclass
@@ -123,6 +127,7 @@ class RomRun:
     stages: list[Stage] = field(default_factory=list)
     outcome: str = ""               # "entry", "hlt", "shutdown", "mmio", "other", "too many exits"
     ebx_at_entry: int | None = None
+    eax_at_entry: int | None = None  # the protocol magic: 0 for PVH, 0x2badb002 for Multiboot
     entry_state: dict[str, int] = field(default_factory=dict)
     mmio_writes: list[int] = field(default_factory=list)
     exits: int = 0
@@ -198,6 +203,7 @@ def run_rom(image: bytes, *, start_info_magic: int = HVM_START_MAGIC) -> RomRun:
                     _ioctl(vcpu, KVM_GET_REGS, regs)
                     result.outcome = "entry"
                     result.ebx_at_entry = value
+                    result.eax_at_entry = regs.rcx & 0xFFFF_FFFF
                     result.entry_state = _entry_state(sregs, regs)
                     return result
             elif reason == KVM_EXIT_MMIO:
@@ -235,7 +241,8 @@ def format_run(run: RomRun, names: dict[int, str]) -> str:
         lines.append(f"post {st.code:#04x} {names.get(st.code, '?'):<18} cr0={st.cr0:#010x} {pe} "
                      f"cs={st.cs_selector:#06x} base={st.cs_base:#010x} {mode}")
     if run.outcome == "entry":
-        lines.append(f"entry eip={run.entry_state['rip'] - 4:#x} ebx={run.ebx_at_entry:#x} "
+        lines.append(f"entry eip={run.entry_state['rip'] - PAYLOAD_EXIT_OFFSET:#x} eax={run.eax_at_entry:#x} "
+                     f"ebx={run.ebx_at_entry:#x} "
                      f"cr0={run.entry_state['cr0']:#x} cr4={run.entry_state['cr4']:#x} "
                      f"eflags={run.entry_state['rflags']:#x}")
     else:
@@ -247,16 +254,18 @@ def format_run(run: RomRun, names: dict[int, str]) -> str:
 def main(argv: list[str] | None = None) -> int:
     here = Path(__file__).resolve().parent
     sys.path.insert(0, str(here.parent.parent))
-    from pyvmm.loader.firmware import BOOT_STAGES, load_firmware
+    from pyvmm.loader.firmware import BOOT_STAGES, MULTIBOOT_MAGIC, load_firmware
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("elf", nargs="?", default=str(here.parent / "build" / "firmware.elf"))
     parser.add_argument("--no-magic", action="store_true", help="put a wrong hvm_start_info magic")
     parser.add_argument("--no-handoff", action="store_true", help="leave the hand-off block empty")
+    parser.add_argument("--multiboot", action="store_true", help="hand off as Multiboot (EAX = 0x2badb002)")
     parser.add_argument("--json", action="store_true", help="print the whole run as JSON")
     args = parser.parse_args(argv)
     fw = load_firmware(args.elf)
-    image = fw.image if args.no_handoff else fw.with_handoff(ENTRY_GPA + 0, START_INFO_GPA)
+    magic = MULTIBOOT_MAGIC if args.multiboot else 0
+    image = fw.image if args.no_handoff else fw.with_handoff(ENTRY_GPA, START_INFO_GPA, magic)
     result = run_rom(image, start_info_magic=0 if args.no_magic else HVM_START_MAGIC)
     print(json.dumps(asdict(result), indent=1) if args.json else format_run(result, BOOT_STAGES))
     return 0 if result.outcome == "entry" else 1

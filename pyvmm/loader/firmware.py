@@ -23,15 +23,17 @@ BOOT_STAGES: dict[int, str] = {
     0x03: "protected mode",
     0x04: "boot info checked",
     0x05: "jump to entry",
-    0xE1: "error: hand-off block empty (pvh_entry or pvh_start_info is 0)",
+    0xE1: "error: hand-off block empty (kernel_entry or boot_info is 0)",
     0xE2: "error: bad hvm_start_info magic",
+    0xE3: "error: unknown boot protocol in boot_magic",
 }
 BOOT_ERROR_FIRST, BOOT_ERROR_LAST = 0xE0, 0xEF
 
 RESET_VECTOR = 0xFFFF_FFF0                       # Intel SDM vol. 3, "First Instruction Executed"
 HANDOFF_MAGIC = 0x4D56_5950                      # the bytes "PYVM" at symbol handoff_magic
-HANDOFF_VERSION = 1
-HANDOFF_SYMBOLS = ("handoff_magic", "handoff_version", "pvh_entry", "pvh_start_info")
+HANDOFF_VERSION = 2                              # 2: kernel_entry, boot_info and boot_magic (Multiboot)
+HANDOFF_SYMBOLS = ("handoff_magic", "handoff_version", "kernel_entry", "boot_info", "boot_magic")
+MULTIBOOT_MAGIC = 0x2BAD_B002                    # boot_magic for a Multiboot kernel (goes in EAX)
 _WINDOW_END = FIRMWARE_BASE + FIRMWARE_SIZE
 _FILL = 0xFF                                     # unprogrammed flash reads as ones; firmware.bin agrees
 
@@ -65,19 +67,25 @@ class FirmwareImage:
         """The offset in image of a ROM symbol."""
         return self.symbols[symbol] - FIRMWARE_BASE
 
-    def with_handoff(self, entry: int, start_info: int) -> bytes:
-        """The image with the PVH entry and the hvm_start_info address written into its hand-off words.
+    def with_handoff(self, entry: int, boot_info: int, boot_magic: int = 0) -> bytes:
+        """The image with the kernel's 32-bit entry, the boot information's address and the protocol
+        written into its hand-off words: boot_magic 0 is PVH (the ROM checks the hvm_start_info magic),
+        MULTIBOOT_MAGIC is Multiboot (the ROM puts it in EAX).
 
         The ROM is read-only to the guest, so pyvmm patches its own copy before mapping it; pyvmm builds the
-        hvm_start_info itself, and the ROM only checks its magic and passes its address in EBX.
+        boot information itself, and the ROM only checks it and passes its address in EBX.
         """
-        for what, value in (("PVH entry", entry), ("hvm_start_info address", start_info)):
+        for what, value in (("kernel entry", entry), ("boot information address", boot_info)):
             if not 0 < value <= 0xFFFF_FFFF:
                 raise LoaderError(f"firmware hand-off: {what} {value:#x} is not a non-zero 32-bit address "
                                   "(the ROM jumps to it from 32-bit protected mode)")
+        if boot_magic not in (0, MULTIBOOT_MAGIC):
+            raise LoaderError(f"firmware hand-off: boot protocol {boot_magic:#x} is neither PVH (0) nor "
+                              f"Multiboot ({MULTIBOOT_MAGIC:#x})")
         patched = bytearray(self.image)
-        struct.pack_into("<I", patched, self.offset_of("pvh_entry"), entry)
-        struct.pack_into("<I", patched, self.offset_of("pvh_start_info"), start_info)
+        struct.pack_into("<I", patched, self.offset_of("kernel_entry"), entry)
+        struct.pack_into("<I", patched, self.offset_of("boot_info"), boot_info)
+        struct.pack_into("<I", patched, self.offset_of("boot_magic"), boot_magic)
         return bytes(patched)
 
 

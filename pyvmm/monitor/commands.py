@@ -351,6 +351,82 @@ def stats_age(machine: MachineControl, now: float | None = None) -> float | None
     return max(0.0, (time.time() if now is None else now) - updated)
 
 
+MAX_PMEMSAVE = 64 * MiB    # bytes one pmemsave may write
+
+
+def pmemsave(machine: MachineControl, gpa: int, size: int, filename: str) -> None:
+    """QEMU's pmemsave: size bytes of guest-physical memory from gpa into filename."""
+    from ..errors import GuestMemoryError
+
+    if size < 0 or gpa < 0:
+        raise CommandError("GenericError", "Invalid parameter: val and size must not be negative")
+    if size > MAX_PMEMSAVE:
+        raise CommandError("GenericError", f"pmemsave of {size} bytes: pyvmm saves at most {MAX_PMEMSAVE} at once")
+    try:
+        data = machine.read_memory(gpa, size)
+    except GuestMemoryError as e:
+        raise CommandError("GenericError", str(e)) from None
+    try:
+        with open(filename, "wb") as f:
+            f.write(data)
+    except OSError as e:
+        raise CommandError("GenericError", f"could not open '{filename}': {e.strerror}") from None
+
+
+# --- keyboard and screen ----------------------------------------------------------------------------
+
+DEFAULT_HOLD_MS = 100     # QEMU's send-key hold-time default
+
+
+def resolve_key(value: Any) -> str:
+    """A QMP KeyValue ({"type": "qcode", "data": "a"} or {"type": "number", "data": 30}) as a key name."""
+    from ..devices import keycodes
+
+    if not isinstance(value, dict) or set(value) != {"type", "data"}:
+        raise CommandError("GenericError", "Parameter 'keys' expects a list of {'type': 'qcode'|'number', "
+                                           "'data': ...} objects")
+    kind, data = value["type"], value["data"]
+    if kind == "qcode":
+        name = keycodes.lookup(data) if isinstance(data, str) else None
+        if name is None:
+            raise CommandError("GenericError", f"Parameter 'data' does not accept value '{data}'")
+        return name
+    if kind == "number":
+        if not isinstance(data, int) or isinstance(data, bool):
+            raise CommandError("GenericError", "Invalid parameter type for 'data', expected: integer")
+        name = keycodes.key_from_number(data)
+        if name is None:
+            raise CommandError("GenericError", f"pyvmm's keyboard has no key with number {data:#x}")
+        return name
+    raise CommandError("GenericError", f"Parameter 'type' does not accept value '{kind}'")
+
+
+def send_key(machine: MachineControl, keys: Sequence[str], hold_ms: int | None = None) -> None:
+    """QMP send-key / HMP sendkey: press keys together, release them hold_ms (100) later."""
+    sender = getattr(machine, "send_keys", None)
+    if sender is None:
+        raise CommandError("GenericError", "this machine has no keyboard")
+    if not keys:
+        raise CommandError("GenericError", "Parameter 'keys' is empty")
+    hold = DEFAULT_HOLD_MS if hold_ms is None else hold_ms
+    if not 0 <= hold <= 60_000:
+        raise CommandError("GenericError", f"hold-time {hold} ms is out of range (0 to 60000)")
+    sender(list(keys), hold)
+
+
+def screendump(machine: MachineControl, filename: str, fmt: str | None = None) -> str:
+    """QMP/HMP screendump: the VGA screen as PPM (QEMU's default), PNG, or text for a .txt file."""
+    dump = getattr(machine, "screendump", None)
+    if dump is None or getattr(machine, "vga", None) is None:
+        raise CommandError("GenericError", "There is no QemuConsole I can screendump from.")
+    try:
+        return dump(filename, fmt)
+    except ValueError as e:
+        raise CommandError("GenericError", str(e)) from None
+    except OSError as e:
+        raise CommandError("GenericError", f"failed to open file '{filename}': {e.strerror}") from None
+
+
 # --- virtio devices ---------------------------------------------------------------------------------
 
 

@@ -32,6 +32,8 @@ HELP = [
     ("info mtree", "the guest-physical memory map"),
     ("balloon <size>", "set the guest's target size (MiB, or 64M, 1G)"),
     ("x/<n><fmt><size> <gpa>", "dump guest memory: fmt x d u o c i, size b h w g (xp is the same)"),
+    ("sendkey <keys> [hold_ms]", "press keys together on the PS/2 keyboard: a, ctrl-alt-delete, 0x1e"),
+    ("screendump <file> [-f ppm|png]", "save the VGA screen: PPM (default), PNG, or text for a .txt file"),
     ("stop", "pause the vCPUs"),
     ("cont | c", "resume the vCPUs"),
     ("system_reset", "reset the machine (if it can)"),
@@ -254,6 +256,49 @@ def _balloon(machine: MachineControl, args: list[str], cpu: int) -> str:
     return ""
 
 
+def _sendkey(machine: MachineControl, args: list[str], cpu: int) -> str:
+    from ..devices import keycodes
+
+    if not 1 <= len(args) <= 2:
+        raise CommandError("GenericError", "usage: sendkey <keys> [hold_ms]  (keys joined by '-': ctrl-alt-f1)")
+    names = []
+    for part in args[0].split("-"):
+        name = keycodes.lookup(part)
+        if name is None and part.lower().startswith("0x"):
+            try:
+                name = keycodes.key_from_number(int(part, 16))
+            except ValueError:
+                name = None
+        if name is None:
+            raise CommandError("GenericError", f"invalid parameter: {part}")
+        names.append(name)
+    hold = None
+    if len(args) == 2:
+        try:
+            hold = int(args[1])
+        except ValueError:
+            raise CommandError("GenericError", f"hold_ms '{args[1]}' is not a number of milliseconds") from None
+    C.send_key(machine, names, hold)
+    return ""
+
+
+def _screendump(machine: MachineControl, args: list[str], cpu: int) -> str:
+    fmt = None
+    rest = []
+    it = iter(args)
+    for a in it:
+        if a == "-f":
+            fmt = next(it, None)
+            if fmt is None:
+                raise CommandError("GenericError", "usage: screendump <file> [-f ppm|png]")
+        else:
+            rest.append(a)
+    if len(rest) != 1:
+        raise CommandError("GenericError", "usage: screendump <file> [-f ppm|png]  (a .txt file gets the text)")
+    C.screendump(machine, rest[0], fmt)
+    return ""
+
+
 def _stop(machine: MachineControl, args: list[str], cpu: int) -> str:
     C.stop(machine)
     return ""
@@ -297,6 +342,8 @@ _COMMANDS: dict[str, Callable[[MachineControl, list[str], int], str]] = {
     "?": _help,
     "info": _info,
     "balloon": _balloon,
+    "sendkey": _sendkey,
+    "screendump": _screendump,
     "stop": _stop,
     "cont": _cont,
     "c": _cont,

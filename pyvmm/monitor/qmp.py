@@ -226,6 +226,12 @@ def _check_args(args: dict, schema: dict[str, tuple[str, bool]]) -> None:
             )
 
 
+def _key_list(value: Any) -> list:
+    if not isinstance(value, list):
+        raise CommandError("GenericError", "Invalid parameter type for 'keys', expected: array")
+    return value
+
+
 @dataclass
 class _Client:
     sock: socket.socket
@@ -286,6 +292,21 @@ class QmpServer:
             "qom-set": (
                 lambda c, a: C.qom_set(self.machine, a["path"], a["property"], a["value"]),
                 {"path": ("str", True), "property": ("str", True), "value": ("any", True)},
+            ),
+            "pmemsave": (
+                lambda c, a: C.pmemsave(self.machine, a["val"], a["size"], a["filename"]),
+                {"val": ("int", True), "size": ("int", True), "filename": ("str", True),
+                 "cpu-index": ("int", False)},
+            ),
+            "send-key": (
+                lambda c, a: C.send_key(self.machine, [C.resolve_key(k) for k in _key_list(a["keys"])],
+                                        a.get("hold-time")),
+                {"keys": ("any", True), "hold-time": ("int", False)},
+            ),
+            "screendump": (
+                self._cmd_screendump,
+                {"filename": ("str", True), "device": ("str", False), "head": ("int", False),
+                 "format": ("str", False)},
             ),
             "human-monitor-command": (
                 self._cmd_hmp,
@@ -521,6 +542,9 @@ class QmpServer:
 
     def _cmd_balloon(self, client: _Client, args: dict) -> None:
         C.balloon(self.machine, args["value"])
+
+    def _cmd_screendump(self, client: _Client, args: dict) -> None:
+        C.screendump(self.machine, args["filename"], args.get("format"))    # device and head: the one VGA
 
     def _cmd_quit(self, client: _Client, args: dict) -> Callable[[], None]:
         return self.machine.quit

@@ -2,7 +2,7 @@
 
     python -m tests.fuzz.fuzz TARGET [CORPUS_DIR] [-runs=N | -max_total_time=S] [libFuzzer flags]
 
-TARGET is one of virtio, qmp, hmp, options, elf, bzimage, firmware, tracefile.  Inputs that fail are
+TARGET is one of virtio, qmp, hmp, options, elf, bzimage, firmware, tracefile, multiboot.  Inputs that fail are
 written by libFuzzer as crash-* files; copy the virtio ones into tests/fuzz/regressions/ so the test
 suite replays them forever.  The last line printed says how many inputs ran.
 """
@@ -76,7 +76,7 @@ def _hypothesis_main(target: str, argv: list[str]) -> None:
 
 # The names of tests/fuzz/targets.py's TARGETS, spelled out here: importing that module before atheris
 # instruments it would leave every pyvmm module it loads without coverage feedback.
-TARGET_NAMES = ("virtio", "qmp", "hmp", "options", "elf", "bzimage", "firmware", "tracefile")
+TARGET_NAMES = ("virtio", "qmp", "hmp", "options", "elf", "bzimage", "firmware", "tracefile", "multiboot")
 
 
 def main(argv: list[str]) -> None:

@@ -1,6 +1,6 @@
 """The fuzz harness: bytes in, a hostile driver's register writes and ring contents out, invariants checked.
 
-Shared by the atheris fuzzer (``python -m tests.fuzz.fuzz_virtio``), the hypothesis property tests and
+Shared by the atheris fuzzer (``python -m tests.fuzz.fuzz virtio``), the hypothesis property tests and
 the regression corpus.  ``run_one(data)`` raises AssertionError (or any escaping exception) when the
 device model misbehaves; anything the guest does must end in a working device or DEVICE_NEEDS_RESET.
 """

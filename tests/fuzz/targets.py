@@ -13,6 +13,7 @@ AssertionError (or lets the unexpected exception escape) when the rule is broken
     TARGETS["firmware"](data) the boot ROM's ELF and its hand-off words
     TARGETS["tracefile"](data) the --trace-file path
     TARGETS["virtio"](data)  a hostile driver against the transport and the balloon (harness.py)
+    TARGETS["multiboot"](data) Multiboot kernels through the loader (multiboot_harness.py)
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from pyvmm.monitor.hmp import run_hmp
 from pyvmm.monitor.qmp import FatalInput, JsonStream, QmpServer, _Client, parse_address
 from pyvmm.units import parse_size
 from tests.fuzz.harness import Bytes, run_one
+from tests.fuzz.multiboot_harness import run_one as fuzz_multiboot
 from tests.support.bzimages import synthetic_bzimage
 from tests.support.fake_machine import FakeMachine
 from tests.support.firmware import ELF
@@ -328,4 +330,5 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
     "bzimage": fuzz_bzimage,
     "firmware": fuzz_firmware,
     "tracefile": fuzz_tracefile,
+    "multiboot": fuzz_multiboot,      # Multiboot v1 headers, ELF32 and a.out-kludge kernels, modules
 }

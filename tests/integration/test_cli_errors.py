@@ -43,7 +43,7 @@ def test_kernel_unreadable_directory(tmp_path):
 def test_kernel_not_elf(tmp_path):
     f = tmp_path / "k"
     f.write_text("not a kernel")
-    assert_one_line_error(pyvmm("run", str(f)), "neither an ELF file nor a bzImage")
+    assert_one_line_error(pyvmm("run", str(f)), "no boot header pyvmm knows; pyvmm boots three kinds of kernel")
 
 
 def test_kernel_not_x86(hello, tmp_path):

@@ -190,7 +190,7 @@ def test_every_vcpu_hammering_one_register(tmp_path):
     smp = 4
     m = Machine(VmConfig(kernel=elf, memory=64 * MiB, smp=smp, firmware=None, ioeventfd=False, console="none"))
     try:
-        entry, start_info = m.kernel.image.pvh_entry, m.kernel.start_info
+        entry, start_info = m.kernel.image.pvh_entry, m.kernel.boot_info
         for v in m.vcpus[1:]:                 # the APs start at the same loop, no INIT/SIPI needed
             cpu.set_pvh_entry_state(v.fd, entry, start_info)
             v.fd.set_mp_state(KvmMpState.RUNNABLE)

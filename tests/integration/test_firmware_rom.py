@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from pyvmm.arch.x86.layout import FIRMWARE_BASE
-from pyvmm.loader.firmware import BOOT_STAGES, FirmwareImage, load_firmware
+from pyvmm.loader.firmware import BOOT_STAGES, MULTIBOOT_MAGIC, FirmwareImage, load_firmware
 from tests.support.firmware import BAD_GDT_ELF, ELF, FW_DIR, ROOT
 from tests.unit.test_firmware import _one_line_error
 
@@ -26,9 +27,9 @@ def test_stripped_rom_has_no_symbols(built: Path, tmp_path: Path) -> None:
 
 def test_missing_handoff_symbols(built: Path, tmp_path: Path) -> None:
     path = tmp_path / "nohandoff.elf"
-    subprocess.run(["objcopy", "--strip-symbol=pvh_entry", "--strip-symbol=pvh_start_info", str(ELF),
+    subprocess.run(["objcopy", "--strip-symbol=kernel_entry", "--strip-symbol=boot_info", str(ELF),
                     str(path)], check=True)
-    _one_line_error(path, r"missing hand-off symbols pvh_entry, pvh_start_info; is it a pyvmm boot ROM\?")
+    _one_line_error(path, r"missing hand-off symbols kernel_entry, boot_info; is it a pyvmm boot ROM\?")
 
 
 # ----------------------------------------------------------------------------------------------- on KVM
@@ -72,7 +73,8 @@ def test_rom_reaches_the_pvh_entry_on_kvm(fw: FirmwareImage, romcheck) -> None:
     # The entry state the PVH boot ABI asks for (Xen docs/misc/pvh.pandoc).
     state = run.entry_state
     assert run.ebx_at_entry == romcheck.START_INFO_GPA
-    assert state["rip"] == romcheck.ENTRY_GPA + 4          # just past the payload's mov + out
+    assert run.eax_at_entry == 0
+    assert state["rip"] == romcheck.ENTRY_GPA + romcheck.PAYLOAD_EXIT_OFFSET   # just past the payload's out
     assert state["cr0"] == CR0_PE | CR0_ET
     assert state["cr4"] == 0 and state["efer"] == 0
     assert state["rflags"] & (EFLAGS_TF | EFLAGS_IF | EFLAGS_VM) == 0
@@ -83,6 +85,27 @@ def test_rom_reaches_the_pvh_entry_on_kvm(fw: FirmwareImage, romcheck) -> None:
         assert state[f"{seg}.type"] & 0xA == 0x2           # data, writable
     assert state["tr.base"] == 0 and state["tr.type"] == 11  # reset TR: a busy 32-bit TSS (see docs)
     assert run.mmio_writes == []                           # the ROM never writes to itself
+
+
+@pytest.mark.kvm
+def test_rom_enters_multiboot_with_the_magic_in_eax(fw: FirmwareImage, romcheck) -> None:
+    # No hvm_start_info magic is needed (or checked) on the Multiboot path.
+    run = romcheck.run_rom(fw.with_handoff(romcheck.ENTRY_GPA, romcheck.START_INFO_GPA, MULTIBOOT_MAGIC),
+                           start_info_magic=0)
+    assert run.outcome == "entry" and [s.code for s in run.stages] == STAGE_CODES
+    assert (run.eax_at_entry, run.ebx_at_entry) == (0x2BADB002, romcheck.START_INFO_GPA)
+    state = run.entry_state
+    assert state["cr0"] == CR0_PE | CR0_ET and state["rflags"] & (EFLAGS_TF | EFLAGS_IF | EFLAGS_VM) == 0
+    assert (state["cs.base"], state["cs.limit"], state["cs.db"]) == (0, 0xFFFFFFFF, 1)
+
+
+@pytest.mark.kvm
+def test_rom_reports_an_unknown_protocol(fw: FirmwareImage, romcheck) -> None:
+    image = bytearray(fw.with_handoff(romcheck.ENTRY_GPA, romcheck.START_INFO_GPA))
+    struct.pack_into("<I", image, fw.offset_of("boot_magic"), 0x1234)
+    run = romcheck.run_rom(bytes(image))
+    assert [s.code for s in run.stages] == [0x01, 0x02, 0x03, 0xE3]
+    assert run.outcome == "hlt"
 
 
 @pytest.mark.kvm

@@ -14,6 +14,7 @@ from pyvmm.errors import LoaderError
 from pyvmm.loader.firmware import (
     BOOT_STAGES,
     HANDOFF_MAGIC,
+    MULTIBOOT_MAGIC,
     RESET_VECTOR,
     FirmwareImage,
     is_boot_error,
@@ -55,14 +56,15 @@ def test_stage_names() -> None:
 # ----------------------------------------------------------------------------------------------- symbols
 
 def test_symbols_are_found_in_the_rom_window(fw: FirmwareImage) -> None:
-    for name in ("handoff_magic", "handoff_version", "pvh_entry", "pvh_start_info", "gdt",
+    for name in ("handoff_magic", "handoff_version", "kernel_entry", "boot_info", "boot_magic", "gdt",
                  "real_mode_start", "protected_mode"):
         assert FIRMWARE_BASE <= fw.symbols[name] < FIRMWARE_BASE + FIRMWARE_SIZE, name
     assert fw.symbols["reset_vector"] == RESET_VECTOR
     assert struct.unpack_from("<I", fw.image, fw.offset_of("handoff_magic"))[0] == HANDOFF_MAGIC
     # Unpatched, the hand-off words are zero, which the ROM reports as ERROR_NO_HANDOFF.
-    assert struct.unpack_from("<II", fw.image, fw.offset_of("pvh_entry")) == (0, 0)
-    assert fw.symbols["pvh_start_info"] == fw.symbols["pvh_entry"] + 4
+    assert struct.unpack_from("<III", fw.image, fw.offset_of("kernel_entry")) == (0, 0, 0)
+    assert fw.symbols["boot_info"] == fw.symbols["kernel_entry"] + 4
+    assert fw.symbols["boot_magic"] == fw.symbols["boot_info"] + 4
 
 
 def test_reset_vector_is_a_near_jump_to_the_real_mode_code(fw: FirmwareImage) -> None:
@@ -93,21 +95,26 @@ def test_gdt_descriptors_are_flat_and_preset_accessed(fw: FirmwareImage) -> None
 
 # ----------------------------------------------------------------------------------------------- hand-off
 
-def test_handoff_patch_lands_at_the_symbols(fw: FirmwareImage) -> None:
-    patched = fw.with_handoff(0x10_0000, 0x6000)
+@pytest.mark.parametrize("magic", [0, MULTIBOOT_MAGIC], ids=["pvh", "multiboot"])
+def test_handoff_patch_lands_at_the_symbols(fw: FirmwareImage, magic: int) -> None:
+    patched = fw.with_handoff(0x10_0000, 0x6000, magic)
     assert len(patched) == FIRMWARE_SIZE
-    assert struct.unpack_from("<I", patched, fw.offset_of("pvh_entry"))[0] == 0x10_0000
-    assert struct.unpack_from("<I", patched, fw.offset_of("pvh_start_info"))[0] == 0x6000
+    assert struct.unpack_from("<III", patched, fw.offset_of("kernel_entry")) == (0x10_0000, 0x6000, magic)
     changed = [i for i in range(FIRMWARE_SIZE) if patched[i] != fw.image[i]]
     assert changed and all(
-        fw.offset_of("pvh_entry") <= i < fw.offset_of("pvh_start_info") + 4 for i in changed)
-    assert struct.unpack_from("<I", fw.image, fw.offset_of("pvh_entry"))[0] == 0   # the original is kept
+        fw.offset_of("kernel_entry") <= i < fw.offset_of("boot_magic") + 4 for i in changed)
+    assert struct.unpack_from("<I", fw.image, fw.offset_of("kernel_entry"))[0] == 0   # the original is kept
 
 
-@pytest.mark.parametrize("entry, start_info", [(0, 0x6000), (0x10_0000, 0), (1 << 32, 0x6000)])
-def test_handoff_rejects_addresses_the_rom_cannot_use(fw: FirmwareImage, entry: int, start_info: int) -> None:
+@pytest.mark.parametrize("entry, boot_info", [(0, 0x6000), (0x10_0000, 0), (1 << 32, 0x6000)])
+def test_handoff_rejects_addresses_the_rom_cannot_use(fw: FirmwareImage, entry: int, boot_info: int) -> None:
     with pytest.raises(LoaderError, match="not a non-zero 32-bit address"):
-        fw.with_handoff(entry, start_info)
+        fw.with_handoff(entry, boot_info)
+
+
+def test_handoff_rejects_an_unknown_protocol(fw: FirmwareImage) -> None:
+    with pytest.raises(LoaderError, match=r"boot protocol 0x1badb002 is neither PVH \(0\) nor Multiboot"):
+        fw.with_handoff(0x10_0000, 0x6000, 0x1BADB002)
 
 
 # ----------------------------------------------------------------------------------------------- bad input

@@ -347,8 +347,10 @@ def build_fadt(dsdt_gpa: int) -> bytes:
     fadt.dsdt = dsdt_gpa
     fadt.Xdsdt = dsdt_gpa
     fadt.flags = AcpiFadtFlags.ACPI_FADT_HW_REDUCED | AcpiFadtFlags.ACPI_FADT_RESET_REGISTER
-    # No 8042 flag: Linux's i8042 driver then skips probing a keyboard controller we do not emulate
-    # (only its reset line is there).  No RTC: Linux then leaves the CMOS ports alone.
+    # No 8042 flag: Linux's i8042 driver then skips probing the keyboard controller (pyvmm's i8042 is
+    # there for Multiboot toy kernels, which read no ACPI; a Linux guest uses the serial console, and
+    # the probe of a mouse port nothing answers would only cost it time).  No RTC: Linux then leaves
+    # the CMOS ports alone.  No VGA: the text console is off (--vga none) unless asked for.
     fadt.boot_flags = (AcpiFadtBootFlags.ACPI_FADT_NO_VGA | AcpiFadtBootFlags.ACPI_FADT_NO_MSI
                        | AcpiFadtBootFlags.ACPI_FADT_NO_CMOS_RTC)
     fadt.reset_register = _gas_io(RESET_PORT)

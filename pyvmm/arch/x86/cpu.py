@@ -1,4 +1,4 @@
-"""x86 CPU state: the PVH 32-bit entry state, the CPUID handed to each vCPU, and register dumps."""
+"""x86 CPU state: the 32-bit entry states (PVH, Multiboot), the CPUID handed to each vCPU, and register dumps."""
 
 from __future__ import annotations
 
@@ -92,6 +92,20 @@ def _flat(selector: int, type_: int, *, db: int = 1) -> abi.kvm_segment:
 def set_pvh_entry_state(vcpu, entry: int, start_info: int) -> None:
     """The state the PVH ABI promises at the 32-bit entry: protected mode, paging off, flat 4 GiB
     segments, EBX = hvm_start_info, interrupts off (Xen's docs/misc/pvh.pandoc)."""
+    _set_flat32_entry_state(vcpu, entry, ebx=start_info, eax=0)
+
+
+def set_multiboot_entry_state(vcpu, entry: int, info: int) -> None:
+    """The Multiboot Specification's "Machine state" (3.2): EAX = 0x2BADB002, EBX = multiboot_info,
+    CS a 32-bit read/execute segment and DS, ES, FS, GS, SS 32-bit read/write segments, all with offset
+    0 and limit 0xFFFFFFFF; CR0 with PG clear and PE set; EFLAGS with VM and IF clear.  A20 is on: KVM
+    has no A20 gate."""
+    from ...loader.multiboot import MULTIBOOT_BOOTLOADER_MAGIC
+
+    _set_flat32_entry_state(vcpu, entry, ebx=info, eax=MULTIBOOT_BOOTLOADER_MAGIC)
+
+
+def _set_flat32_entry_state(vcpu, entry: int, *, ebx: int, eax: int) -> None:
     sregs = vcpu.get_sregs()
     code = _flat(BOOT_CS, 0xB)
     data = _flat(BOOT_DS, 0x3)
@@ -104,7 +118,7 @@ def set_pvh_entry_state(vcpu, entry: int, start_info: int) -> None:
     sregs.cr4 = 0
     sregs.efer = 0
     vcpu.set_sregs(sregs)
-    regs = abi.kvm_regs(rip=entry, rbx=start_info, rflags=0x2)
+    regs = abi.kvm_regs(rip=entry, rbx=ebx, rax=eax, rflags=0x2)
     vcpu.set_regs(regs)
 
 
@@ -161,6 +175,59 @@ def set_linux64_entry_state(vcpu, mem, entry: int, boot_params: int) -> None:
     sregs.efer = EFER_LME | EFER_LMA
     vcpu.set_sregs(sregs)
     vcpu.set_regs(abi.kvm_regs(rip=entry, rsi=boot_params, rflags=0x2))
+
+
+# ---- an instruction some hosts cannot emulate ------------------------------------------------------------
+
+_EFLAGS_VM, _EFLAGS_NT = 1 << 17, 1 << 14
+_EFLAGS_WRITABLE = 0x003F7FD5            # what IRET may load at CPL 0 (ID, AC, VIF, VIP, RF, NT, IOPL, ...)
+
+
+def descriptor_segment(mem, sregs, selector: int) -> abi.kvm_segment | None:
+    """The kvm_segment a selector's GDT descriptor describes (legacy 8-byte form), None if unusable."""
+    index = selector & ~7
+    if selector & 4 or index == 0 or index + 7 > sregs.gdt.limit:
+        return None
+    gpa = translate(mem, sregs, sregs.gdt.base + index)
+    if gpa is None or not mem.contains(gpa, 8):
+        return None
+    d = mem.read_u64(gpa)
+    access = (d >> 40) & 0xFF
+    flags = (d >> 52) & 0xF
+    limit = (d & 0xFFFF) | ((d >> 32) & 0xF0000)
+    if flags & 0x8:
+        limit = (limit << 12) | 0xFFF
+    return abi.kvm_segment(base=((d >> 16) & 0xFFFFFF) | ((d >> 56) << 24), limit=limit, selector=selector,
+                           type=access & 0xF, present=(access >> 7) & 1, dpl=(access >> 5) & 3,
+                           db=(flags >> 2) & 1, s=(access >> 4) & 1, l=(flags >> 1) & 1, g=(flags >> 3) & 1)
+
+
+def finish_iret32(mem, regs, sregs) -> bool:
+    """Do a 32-bit protected-mode IRET to the same privilege level, as the SDM's IRET pseudo-code does
+    (pop EIP, CS, EFLAGS), on regs and sregs in place.  KVM's instruction emulator implements IRET in
+    real mode only, so a host that emulates guest code (nested kvm_pvm, 32-bit code without paging)
+    fails on every interrupt return of a 32-bit kernel.  False (nothing changed) for any case this
+    does not cover: a task return (NT), a return to another ring or to virtual-8086 mode."""
+    if not sregs.cr0 & X86_CR0_PE or sregs.efer & EFER_LMA or not sregs.cs.db or regs.rflags & _EFLAGS_NT:
+        return False
+    cpl = sregs.cs.selector & 3
+    esp = regs.rsp & 0xFFFF_FFFF if sregs.ss.db else regs.rsp & 0xFFFF
+    gpa = translate(mem, sregs, (sregs.ss.base + esp) & 0xFFFF_FFFF)
+    if gpa is None or not mem.contains(gpa, 12):
+        return False
+    eip, cs, eflags = struct.unpack("<III", mem.read(gpa, 12))
+    cs &= 0xFFFF
+    if cs & 3 != cpl or eflags & _EFLAGS_VM:
+        return False
+    if cs != sregs.cs.selector:
+        seg = descriptor_segment(mem, sregs, cs)
+        if seg is None or not seg.present or not seg.s or not seg.type & 0x8 or not seg.db:
+            return False
+        sregs.cs = seg
+    regs.rip = eip
+    regs.rsp = (regs.rsp & ~0xFFFF_FFFF) | ((esp + 12) & 0xFFFF_FFFF)
+    regs.rflags = (eflags & _EFLAGS_WRITABLE) | 0x2
+    return True
 
 
 # ---- register dumps ---------------------------------------------------------------------------

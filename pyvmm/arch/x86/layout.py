@@ -16,6 +16,9 @@ BOOT_MEMMAP = 0x6800               # hvm_memmap_table_entry[] (PVH)
 BOOT_CMDLINE = 0x8000              # kernel command line
 BOOT_CMDLINE_MAX = 0x1000
 BOOT_PAGE_TABLES = 0x9000          # identity page tables for a 64-bit entry (Linux boot protocol)
+BOOT_MODULES = 0x9000              # Multiboot: module list, module strings, boot loader name (the same
+BOOT_MODULES_END = 0x1_0000        # pages as the Linux path's page tables: one boot uses one of them)
+VGA_TEXT_BUFFER = 0xB_8000         # the colour text mode's 80x25 character/attribute cells (guest RAM)
 ACPI_START = 0xE_0000              # ACPI tables (RSDP must lie in 0xE0000-0xFFFFF for legacy scan)
 EBDA_START = 0x9_FC00
 KERNEL_START = 0x10_0000           # 1 MiB
@@ -37,6 +40,9 @@ DEBUG_EXIT_PORT = 0xF4             # where QEMU's isa-debug-exit sits
 POST_PORT = 0x80                   # firmware boot-stage codes (the PC's POST code port)
 I8042_DATA_PORT = 0x60             # the keyboard controller: data at 0x60, status/command at 0x64
 I8042_COMMAND_PORT = 0x64          # (command 0xFE pulses the CPU's reset line)
+I8042_KBD_IRQ = 1                  # the keyboard's ISA interrupt (the PIC's IRQ 1, IOAPIC pin 1)
+VGA_CRTC_INDEX = 0x3D4             # colour CRTC index/data (cursor position and shape)
+VGA_PORTS = (0x3C0, 0x3E0)         # the VGA register block: attribute, misc output, sequencer, ... 0x3DA
 
 
 def ram_layout(ram_size: int) -> list[tuple[int, int]]:
