@@ -140,6 +140,13 @@ class I8042:
         self.irq = irq
         self.lock = threading.Lock()
         self.kbd = PS2Keyboard()
+        self._level = False
+        self.keys_sent = 0
+        self.reset()
+
+    def reset(self) -> None:
+        """The controller as a BIOS leaves it (a machine reset): nothing buffered, IRQ 1 low."""
+        self.kbd.reset()
         self.ctr = CTR_AFTER_BIOS
         self.status = STAT_SYS | STAT_UNLOCKED
         self.out: int | None = None            # the output buffer
@@ -147,8 +154,9 @@ class I8042:
         self.pending: int | None = None        # a controller command waiting for its data byte
         self.output_port = 0x03                # reset line high (not in reset), A20 on
         self._break = False                    # translation saw set 2's 0xF0 break prefix
-        self._level = False
-        self.keys_sent = 0
+        if self._level and self.irq is not None:
+            self._level = False
+            self.irq.set_level(False)
 
     # --- the guest's side ---------------------------------------------------------------------------
 

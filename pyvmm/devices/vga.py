@@ -74,6 +74,11 @@ class VgaText:
             raise ValueError("the VGA text window needs 32 KiB of guest RAM at 0xB8000")
         self.buffer = buffer
         self.lock = threading.Lock()
+        self.guest_writes = 0                 # register writes, for `info` and tests
+        self.reset()
+
+    def reset(self) -> None:
+        """The registers of text mode 3, as the BIOS sets them (a machine reset)."""
         self.crtc = bytearray(_CRTC_MODE3)
         self.seq = bytearray(_SEQ_MODE3)
         self.gc = bytearray(_GC_MODE3)
@@ -85,7 +90,6 @@ class VgaText:
         self.dac_read = self.dac_write = 0    # DAC indices, in colour components (index * 3 + rgb)
         self.dac_mask = 0xFF
         self._status_reads = 0
-        self.guest_writes = 0                 # register writes, for `info` and tests
 
     # --- the register block --------------------------------------------------------------------------
 
