@@ -96,11 +96,14 @@ class QmpConnection:
             left = deadline - time.monotonic()
             if left <= 0:
                 return None
+            saved = self.sock.gettimeout()
             self.sock.settimeout(left)
             try:
                 msg = self._recv()
             except PyvmmError:
                 return None
+            finally:
+                self.sock.settimeout(saved)
             if isinstance(msg, dict) and "event" in msg:
                 self.events.append(msg)
 
@@ -117,47 +120,82 @@ def balloon_main(args: argparse.Namespace) -> int:
         q.execute("balloon", {"value": target})
         if not args.wait:
             return 0
-        deadline = time.monotonic() + args.timeout
-        actual = q.execute("query-balloon")["actual"]
+        return _follow_balloon(q, target, args.timeout)
+
+
+def _follow_balloon(q: QmpConnection, target: int, timeout: float) -> int:
+    """Wait for `actual` to reach the target on a status line (actual -> target, MiB/s); PyvmmError if
+    it does not within timeout seconds."""
+    from .termout import StatusLine
+
+    t0 = time.monotonic()
+    deadline = t0 + timeout
+    actual = start = q.execute("query-balloon")["actual"]
+    with StatusLine(every=5.0) as status:
         while actual != target:
-            ev = q.wait_event("BALLOON_CHANGE", deadline - time.monotonic())
-            if ev is None:
+            elapsed = time.monotonic() - t0
+            rate = abs(actual - start) / elapsed / (1 << 20) if elapsed > 0.2 else 0.0
+            status.update(f"balloon: actual {format_size(actual)} -> target {format_size(target)}, "
+                          f"{rate:.1f} MiB/s, {elapsed:.1f} s")
+            left = deadline - time.monotonic()
+            if left <= 0:
+                status.stop()
                 raise PyvmmError(f"the guest reached {format_size(actual)}, not {format_size(target)}, "
-                                 f"within {args.timeout:g} s (is its balloon driver loaded?)")
-            actual = ev["data"]["actual"]
+                                 f"within {timeout:g} s (is its balloon driver loaded?)")
+            ev = q.wait_event("BALLOON_CHANGE", min(left, 0.25))
+            actual = ev["data"]["actual"] if ev is not None else q.execute("query-balloon")["actual"]
+        elapsed = time.monotonic() - t0
+        rate = abs(actual - start) / elapsed / (1 << 20) if elapsed > 0 else 0.0
+        status.done(f"balloon: reached {format_size(target)} in {elapsed:.1f} s ({rate:.1f} MiB/s)")
     return 0
 
 
 def balloon_report(q: QmpConnection) -> dict:
-    """What `pyvmm info balloon` shows, in the --json shape; stats never received are null."""
+    """What `pyvmm info balloon` shows, in the --json shape (bytes, seconds); stats never received are
+    null.  target, host RSS and the rest are pyvmm's own qom properties: a QEMU balloon answers
+    query-balloon and its two properties, and the report then has only those."""
     actual = q.execute("query-balloon")["actual"]
     report: dict[str, Any] = {"actual": actual}
+    path = _commands.BALLOON_QOM_PATH
+    for prop in ("target", "guest-ram-rss", "ballooned-pages", "discarded-bytes"):
+        try:
+            report[prop] = q.execute("qom-get", {"path": path, "property": prop})
+        except PyvmmError:
+            pass     # not pyvmm, or not known yet (RSS on a host without mincore)
     try:
-        gs = q.execute("qom-get", {"path": _commands.BALLOON_QOM_PATH, "property": "guest-stats"})
-        interval = q.execute("qom-get", {"path": _commands.BALLOON_QOM_PATH,
-                                         "property": "guest-stats-polling-interval"})
+        gs = q.execute("qom-get", {"path": path, "property": "guest-stats"})
+        interval = q.execute("qom-get", {"path": path, "property": "guest-stats-polling-interval"})
     except PyvmmError:
         return report  # a balloon without id=balloon0 (QEMU) still answers query-balloon
     report["stats"] = {k: (None if v == _commands.STAT_NEVER else v) for k, v in gs["stats"].items()}
     report["last-update"] = gs["last-update"]
+    report["stats-age"] = round(max(0.0, time.time() - gs["last-update"]), 1) if gs["last-update"] else None
     report["polling-interval"] = interval
     return report
 
 
 def _rows(report: dict) -> list[tuple[str, str]]:
-    rows = [("actual", f"{format_size(report['actual'])} ({report['actual']} bytes)")]
+    rows = []
+    if "target" in report:
+        rows.append(("target", format_size(report["target"])))
+    rows.append(("actual", format_size(report["actual"])))
+    if "guest-ram-rss" in report:
+        rows.append(("host RSS of guest RAM", format_size(report["guest-ram-rss"])))
+    if "ballooned-pages" in report:
+        rows.append(("ballooned pages", str(report["ballooned-pages"])))
+    if "discarded-bytes" in report:
+        rows.append(("given back to the host", format_size(report["discarded-bytes"])))
     if "stats" in report:
         interval = report["polling-interval"]
         rows.append(("stats polling", f"every {interval} s" if interval else "off"))
-        last = report["last-update"]
-        rows.append(("stats last update", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last)) if last
-                     else "never"))
+        age = report["stats-age"]
+        rows.append(("stats received", f"{age:.1f} s ago" if age is not None else "never"))
         byte_stats = {name for name, tag, _ in _commands.QEMU_STATS if tag in (0, 1, 4, 5, 6, 7)}
         for name, value in report["stats"].items():
             if value is None:
                 text = "-"
             elif name in byte_stats:
-                text = f"{format_size(value)} ({value})"
+                text = format_size(value)
             else:
                 text = str(value)
             rows.append((name, text))

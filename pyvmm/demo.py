@@ -6,6 +6,8 @@ import sys
 import time
 
 from . import hoststat
+from .termout import StatusLine, emit_line
+from .units import format_size
 
 MiB = 1 << 20
 
@@ -14,67 +16,28 @@ def _rss(machine) -> int:
     return hoststat.mapping_rss(machine.memory)
 
 
-class _Progress:
-    """A live line on a terminal (rich), a line a second otherwise; a context manager that always
-    stops the live display, so an exception (Ctrl-C) does not leave the cursor hidden."""
-
-    def __init__(self) -> None:
-        self.tty = sys.stderr.isatty()
-        self.last = 0.0
-        self.live = None
-        if self.tty:
-            from rich.console import Console
-            from rich.live import Live
-
-            self.console = Console(file=sys.stderr)
-            self.live = Live(console=self.console, transient=True, refresh_per_second=8)
-            self.live.start()
-
-    def update(self, text: str) -> None:
-        if self.live is not None:
-            self.live.update(text)
-        elif time.monotonic() - self.last >= 1.0:
-            self.last = time.monotonic()
-            sys.stderr.write(text + "\n")
-
-    def stop(self) -> None:
-        if self.live is not None:
-            self.live.stop()
-            self.live = None
-
-    def done(self, text: str) -> None:
-        self.stop()
-        sys.stderr.write(text + "\n")
-
-    def __enter__(self) -> _Progress:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
 def move_balloon(machine, target: int, *, timeout: float = 300.0, label: str = "") -> tuple[float, bool]:
-    """Set the target and follow `actual` until it gets there; returns (seconds, reached)."""
+    """Set the target and follow `actual` until it gets there, on a status line; returns (seconds,
+    reached)."""
     balloon = machine.balloon
     balloon.set_target(target)
     want_pages = (machine.ram_size - target) >> 12
-    with _Progress() as progress:
+    with StatusLine(every=1.0) as status:
         t0 = time.monotonic()
         reached = False
         while time.monotonic() - t0 < timeout and not machine.stopped.is_set():
             info = balloon.info()
-            progress.update(f"balloon {label}: target {target // MiB} MiB, guest at {info.actual // MiB} MiB "
-                            f"({info.actual_pages} pages ballooned), host RSS of guest RAM "
-                            f"{(info.guest_ram_rss or _rss(machine)) / MiB:.1f} MiB")
+            rss = info.guest_ram_rss if info.guest_ram_rss is not None else _rss(machine)
+            status.update(f"balloon {label}: target {format_size(target)}, guest at {format_size(info.actual)} "
+                          f"({info.actual_pages} pages ballooned), host RSS of guest RAM {format_size(rss)}")
             if info.actual_pages == want_pages and info.ballooned_pages == want_pages:
                 reached = True
                 break
             time.sleep(0.1)
         elapsed = time.monotonic() - t0
         info = balloon.info(rss=False)
-        progress.done(f"balloon {label}: {'reached' if reached else 'did not reach'} {target // MiB} MiB in "
-                      f"{elapsed:.2f} s (actual {info.actual // MiB} MiB, host RSS "
-                      f"{_rss(machine) / MiB:.1f} MiB)")
+        status.done(f"balloon {label}: {'reached' if reached else 'did not reach'} {format_size(target)} in "
+                    f"{elapsed:.2f} s (actual {format_size(info.actual)}, host RSS {format_size(_rss(machine))})")
     return elapsed, reached
 
 
@@ -109,11 +72,17 @@ def _table(machine, rows, stats_low, low: int) -> None:
     info = machine.balloon.info(rss=False)
     lines = [("step", "from", "to", "time", "reached", "host RSS before", "host RSS after")]
     for step, a, b, t, ok, r0, r1 in rows:
-        lines.append((step, f"{a // MiB} MiB", f"{b // MiB} MiB", f"{t:.2f} s", "yes" if ok else "NO",
-                      f"{r0 / MiB:.1f} MiB", f"{r1 / MiB:.1f} MiB"))
-    stats = ", ".join(f"{k}={v // MiB} MiB" if "mem" in k or "avail" in k else f"{k}={v}"
+        lines.append((step, format_size(a), format_size(b), f"{t:.2f} s", "yes" if ok else "NO",
+                      format_size(r0), format_size(r1)))
+    stats = ", ".join(f"{k}={format_size(v)}" if "mem" in k or "avail" in k or "caches" in k else f"{k}={v}"
                       for k, v in stats_low.items()) or "none received"
+    summary = (f"guest stats at {format_size(low)}: {stats}\n"
+               f"discarded in all: {format_size(info.discarded_bytes)}; bad PFNs {info.bad_pfns}; "
+               f"host and guest agree: {info.agree}\n")
     if sys.stderr.isatty():
+        import io
+        import os
+
         from rich.console import Console
         from rich.table import Table
 
@@ -122,15 +91,10 @@ def _table(machine, rows, stats_low, low: int) -> None:
             table.add_column(h)
         for row in lines[1:]:
             table.add_row(*row)
-        console = Console(file=sys.stderr)
-        console.print(table)
-        console.print(f"guest stats at {low // MiB} MiB: {stats}")
-        console.print(f"discarded in all: {info.discarded_bytes // MiB} MiB; bad PFNs {info.bad_pfns}; "
-                      f"host and guest agree: {info.agree}")
+        buf = io.StringIO()
+        Console(file=buf, force_terminal=True, width=os.get_terminal_size(2).columns).print(table)
+        text = buf.getvalue()
     else:
         widths = [max(len(r[i]) for r in lines) for i in range(len(lines[0]))]
-        for r in lines:
-            sys.stderr.write("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "\n")
-        sys.stderr.write(f"guest stats at {low // MiB} MiB: {stats}\n")
-        sys.stderr.write(f"discarded in all: {info.discarded_bytes // MiB} MiB; bad PFNs {info.bad_pfns}; "
-                         f"host and guest agree: {info.agree}\n")
+        text = "".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip() + "\n" for r in lines)
+    emit_line(text + summary)     # one write: no guest line lands inside the table

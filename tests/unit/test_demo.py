@@ -1,16 +1,15 @@
-"""The `make run` demo's driver on a fake machine: the live display always stops, the summary says the
+"""The `make run` demo's driver on a fake machine: the status line is always cleared, the summary says the
 low point it used, and host RSS comes from pyvmm.hoststat."""
 
 from __future__ import annotations
 
-import io
-import sys
+import os
 import threading
 from types import SimpleNamespace
 
 import pytest
 
-from pyvmm import demo, hoststat
+from pyvmm import demo, hoststat, termout
 from pyvmm.memory import GuestMemory
 
 MiB = 1 << 20
@@ -54,36 +53,30 @@ class _Machine:
         self.stopped_with = (code, why)
 
 
-class _Tty(io.StringIO):
-    def isatty(self) -> bool:
-        return True
-
-
-@pytest.fixture
-def lives(monkeypatch):
-    """Every rich Live the demo creates."""
-    from rich import live
-
+def test_status_line_is_cleared_when_the_loop_raises(monkeypatch):
+    r, w = os.pipe()
     made = []
 
-    class Recording(live.Live):
+    class OnTerminal(termout.StatusLine):
         def __init__(self, *a, **kw):
-            super().__init__(*a, **kw)
+            super().__init__(w, *a[1:], **kw)
+            self.tty = True            # a terminal, as far as the status line goes
             made.append(self)
 
-    monkeypatch.setattr(live, "Live", Recording)
-    return made
+    monkeypatch.setattr(demo, "StatusLine", OnTerminal)
+    machine = _Machine(_Balloon(256 * MiB, interrupt_after=1))
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            demo.move_balloon(machine, 128 * MiB, label="inflate")
+        assert len(made) == 1 and termout._status is None      # output flows again
+        os.close(w)
+        drawn = os.read(r, 65536)
+        assert b"balloon inflate: target 128.0 MiB" in drawn and drawn.endswith(b"\r\x1b[K")
+    finally:
+        os.close(r)
 
 
-def test_live_display_is_stopped_when_the_loop_raises(lives, monkeypatch):
-    monkeypatch.setattr(sys, "stderr", _Tty())   # here, not in a fixture: capture resets it per phase
-    machine = _Machine(_Balloon(256 * MiB, interrupt_after=0))
-    with pytest.raises(KeyboardInterrupt):
-        demo.move_balloon(machine, 128 * MiB, label="inflate")
-    assert len(lives) == 1 and not lives[0].is_started
-
-
-def test_summary_names_the_low_point_and_rss_comes_from_hoststat(monkeypatch, capsys):
+def test_summary_names_the_low_point_and_rss_comes_from_hoststat(monkeypatch, capfd):
     machine = _Machine(_Balloon(256 * MiB))
     seen = []
 
@@ -95,8 +88,8 @@ def test_summary_names_the_low_point_and_rss_comes_from_hoststat(monkeypatch, ca
     monkeypatch.setattr(hoststat, "mapping_rss", rss)
     monkeypatch.setattr(demo.time, "sleep", lambda s: None)
     demo.drive_demo(machine, low=128 * MiB)
-    err = capsys.readouterr().err
-    assert "guest stats at 128 MiB: memfree=100 MiB, minflt=7" in err
-    assert "64 MiB" not in err
+    err = capfd.readouterr().err
+    assert "guest stats at 128.0 MiB: memfree=100.0 MiB, minflt=7" in err
+    assert "64.0 MiB" not in err
     assert "42.0 MiB" in err and seen
     assert machine.stopped_with == (0, "demo finished")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 import threading
 
@@ -47,15 +48,20 @@ def test_info_balloon_json(vm, capsys):
     assert report["stats"]["stat-minor-faults"] == 1234
     assert report["stats"]["stat-htlb-pgfail"] is None      # never received
     assert report["polling-interval"] == 0 and report["last-update"] > 0
+    assert report["target"] == 40 * MiB and 0 <= report["stats-age"] < 60
+    assert report["ballooned-pages"] == 24 * MiB // 4096
 
 
 def test_info_balloon_table_for_people(vm, capsys):
     _m, path = vm
     assert main(["info", "balloon", "--qmp", path]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0].split() == ["actual", "64.0", "MiB", "(67108864", "bytes)"]
-    assert any(line.split() == ["stat-total-memory", "64.0", "MiB", "(67108864)"] for line in out)
+    assert out[0].split() == ["target", "64.0", "MiB"] and out[1].split() == ["actual", "64.0", "MiB"]
+    assert any(re.fullmatch(r"host RSS of guest RAM +\d+\.\d MiB", line) for line in out)
+    assert any(re.fullmatch(r"stats received +\d+\.\d s ago", line) for line in out)
+    assert any(line.split() == ["stat-total-memory", "64.0", "MiB"] for line in out)
     assert any(line.split() == ["stat-htlb-pgfail", "-"] for line in out)
+    assert not any(re.search(r"\d+K\b|\(\d+\)", line) for line in out)    # one unit style: MiB
 
 
 @pytest.mark.parametrize("argv, msg, code", [

@@ -1,0 +1,257 @@
+"""This process's standard output and error, shared by the guest's console and pyvmm's own lines.
+
+The guest writes its serial console a byte at a time (one port write, one exit); pyvmm writes whole
+lines (progress, trace, log) to standard error.  Written as they come, the two cut each other: a
+status line drawn on a terminal is overwritten by a guest line, and a pipe that takes both gets a log
+line in the middle of a guest line.  Everything here goes through one lock:
+
+* ``GuestOutput`` writes the console.  To a terminal bytes go out as they come (a shell prompt has no
+  newline), except while a status line is shown: then whole lines go above it.  To a pipe or file
+  only whole lines go out, so nothing lands in the middle of one; a partial line goes out once it has
+  waited PARTIAL_WAIT seconds (a prompt), or when the VM stops.
+* ``StatusLine`` is one live line at the bottom of a terminal (rewritten in place, cleared when
+  done); piped, it is a plain line at most every ``every`` seconds.
+* ``emit_line`` writes one of pyvmm's own lines (logging, the trace) where it does not cut either.
+
+rich's Live display does the same for Python-level writes, but the guest's bytes reach fd 1 from a
+vCPU thread and the console may be a terminal in raw mode (no newline translation), which Live does
+not draw for; the few escape sequences needed here are two (CR, erase line).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+
+PARTIAL_WAIT = 0.3           # seconds a piped partial line waits for its newline before going out
+_lock = threading.RLock()
+_status: StatusLine | None = None   # the status line on the terminal now, if any
+
+
+def _is_tty(fd: int) -> bool:
+    try:
+        return os.isatty(fd)
+    except OSError:
+        return False
+
+
+def _same_file(a: int, b: int) -> bool:
+    try:
+        return os.path.samestat(os.fstat(a), os.fstat(b))
+    except OSError:
+        return False
+
+
+def _write(fd: int, data: bytes) -> None:
+    while data:
+        try:
+            n = os.write(fd, data)
+        except InterruptedError:
+            continue
+        except OSError:
+            return           # the terminal or the reader went away; the VM goes on
+        data = data[n:]
+
+
+class GuestOutput:
+    """The guest's console bytes on ``fd`` (default 1); a ConsoleLog sink (callable with bytes)."""
+
+    def __init__(self, fd: int = 1, *, raw_terminal: Callable[[], bool] | None = None) -> None:
+        self.fd = fd
+        self.tty = _is_tty(fd)
+        self._partial = bytearray()
+        self._partial_since = 0.0
+        self._flusher: threading.Thread | None = None
+        self._closed = False
+        # When the terminal is in raw mode a status line must end its own lines with CR LF.
+        self.raw_terminal = raw_terminal or (lambda: False)
+
+    def __call__(self, data: bytes) -> None:
+        self.write(data)
+
+    def write(self, data: bytes) -> int:
+        self._write_locked(data)
+        return len(data)
+
+    def _write_locked(self, data: bytes) -> None:
+        with _lock:
+            status = _status
+            over_status = status is not None and status.tty and _same_file(self.fd, status.fd)
+            if self.tty and not over_status:
+                if self._partial:
+                    data, self._partial = bytes(self._partial) + data, bytearray()
+                _write(self.fd, data)
+                return
+            self._partial += data
+            cut = self._partial.rfind(b"\n") + 1
+            if cut:
+                lines = bytes(self._partial[:cut])
+                del self._partial[:cut]
+                if over_status and status is not None:
+                    status.above(lines)
+                else:
+                    _write(self.fd, lines)
+            if self._partial:
+                if not self._partial_since:
+                    self._partial_since = time.monotonic()
+                if len(self._partial) >= 4096:
+                    self._flush_partial()
+                elif not over_status:
+                    self._start_flusher()
+            else:
+                self._partial_since = 0.0
+
+    def _flush_partial(self) -> None:
+        if self._partial:
+            status = _status
+            if status is not None and status.tty and _same_file(self.fd, status.fd):
+                status.above(bytes(self._partial) + b"\n")   # it cannot stay beside the status line
+            else:
+                _write(self.fd, bytes(self._partial))
+            self._partial.clear()
+        self._partial_since = 0.0
+
+    def _start_flusher(self) -> None:
+        if self._flusher is None or not self._flusher.is_alive():
+            self._flusher = threading.Thread(target=self._flush_later, name="console-flush", daemon=True)
+            self._flusher.start()
+
+    def _flush_later(self) -> None:
+        while True:
+            time.sleep(PARTIAL_WAIT / 2)
+            with _lock:
+                if self._closed or not self._partial:
+                    return
+                status = _status
+                if status is not None and status.tty and _same_file(self.fd, status.fd):
+                    continue          # held above the status line until its newline
+                if time.monotonic() - self._partial_since >= PARTIAL_WAIT:
+                    self._flush_partial()
+                    return
+
+    def flush(self) -> None:
+        """Everything held, out now (the VM stopped, or a status line ends)."""
+        with _lock:
+            self._flush_partial()
+
+    def close(self) -> None:
+        with _lock:
+            self._flush_partial()
+            self._closed = True
+
+
+class StatusLine:
+    """A live status line on standard error (fd 2): ``update(text)`` often, ``done(text)`` once.
+
+    On a terminal the line is rewritten in place and guest lines and pyvmm's lines go above it; piped,
+    an update is written as a line at most every ``every`` seconds (0: never), and done() always."""
+
+    def __init__(self, fd: int = 2, *, every: float = 1.0, raw: bool = False) -> None:
+        self.fd = fd
+        self.tty = _is_tty(fd)
+        self.every = every
+        self.raw = raw               # the terminal is in raw mode: lines end with CR LF
+        self.text = ""
+        self._last_piped = time.monotonic()     # piped, the first line comes after `every` seconds
+        self._shown = False
+
+    def __enter__(self) -> StatusLine:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        global _status
+        with _lock:
+            if self.tty and _status is None:
+                _status = self
+
+    def _width(self) -> int:
+        try:
+            return max(20, os.get_terminal_size(self.fd).columns - 1)
+        except OSError:
+            return 79
+
+    def _draw(self) -> bytes:
+        text = self.text.replace("\r", " ").replace("\n", " ")
+        width = self._width()
+        if len(text) > width:
+            text = text[: width - 3] + "..."
+        return b"\r\x1b[K" + text.encode("utf-8", "replace")
+
+    def update(self, text: str) -> None:
+        with _lock:
+            self.text = text
+            if self.tty:
+                if _status is self:
+                    _write(self.fd, self._draw())
+                    self._shown = True
+            elif self.every and time.monotonic() - self._last_piped >= self.every:
+                self._last_piped = time.monotonic()
+                _write(self.fd, text.encode("utf-8", "replace") + b"\n")
+
+    def above(self, lines: bytes) -> None:
+        """Whole lines (ending in a newline) printed above the status line, which is drawn again."""
+        with _lock:
+            if self.raw:
+                lines = lines.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+            _write(self.fd, (b"\r\x1b[K" if self._shown else b"") + lines + (self._draw() if self._shown else b""))
+
+    def stop(self) -> None:
+        """Clear the line and let output flow again."""
+        global _status
+        with _lock:
+            if _status is self:
+                _status = None
+                if self._shown:
+                    _write(self.fd, b"\r\x1b[K")
+                    self._shown = False
+
+    def done(self, text: str) -> None:
+        """The final state, as a line that stays."""
+        with _lock:
+            self.stop()
+            _write(self.fd, text.encode("utf-8", "replace") + (b"\r\n" if self.raw else b"\n"))
+
+
+def emit_line(text: str, fd: int = 2) -> None:
+    """One of pyvmm's own lines on ``fd`` (a log record, a trace line): above a status line on that
+    terminal, else as one write so it does not land inside a guest line."""
+    data = text.encode("utf-8", "replace")
+    with _lock:
+        status = _status
+        if status is not None and _same_file(fd, status.fd):
+            status.above(data if data.endswith(b"\n") else data + b"\n")
+        else:
+            _write(fd, data)
+
+
+class LineStream:
+    """A text stream for the tracer and logging that writes through emit_line (one write per line)."""
+
+    def __init__(self, fd: int = 2) -> None:
+        self.fd = fd
+        self._buf = ""
+
+    def write(self, text: str) -> int:
+        self._buf += text
+        cut = self._buf.rfind("\n") + 1
+        if cut:
+            emit_line(self._buf[:cut], self.fd)
+            self._buf = self._buf[cut:]
+        return len(text)
+
+    def flush(self) -> None:
+        if self._buf:
+            emit_line(self._buf, self.fd)
+            self._buf = ""
+
+    def isatty(self) -> bool:
+        return _is_tty(self.fd)
+
+    def fileno(self) -> int:
+        return self.fd
