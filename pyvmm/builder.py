@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from .arch.x86 import cpu, layout, pvh
 from .arch.x86.poweron import PlatformPowerOn, VcpuPowerOn
@@ -79,7 +79,7 @@ def build_vm(cfg: VmConfig) -> Machine:
     try:
         kvm = open_kvm(cfg, res)
         control = RunControl()
-        console = ConsoleLog(_stdout_writer() if cfg.console == "stdio" else None)
+        console = ConsoleLog(console_sink(cfg, res))
         control.add_listener(lambda event, data: console.close() if event == "SHUTDOWN" else None)
         tracer = make_tracer(cfg, res)
         event_loop = EventLoop()
@@ -128,8 +128,17 @@ def open_kvm(cfg: VmConfig, res: Resources) -> Kvm:
 
 
 def make_tracer(cfg: VmConfig, res: Resources) -> Tracer:
+    """The trace (--trace, -d) to standard error, one write per line (termout), or to -D's log file,
+    which takes the guest-error lines as well."""
+    from .termout import LineStream
+
+    stream: TextIO | None = LineStream(2)  # type: ignore[assignment]
+    if cfg.log_file is not None:
+        stream = _open_log_file(cfg.log_file, res)
+    if not cfg.trace_text:
+        stream = None
     try:
-        tracer = Tracer(set(cfg.trace), stream=sys.stderr,
+        tracer = Tracer(set(cfg.trace), stream=stream,
                         json_path=str(cfg.trace_file) if cfg.trace_file else None)
     except OSError as e:
         raise ConfigError(f"--trace-file {str(cfg.trace_file)!r}: {e.strerror}") from None
@@ -137,6 +146,28 @@ def make_tracer(cfg: VmConfig, res: Resources) -> Tracer:
         raise ConfigError(f"--trace-file {str(cfg.trace_file)!r}: {e}") from None
     res.add(tracer.close)
     return tracer
+
+
+def _open_log_file(path: Path, res: Resources) -> TextIO:
+    import logging
+
+    try:
+        f = open(path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115 - closed by the machine
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"-D {path}: cannot write it ({getattr(e, 'strerror', None) or e})") from None
+    handler = logging.StreamHandler(f)
+    handler.setFormatter(logging.Formatter("pyvmm: %(name)s: %(message)s"))
+    guest = logging.getLogger("pyvmm.guest")
+    guest.addHandler(handler)
+    guest.propagate = False
+
+    def close() -> None:
+        guest.removeHandler(handler)
+        guest.propagate = True
+        f.close()
+
+    res.add(close)
+    return f
 
 
 def create_vm(kvm: Kvm, res: Resources) -> VmFd:
@@ -566,16 +597,46 @@ def _check_file(path: Path, what: str, limit: int) -> None:
         raise LoaderError(f"{what} {path}: {st.st_size} bytes do not fit in {limit >> 20} MiB of guest RAM")
 
 
-def _stdout_writer() -> Callable[[bytes], None]:
-    fd = sys.stdout.fileno() if hasattr(sys.stdout, "fileno") else 1
+def console_sink(cfg: VmConfig, res: Resources) -> Callable[[bytes], None] | None:
+    """Where the guest's serial output goes besides the machine's ConsoleLog: this process's stdout
+    (whole lines when it is not a terminal; termout), a file (-serial file:PATH), or nowhere."""
+    from .termout import GuestOutput
 
-    def write(data: bytes) -> None:
+    log = None
+    if cfg.console_log is not None:
+        log = _open_for_writing(cfg.console_log, "--console-log", res)
+    if cfg.console == "none":
+        if log is None:
+            return None
+        fd_log = log
+        return lambda data: None if os.write(fd_log, data) else None
+    if cfg.console == "stdio":
+        fd = sys.stdout.fileno() if hasattr(sys.stdout, "fileno") else 1
+    else:
+        fd = _open_for_writing(cfg.console.removeprefix("file:"), "-serial file:", res)
+    out = GuestOutput(fd)
+    res.add(out.close)
+    if log is None:
+        return out
+
+    def both(data: bytes) -> None:
         try:
-            os.write(fd, data)
+            os.write(log, data)
         except OSError:
             pass
+        out(data)
 
-    return write
+    return both
+
+
+def _open_for_writing(path, what: str, res: Resources) -> int:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    except (OSError, ValueError) as e:
+        sep = "" if what.endswith(":") else " "
+        raise ConfigError(f"{what}{sep}{path}: cannot write it ({getattr(e, 'strerror', None) or e})") from None
+    res.add(lambda: os.close(fd))
+    return fd
 
 
 def _wire_ioeventfds(vm: VmFd, transport: VirtioMmio, event_loop: EventLoop, res: Resources) -> None:

@@ -6,11 +6,13 @@ import argparse
 import logging
 import os
 import sys
-from pathlib import Path
 from typing import NoReturn
 
 from . import __version__
-from .errors import ConfigError, PyvmmError
+from .cli_run import add_run_parser, cmd_run, config_from_args, run_machine, run_option_strings
+from .errors import PyvmmError
+
+__all__ = ["build_parser", "config_from_args", "entry", "main", "run_machine"]
 
 
 class _Formatter(argparse.HelpFormatter):
@@ -36,58 +38,6 @@ class _Parser(argparse.ArgumentParser):
         message = one_line(message)
         self.exit(2, f"pyvmm: {message} (see pyvmm {self.prog.split()[-1]} --help)\n"
                   if " " in self.prog else f"pyvmm: {message} (see pyvmm --help)\n")
-
-
-def _add_run_parser(sub) -> None:
-    p = sub.add_parser("run", help="boot a kernel (default: the bundled demo guest)",
-                       description="Boot a kernel (PVH ELF, Multiboot or bzImage) in a new VM. With no KERNEL, "
-                       "boots the bundled tiny guest, whose balloon follows the host's target.")
-    p.add_argument("kernel", nargs="?", type=Path,
-                   help="kernel: a PVH ELF, a Multiboot kernel or a bzImage (default: guest/build/guest.elf)")
-    p.add_argument("-kernel", dest="kernel_opt", type=Path, help=argparse.SUPPRESS)
-    p.add_argument("-m", "--memory", default="256M", help="guest RAM, e.g. 256M or 1G (default 256M)")
-    p.add_argument("--smp", type=int, default=1, help="number of vCPUs (default 1)")
-    p.add_argument("--append", "-append", default="", help="kernel command line")
-    p.add_argument("--initrd", "-initrd", type=Path,
-                   help="initial ramdisk (PVH module 0); for a Multiboot kernel, modules as QEMU takes them: "
-                        "\"file args,file2\"")
-    fw = p.add_mutually_exclusive_group()
-    fw.add_argument("--firmware", type=Path, help="boot ROM ELF (default: firmware/build/firmware.elf)")
-    fw.add_argument("--no-firmware", action="store_true",
-                    help="enter the kernel's 32-bit PVH entry directly instead of from the reset vector")
-    p.add_argument("--balloon", default="on", metavar="off|on|OPTS",
-                   help="virtio balloon: off, on, or options such as "
-                        "deflate-on-oom=on,stats-interval=2,free-page-reporting=on,must-tell-host=on")
-    p.add_argument("--virtio-version", type=int, default=2, choices=(1, 2),
-                   help="virtio-mmio version: 2 (modern, default) or 1 (legacy)")
-    p.add_argument("--trace", default="", metavar="CATS",
-                   help="comma-separated trace categories: virtio (every virtio-mmio register access, "
-                        "interrupt and balloon event), boot (firmware stages), all")
-    p.add_argument("--trace-file", type=Path, help="also write trace events as JSON lines to this file")
-    p.add_argument("--qmp", action="append", default=[], metavar="ADDR",
-                   help="QMP server: unix:PATH[,server,wait=off] or tcp:127.0.0.1:PORT (repeatable)")
-    p.add_argument("--no-ioeventfd", action="store_true", help="handle QueueNotify in the vCPU thread")
-    p.add_argument("--irqfd", action="store_true", help="raise virtio interrupts through KVM_IRQFD")
-    p.add_argument("--no-monitor", action="store_true", help="no Ctrl-A c human monitor on the console")
-    p.add_argument("--linux", action="store_true",
-                   help="boot the minimal Linux guest that `make linux-guest` built (vmlinux + initramfs)")
-    p.add_argument("--cpu", choices=("auto", "host"), default="auto",
-                   help="CPUID: auto masks what this host cannot emulate (on kvm_pvm), host passes it through")
-    p.add_argument("--no-acpi", action="store_true", help="no ACPI tables for the guest")
-    p.add_argument("--vga", choices=("none", "text"), default=None,
-                   help="VGA text console at 0xB8000, shown on the terminal (default: text for Multiboot "
-                        "kernels, none otherwise); with it, typed keys go to the PS/2 keyboard")
-    p.add_argument("--mem-prealloc", "-mem-prealloc", action="store_true",
-                   help="fault all guest RAM in at start (as QEMU's -mem-prealloc)")
-    vc = p.add_mutually_exclusive_group()
-    vc.add_argument("--virtio-cmdline", dest="virtio_cmdline", action="store_const", const=True,
-                    help="append virtio_mmio.device= to the command line (default unless the kernel is "
-                         "Linux and ACPI is on)")
-    vc.add_argument("--no-virtio-cmdline", dest="virtio_cmdline", action="store_const", const=False,
-                    help="never append virtio_mmio.device= (ACPI discovery only)")
-    p.add_argument("--demo", action="store_true",
-                   help="drive the make-run demo: dirty memory, balloon to 64M and back, show a table")
-    p.add_argument("-v", "--verbose", action="store_true", help="log guest errors and device events")
 
 
 def _add_kvmtrace_parser(sub) -> None:
@@ -126,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "with a virtio-mmio memory balloon.")
     parser.add_argument("--version", action="version", version=f"pyvmm {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=_Parser)
-    _add_run_parser(sub)
+    add_run_parser(sub)
     _add_kvmtrace_parser(sub)
     try:
         from .cli_control import add_control_parsers
@@ -137,88 +87,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def config_from_args(args):
-    from .config import VmConfig
-    from .units import parse_size
-
-    kernel = args.kernel_opt or args.kernel
-    initrd = args.initrd
-    if args.linux:
-        from .arch.x86.cpuid import is_kvm_pvm_host
-        from .config import LINUX_DEFAULT_APPEND, LINUX_PVM_APPEND, linux_cache
-
-        cache = linux_cache()
-        kernel = kernel or cache / "vmlinux"
-        initrd = initrd or cache / "initramfs.cpio.gz"
-        if not Path(kernel).exists() or not Path(initrd).exists():
-            raise ConfigError(f"the Linux guest is not built ({cache} has no vmlinux and initramfs.cpio.gz): "
-                              "run `make linux-guest` first (about 4 minutes)")
-        if not args.append:
-            args.append = LINUX_DEFAULT_APPEND + (" " + LINUX_PVM_APPEND if is_kvm_pvm_host() else "")
-    memory = parse_size(args.memory, what="memory size (-m)")
-    balloon: object
-    text = args.balloon.strip()
-    if text in ("off", "none", "no"):
-        balloon = None
-    elif text in ("on", "", "default"):
-        balloon = "default"
-    else:
-        from .config import parse_balloon_options
-
-        balloon = parse_balloon_options(text)
-    trace = frozenset(t.strip() for t in args.trace.split(",") if t.strip())
-    from .config import DEFAULT_FIRMWARE
-
-    firmware = None if args.no_firmware else (args.firmware or DEFAULT_FIRMWARE)
-    return VmConfig(
-        kernel=kernel, memory=memory, smp=args.smp, append=args.append, initrd=initrd,
-        firmware=firmware, balloon=balloon, virtio_version=args.virtio_version, trace=trace,
-        trace_file=args.trace_file, ioeventfd=not args.no_ioeventfd, irqfd=args.irqfd,
-        qmp=tuple(args.qmp), monitor=not args.no_monitor,
-        cpu_passthrough=True if args.cpu == "host" else None, acpi=not args.no_acpi,
-        mem_prealloc=args.mem_prealloc, virtio_cmdline=args.virtio_cmdline, vga=args.vga,
-    )
-
-
-def cmd_run(args) -> int:
-    if args.demo and not args.append:
-        args.append = "scenario=demo dirty=192M"
-    cfg = config_from_args(args)
-    cfg.validate()
-    return run_machine(cfg, demo=args.demo)
-
-
-def run_machine(cfg, *, demo: bool = False) -> int:
-    """Build, start and wait for a VM as `pyvmm run` does; returns the process exit code."""
-    import signal
-
-    from .vm import Machine
-
-    interactive = cfg.console == "stdio" and sys.stdin.isatty() and not demo
-    machine = Machine(cfg)
-    machine.report_crashes = not interactive   # printed below, once the terminal is cooked again
-    try:
-        signal.signal(signal.SIGTERM, lambda s, f: machine.stop(143, "terminated (SIGTERM)"))
-        machine.start(terminal=interactive)
-        if demo:
-            from .demo import drive_demo
-
-            drive_demo(machine)
-        code = machine.wait()
-    finally:
-        machine.close()         # the terminal's settings come back on every way out
-        if machine.crash_report and not machine.report_crashes:
-            sys.stderr.write(machine.crash_report + "\n")
-    if machine.emulation_fixups:
-        done = ", ".join(f"{k} x{v}" for k, v in sorted(machine.emulation_fixups.items()))
-        sys.stderr.write(f"pyvmm: finished for the guest what this host's emulator could not: {done}\n")
-    if machine.stop_reason and not machine.crash_report and not machine.stop_reason.startswith("the guest exited"):
-        sys.stderr.write(f"pyvmm: {machine.stop_reason}\n")
-    return 0 if code is None else code
+def _run_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices["run"]
+    raise LookupError("run")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "run":
+        # Before argparse, which would take QEMU's -drive for -d rive: one line for a QEMU option
+        # pyvmm lacks, naming what to use instead.
+        from .qemuopts import check_unsupported
+
+        try:
+            check_unsupported(argv[1:], *run_option_strings(_run_parser(parser)))
+        except PyvmmError as e:
+            sys.stderr.write(f"pyvmm: {e}\n")
+            return e.exit_code
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
                         format="pyvmm: %(name)s: %(message)s")

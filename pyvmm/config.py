@@ -12,8 +12,16 @@ from .units import format_size, parse_size
 
 PAGE_SIZE = 4096
 _ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_GUEST = _ROOT / "guest" / "build" / "guest.elf"
-DEFAULT_FIRMWARE = _ROOT / "firmware" / "build" / "firmware.elf"
+_DATA = Path(__file__).resolve().parent / "_data"   # where `pip install .` puts the built guest and ROM
+
+
+def _bundled(source: Path, name: str) -> Path:
+    """The artefact in the source tree (make build) when there is one, else the installed package's."""
+    return source if source.exists() or not (_DATA / name).exists() else _DATA / name
+
+
+DEFAULT_GUEST = _bundled(_ROOT / "guest" / "build" / "guest.elf", "guest.elf")
+DEFAULT_FIRMWARE = _bundled(_ROOT / "firmware" / "build" / "firmware.elf", "firmware.elf")
 
 
 def linux_cache() -> Path:
@@ -86,11 +94,17 @@ class VmConfig:
     virtio_version: int = 2
     trace: frozenset[str] = frozenset()
     trace_file: Path | None = None
+    trace_text: bool = True              # trace lines on stderr (or -D's file); off: only --trace-file's JSON
     ioeventfd: bool = True
     irqfd: bool = False
-    console: str = "stdio"               # "stdio" (interactive when a terminal), "none" (captured only)
+    console: str = "stdio"               # "stdio" (interactive when a terminal), "none" (captured only),
+                                         # "file:PATH" (-serial file:PATH)
     qmp: tuple[str, ...] = ()
     monitor: bool = True                 # Ctrl-A c human monitor on an interactive console
+    console_log: Path | None = None      # --console-log FILE: a copy of every byte of the console
+    hmp: tuple[str, ...] = ()            # human monitors on sockets (-monitor unix:PATH,server,nowait)
+    display: str = "terminal"            # "none" (-display none, -nographic): the VGA screen is not drawn
+    log_file: Path | None = None         # -D FILE: trace and guest-error lines go there, not to stderr
     cpu_passthrough: bool | None = None  # None: mask what this host cannot emulate (kvm_pvm), else pass
     mem_prealloc: bool = False          # fault all guest RAM in at start (QEMU's -mem-prealloc)
     virtio_cmdline: bool | None = None   # virtio_mmio.device= on the command line; None: unless the
@@ -105,7 +119,7 @@ class VmConfig:
     def __post_init__(self) -> None:
         # The Python API takes what people type: paths as str or Path, sizes as bytes or "256M" (MiB by
         # default, as -m), trace categories and QMP addresses as one string or several.
-        for name in ("kernel", "initrd", "firmware", "trace_file"):
+        for name in ("kernel", "initrd", "firmware", "trace_file", "log_file", "console_log"):
             value = getattr(self, name)
             if isinstance(value, str):
                 object.__setattr__(self, name, Path(value))
@@ -115,8 +129,9 @@ class VmConfig:
             object.__setattr__(self, "trace", frozenset(t.strip() for t in self.trace.split(",") if t.strip()))
         elif not isinstance(self.trace, frozenset):
             object.__setattr__(self, "trace", frozenset(self.trace))
-        if isinstance(self.qmp, str):
-            object.__setattr__(self, "qmp", (self.qmp,))
+        for name in ("qmp", "hmp"):
+            if isinstance(getattr(self, name), str):
+                object.__setattr__(self, name, (getattr(self, name),))
 
     def validate(self, max_vcpus: int | None = None) -> VmConfig:
         if self.memory <= 0:
@@ -136,6 +151,10 @@ class VmConfig:
             raise ConfigError(f"--smp {self.smp} is more than this host's KVM allows ({max_vcpus})")
         if self.virtio_version not in (1, 2):
             raise ConfigError("--virtio-version must be 1 (legacy) or 2 (modern)")
+        if self.console not in ("stdio", "none") and not (self.console.startswith("file:") and len(self.console) > 5):
+            raise ConfigError(f"console {self.console!r}: choose stdio, none or file:PATH")
+        if self.display not in ("terminal", "none"):
+            raise ConfigError(f"display {self.display!r}: choose terminal or none")
         if self.vga not in (None, "none", "text"):
             raise ConfigError(f"--vga {self.vga}: choose none or text (pyvmm has no VGA graphics modes)")
         unknown = set(self.trace) - TRACE_CATEGORIES

@@ -4,12 +4,14 @@ the terminal console with its monitor."""
 from __future__ import annotations
 
 import contextlib
-import os
 import weakref
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .vm import Machine
+
+
+HINT = "pyvmm: Ctrl-A h: help, Ctrl-A c: monitor, Ctrl-A x: exit\n"
 
 
 def attach_frontends(machine: Machine, *, terminal: bool) -> None:
@@ -27,7 +29,13 @@ def attach_frontends(machine: Machine, *, terminal: bool) -> None:
         server.start()
         machine.qmp_servers.append(server)
         machine.resources.add(server.close)
-    if machine.vga is not None and cfg.console == "stdio":
+    for address in cfg.hmp:
+        from .monitor.hmpserver import HmpServer
+
+        hmp = HmpServer(proxy, address)
+        hmp.start()
+        machine.resources.add(hmp.close)
+    if machine.vga is not None and cfg.console == "stdio" and cfg.display != "none":
         from .vgaterm import VgaTerminal
 
         screen = VgaTerminal(machine.vga)
@@ -35,30 +43,20 @@ def attach_frontends(machine: Machine, *, terminal: bool) -> None:
         machine.resources.add(screen.stop)
     if terminal:
         from .monitor.hmp import ConsoleMux, RawInput, stdio_console
+        from .termout import GuestOutput, emit_line
 
         # Typed keys go where the guest reads them: with a screen, to its PS/2 keyboard (as a display's
         # keyboard does in QEMU); without one, to the serial port (as QEMU's -nographic).
-        typed = machine.keyboard.type_text if machine.vga is not None else machine.serial.feed
+        screen_keys = machine.vga is not None and cfg.display != "none"
+        typed = machine.keyboard.type_text if screen_keys else machine.serial.feed
         mux: ConsoleMux | RawInput
         if cfg.monitor:
             # Ctrl-A c between the guest's console and the (pyvmm) monitor, as -serial mon:stdio.
-            mux = ConsoleMux(proxy, typed, _RawOut())
+            mux = ConsoleMux(proxy, typed, GuestOutput(1))
             machine.console_out = mux.guest_output
+            emit_line(HINT)
         else:
             mux = RawInput(typed, machine.stopped.is_set)
         stack = contextlib.ExitStack()
         stack.enter_context(stdio_console(mux))
         machine.resources.add(stack.close)
-
-
-class _RawOut:
-    """A binary stream over fd 1 for the console multiplexer."""
-
-    def write(self, data: bytes) -> int:
-        try:
-            return os.write(1, data)
-        except OSError:
-            return 0
-
-    def flush(self) -> None:
-        pass

@@ -92,6 +92,7 @@ class Serial16550:
         self.sink = sink
         self.lock = threading.Lock()
         self.rx: collections.deque[int] = collections.deque()
+        self.received = 0               # bytes fed in (typed) since power-on
         self._level = False
         self.reset()
 
@@ -116,6 +117,7 @@ class Serial16550:
     def feed(self, data: bytes) -> None:
         """Bytes typed by the user (or a test) into the guest's receive FIFO."""
         with self.lock:
+            self.received += len(data)
             for b in data:
                 if len(self.rx) >= RX_LIMIT:
                     self.lsr |= _OE

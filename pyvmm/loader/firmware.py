@@ -37,9 +37,6 @@ MULTIBOOT_MAGIC = 0x2BAD_B002                    # boot_magic for a Multiboot ke
 _WINDOW_END = FIRMWARE_BASE + FIRMWARE_SIZE
 _FILL = 0xFF                                     # unprogrammed flash reads as ones; firmware.bin agrees
 
-DEFAULT_FIRMWARE = Path(__file__).resolve().parents[2] / "firmware" / "build" / "firmware.elf"
-
-
 def stage_name(code: int) -> str:
     """The name of a POST code the ROM wrote, for the boot trace."""
     name = BOOT_STAGES.get(code)

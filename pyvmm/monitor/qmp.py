@@ -48,7 +48,7 @@ class QmpAddress:
         return f"unix:{self.path}" if self.kind == "unix" else f"tcp:{self.host}:{self.port}"
 
 
-def parse_address(text: str) -> QmpAddress:
+def parse_address(text: str, what: str = "--qmp") -> QmpAddress:
     """QEMU's `-qmp` spelling: ``unix:PATH[,server][,wait=off]`` or ``tcp:HOST:PORT[,server][,wait=off]``.
 
     pyvmm always listens and never waits for a client before running the guest, so ``server`` and
@@ -59,23 +59,69 @@ def parse_address(text: str) -> QmpAddress:
         if opt in ("server", "server=on", "wait=off", "nowait", "wait=no", "server=yes"):
             continue
         if opt in ("wait=on", "wait", "server=off"):
-            raise ConfigError(f"--qmp {text}: {opt} is not supported; pyvmm's QMP always listens, wait=off")
-        raise ConfigError(f"--qmp {text}: unknown option {opt!r} (use server,wait=off)")
+            raise ConfigError(f"{what} {text}: {opt} is not supported; pyvmm's QMP always listens, wait=off")
+        raise ConfigError(f"{what} {text}: unknown option {opt!r} (use server,wait=off)")
     if head.startswith("unix:"):
         path = head[len("unix:"):]
         if not path:
-            raise ConfigError(f"--qmp {text}: missing socket path (unix:PATH)")
+            raise ConfigError(f"{what} {text}: missing socket path (unix:PATH)")
         return QmpAddress("unix", path=path)
     if head.startswith("tcp:"):
         m = re.fullmatch(r"tcp:(\[[0-9a-fA-F:.]+\]|[^:\[\]]*):(\d+)", head)
         if not m:
-            raise ConfigError(f"--qmp {text}: expected tcp:HOST:PORT, e.g. tcp:127.0.0.1:4444")
+            raise ConfigError(f"{what} {text}: expected tcp:HOST:PORT, e.g. tcp:127.0.0.1:4444")
         host = m.group(1).strip("[]") or "127.0.0.1"
         port = int(m.group(2))
         if port > 65535:
-            raise ConfigError(f"--qmp {text}: port {port} is out of range (0-65535)")
+            raise ConfigError(f"{what} {text}: port {port} is out of range (0-65535)")
         return QmpAddress("tcp", host=host, port=port)
-    raise ConfigError(f"--qmp {text}: expected unix:PATH[,server,wait=off] or tcp:127.0.0.1:PORT")
+    raise ConfigError(f"{what} {text}: expected unix:PATH[,server,wait=off] or tcp:127.0.0.1:PORT")
+
+
+def listen_on(a: QmpAddress, what: str) -> tuple[socket.socket, QmpAddress, tuple[int, int] | None]:
+    """A listening socket at ``a`` (``what`` names the server in errors: "QMP", "monitor"); returns it,
+    the address (a TCP port 0 resolved), and the (st_dev, st_ino) of a unix socket it created, for
+    unlink_own().  PyvmmError (one line) if the address cannot be used."""
+    created = None
+    if a.kind == "unix":
+        if os.path.lexists(a.path):
+            kind = "socket" if stat.S_ISSOCK(os.lstat(a.path).st_mode) else "file"
+            raise PyvmmError(f"{what} socket path {a.path} already exists (a {kind}); remove it or choose another")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(a.path)
+        except OSError as e:
+            sock.close()
+            if e.errno == errno.ENAMETOOLONG or "too long" in str(e):
+                raise PyvmmError(f"{what} socket path {a.path} is too long for a unix socket") from None
+            raise PyvmmError(f"cannot create {what} socket {a.path}: {e.strerror or e}") from None
+        st = os.stat(a.path)
+        created = (st.st_dev, st.st_ino)
+    else:
+        family = socket.AF_INET6 if ":" in a.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((a.host, a.port))
+        except OSError as e:
+            sock.close()
+            if e.errno == errno.EADDRINUSE:
+                raise PyvmmError(f"{what} port {a.host}:{a.port} is already in use; choose another") from None
+            raise PyvmmError(f"cannot listen for {what} on {a.host}:{a.port}: {e.strerror or e}") from None
+        a = QmpAddress("tcp", host=a.host, port=sock.getsockname()[1])
+    sock.listen(64)
+    return sock, a, created
+
+
+def unlink_own(path: str, created: tuple[int, int] | None) -> None:
+    """Remove the unix socket listen_on() made, only if the path still names it: if someone deleted it
+    while the VM ran (and maybe put something else there), there is nothing of ours to remove."""
+    try:
+        st = os.lstat(path)
+        if (st.st_dev, st.st_ino) == created:
+            os.unlink(path)
+    except OSError:
+        pass
 
 
 # --- the input stream -------------------------------------------------------------------------------
@@ -273,7 +319,7 @@ class QmpServer:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._created_path = ""
-        self._created_id = (0, 0)
+        self._created_id: tuple[int, int] | None = None
         self._commands: dict[str, tuple[Callable[[_Client, dict], Any], dict[str, tuple[str, bool]]]] = {
             "qmp_capabilities": (self._cmd_capabilities, {"enable": ("strlist", False)}),
             "query-version": (lambda c, a: C.query_version(), {}),
@@ -298,6 +344,15 @@ class QmpServer:
                 {"val": ("int", True), "size": ("int", True), "filename": ("str", True),
                  "cpu-index": ("int", False)},
             ),
+            "memsave": (
+                lambda c, a: C.memsave(self.machine, a["val"], a["size"], a["filename"], a.get("cpu-index", 0)),
+                {"val": ("int", True), "size": ("int", True), "filename": ("str", True),
+                 "cpu-index": ("int", False)},
+            ),
+            "query-cpus-fast": (lambda c, a: C.query_cpus_fast(self.machine), {}),
+            "query-name": (lambda c, a: C.query_name(self.machine), {}),
+            "query-kvm": (lambda c, a: {"enabled": True, "present": True}, {}),
+            "qom-list": (lambda c, a: C.qom_list(self.machine, a["path"]), {"path": ("str", True)}),
             "send-key": (
                 lambda c, a: C.send_key(self.machine, [C.resolve_key(k) for k in _key_list(a["keys"])],
                                         a.get("hold-time")),
@@ -330,35 +385,9 @@ class QmpServer:
         self._thread.start()
 
     def _bind(self) -> socket.socket:
-        a = self.address
-        if a.kind == "unix":
-            if os.path.lexists(a.path):
-                kind = "socket" if stat.S_ISSOCK(os.lstat(a.path).st_mode) else "file"
-                raise PyvmmError(f"QMP socket path {a.path} already exists (a {kind}); remove it or choose another")
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                sock.bind(a.path)
-            except OSError as e:
-                sock.close()
-                if e.errno == errno.ENAMETOOLONG or "too long" in str(e):
-                    raise PyvmmError(f"QMP socket path {a.path} is too long for a unix socket") from None
-                raise PyvmmError(f"cannot create QMP socket {a.path}: {e.strerror or e}") from None
-            self._created_path = a.path
-            st = os.stat(a.path)
-            self._created_id = (st.st_dev, st.st_ino)
-        else:
-            family = socket.AF_INET6 if ":" in a.host else socket.AF_INET
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                sock.bind((a.host, a.port))
-            except OSError as e:
-                sock.close()
-                if e.errno == errno.EADDRINUSE:
-                    raise PyvmmError(f"QMP port {a.host}:{a.port} is already in use; choose another") from None
-                raise PyvmmError(f"cannot listen for QMP on {a.host}:{a.port}: {e.strerror or e}") from None
-            self.address = QmpAddress("tcp", host=a.host, port=sock.getsockname()[1])
-        sock.listen(64)
+        sock, self.address, self._created_id = listen_on(self.address, "QMP")
+        if self._created_id is not None:
+            self._created_path = self.address.path
         return sock
 
     def close(self, flush_timeout: float = 0.5) -> None:
@@ -430,12 +459,7 @@ class QmpServer:
         if self._created_path:
             # Only the socket we made: if someone deleted it while the VM ran (and maybe put something
             # else at that path), there is nothing of ours to remove.
-            try:
-                st = os.lstat(self._created_path)
-                if (st.st_dev, st.st_ino) == self._created_id:
-                    os.unlink(self._created_path)
-            except OSError:
-                pass
+            unlink_own(self._created_path, self._created_id)
             self._created_path = ""
 
     def _accept(self) -> None:
