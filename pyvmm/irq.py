@@ -44,12 +44,15 @@ class KvmIrqLine:
         self.vm = vm
         self.gsi = gsi
         self.level = False
+        self.raised = 0           # interrupts raised (the monitor's `info irq`)
 
     def set_level(self, level: bool) -> None:
         if level and self.level:
             self.vm.irq_line(self.gsi, 0)
         if level or self.level:
             self.vm.irq_line(self.gsi, 1 if level else 0)
+        if level:
+            self.raised += 1
         self.level = bool(level)
 
 
@@ -68,9 +71,11 @@ class IrqfdLine:
         self.resample_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         vm.irqfd(self.efd, gsi, resamplefd=self.resample_fd)
         self._write = os.eventfd_write
+        self.raised = 0
 
     def set_level(self, level: bool) -> None:
         if level:
+            self.raised += 1
             self._write(self.efd, 1)
 
     def close(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 import threading
 import time
@@ -12,6 +13,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from .config import VmConfig
+from .errors import GuestMemoryError
 
 if TYPE_CHECKING:
     from .arch.x86.poweron import PlatformPowerOn
@@ -263,6 +265,9 @@ class Machine:
                     assert v.power_on is not None
                     v.power_on.restore(v.fd)
                 self.serial.reset()
+                self.keyboard.reset()
+                if self.vga is not None:
+                    self.vga.reset()
                 self.post.reset()
                 for t in self.virtio_devices:
                     t.reset()
@@ -341,6 +346,153 @@ class Machine:
 
     def set_trace(self, category: str, on: bool) -> None:
         self.tracer.set(category, on)
+
+    # --- the guest's view: vCPUs, page tables, interrupt controllers, devices (the monitor's info) ------
+
+    def _vcpu(self, cpu: int) -> Vcpu:
+        if not 0 <= cpu < len(self.vcpus):
+            raise ValueError(f"no vCPU {cpu} (the machine has {len(self.vcpus)})")
+        return self.vcpus[cpu]
+
+    def vcpu_sregs(self, cpu: int = 0):
+        """A vCPU's special registers (CR0, CR3, CR4, EFER, segments), read with the vCPUs held."""
+        vcpu = self._vcpu(cpu)
+        with self.quiesced():
+            return vcpu.fd.get_sregs()
+
+    def register_values(self, cpu: int = 0) -> dict[str, int]:
+        """A vCPU's registers by name (rax..r15, rip, rflags, cr0..cr4, efer) and "pc", the linear
+        address of its next instruction: what the monitor's $reg expressions read."""
+        from .arch.x86.cpu import linear_rip
+
+        vcpu = self._vcpu(cpu)
+        with self.quiesced():
+            regs, sregs = vcpu.fd.get_regs(), vcpu.fd.get_sregs()
+        out = {field[0]: int(getattr(regs, field[0])) for field in regs._fields_}
+        out.update({name: int(getattr(sregs, name)) for name in ("cr0", "cr2", "cr3", "cr4", "cr8", "efer")})
+        out["pc"] = linear_rip(regs, sregs)
+        for r64 in ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp", "rip"):
+            out["e" + r64[1:]] = out[r64] & 0xFFFFFFFF
+        return out
+
+    def paging_mode(self, cpu: int = 0) -> str:
+        """"off", "32-bit", "PAE", "4-level" or "5-level" on that vCPU now."""
+        from .arch.x86.pagemap import paging_mode
+
+        return paging_mode(self.vcpu_sregs(cpu))
+
+    def translate(self, gva: int, cpu: int = 0) -> int | None:
+        """The guest-physical address a virtual (linear) address maps to on that vCPU now, through
+        its page tables; with paging off, the address itself; None if no page maps it."""
+        from .arch.x86.cpu import translate
+
+        return translate(self.memory, self.vcpu_sregs(cpu), gva)
+
+    def read_virtual(self, gva: int, length: int, cpu: int = 0) -> bytes:
+        """Bytes at a virtual address on that vCPU, page by page through its page tables (RAM and ROM);
+        GuestMemoryError at the first byte that no page maps or that is not memory."""
+        from .arch.x86.cpu import translate
+
+        sregs = self.vcpu_sregs(cpu)
+        out = bytearray()
+        while length > 0:
+            gpa = translate(self.memory, sregs, gva)
+            if gpa is None:
+                raise GuestMemoryError(gva, length, "read (no page maps the virtual address)")
+            n = min(length, 4096 - (gva & 0xFFF))
+            out += self.read_memory(gpa, n)
+            gva, length = gva + n, length - n
+        return bytes(out)
+
+    def page_mappings(self, cpu: int = 0):
+        """The vCPU's page tables as runs of mappings (pyvmm.arch.x86.pagemap.Mapping)."""
+        from .arch.x86.pagemap import mappings
+
+        return mappings(self.memory, self.vcpu_sregs(cpu))
+
+    def pic_text(self) -> str:
+        """The in-kernel 8259A pair and IOAPIC, as the monitor's `info pic` shows them."""
+        from .arch.x86 import irqchip
+        from .kvm import abi
+
+        master = self.vmfd.get_irqchip(abi.KVM_IRQCHIP_PIC_MASTER).chip.pic
+        slave = self.vmfd.get_irqchip(abi.KVM_IRQCHIP_PIC_SLAVE).chip.pic
+        ioapic = self.vmfd.get_irqchip(abi.KVM_IRQCHIP_IOAPIC).chip.ioapic
+        return "\n".join((irqchip.format_pic("pic1", slave), irqchip.format_pic("pic0", master),
+                          irqchip.format_ioapic(ioapic)))
+
+    def lapic_text(self, cpu: int = 0) -> str:
+        """A vCPU's local APIC, as the monitor's `info lapic` shows it."""
+        from .arch.x86 import irqchip
+
+        vcpu = self._vcpu(cpu)
+        with self.quiesced():
+            regs = bytes(vcpu.fd.get_lapic().regs)
+            base = vcpu.fd.get_msrs([0x1B]).get(0x1B)       # IA32_APIC_BASE
+        text = irqchip.format_lapic(cpu, regs, base)
+        state = self.vcpu_state(cpu)
+        if state.startswith("waiting"):
+            text += f"(CPU {cpu} is {state}: the guest has not started it, and KVM shows its APIC as at reset)\n"
+        return text
+
+    def irq_counts(self) -> list[tuple[int, str, int]]:
+        """(GSI, device, interrupts raised) for every line a device drives."""
+        rows = [(self.serial.irq, "serial (COM1)"), (self.keyboard.irq, "i8042 keyboard")]
+        rows += [(t.irq, t.name) for t in self.virtio_devices]
+        out = []
+        for line, name in rows:
+            gsi = getattr(line, "gsi", None)
+            if gsi is not None:
+                out.append((gsi, name, int(getattr(line, "raised", 0))))
+        return sorted(out)
+
+    def vcpu_state(self, cpu: int = 0) -> str:
+        """What KVM says the vCPU does (its mp_state): "running", "halted", "waiting for INIT/SIPI"."""
+        vcpu = self._vcpu(cpu)
+        with self.quiesced():
+            state = vcpu.fd.get_mp_state()
+        return {0: "running", 1: "waiting for INIT/SIPI", 2: "INIT received", 3: "halted",
+                4: "SIPI received"}.get(state, f"mp_state {state}")
+
+    def cpus(self) -> list[dict]:
+        """Each vCPU as QMP's query-cpus-fast gives it (plus its thread's state)."""
+        out = []
+        for v in self.vcpus:
+            t = v.thread
+            out.append({"cpu-index": v.index, "qom-path": f"/machine/unattached/device[{v.index}]",
+                        "thread-id": t.native_id if t is not None and t.native_id else os.getpid(),
+                        "props": {"core-id": 0, "thread-id": 0, "socket-id": v.index},
+                        "target": "x86_64"})
+        return out
+
+    def device_tree(self) -> str:
+        """The devices and where they sit, as the monitor's `info qtree` lists them."""
+        from .arch.x86 import layout
+
+        ind = "  "
+        out = ["bus: main-system-bus", f"{ind}type System"]
+        for t in self.virtio_devices:
+            out += [f"{ind}dev: virtio-mmio, id \"\"", f"{ind * 2}gpio-out \"sysbus-irq\" 1",
+                    f"{ind * 2}format_transport_address = true", f"{ind * 2}version = {t.version}",
+                    f"{ind * 2}mmio {t.base:016x}/{0x200:016x}", f"{ind * 2}irq {t.irq_gsi}",
+                    f"{ind * 2}bus: virtio-mmio-bus.{self.virtio_devices.index(t)}", f"{ind * 3}type virtio-mmio-bus"]
+            dev = t.device
+            name = {5: "virtio-balloon-device", 4: "virtio-rng-device"}.get(getattr(dev, "device_id", 0),
+                                                                           type(dev).__name__)
+            out.append(f"{ind * 3}dev: {name}, id \"{t.name}\"")
+            for key, value in getattr(dev, "qdev_properties", lambda: {})().items():
+                out.append(f"{ind * 4}{key} = {value}")
+        out += [f"{ind}dev: i8042, id \"\"", f"{ind * 2}ports 0x60, 0x64; irq 1 (keyboard)",
+                f"{ind}dev: isa-serial, id \"\"", f"{ind * 2}index = 0", f"{ind * 2}iobase = 0x3f8",
+                f"{ind * 2}irq = {layout.SERIAL_IRQ}",
+                f"{ind}dev: isa-debug-exit, id \"\"", f"{ind * 2}iobase = {layout.DEBUG_EXIT_PORT:#x}",
+                f"{ind * 2}iosize = 0x4"]
+        if self.vga is not None:
+            out += [f"{ind}dev: vga-text, id \"\"", f"{ind * 2}ports 0x3c0-0x3df; text buffer 0xb8000"]
+        if self.post is not None:
+            out += [f"{ind}dev: post-port, id \"\"", f"{ind * 2}iobase = 0x80"]
+        return "\n".join(out) + "\n"
+
 
     # --- keyboard and screen (sendkey, send-key, screendump) ----------------------------------------------
 

@@ -100,6 +100,10 @@ class BalloonInfoView(Protocol):
     def target(self) -> int: ...           # logical guest size asked for, bytes (ram - num_pages * 4 KiB)
     @property
     def actual(self) -> int: ...           # logical guest size reached, bytes (ram - actual * 4 KiB)
+    @property
+    def ram_size(self) -> int: ...
+    @property
+    def guest_ram_rss(self) -> int | None: ...   # bytes of guest RAM resident on the host, if known
 
 
 class BalloonControl(Protocol):
@@ -283,6 +287,10 @@ def _balloon_path_ok(machine: MachineControl, path: str) -> None:
         raise CommandError("DeviceNotFound", f"Device '{path}' not found")
 
 
+# pyvmm's read-only balloon properties beside QEMU's two (a QEMU balloon does not have them).
+BALLOON_EXTRA_PROPS = ("target", "actual", "guest-ram-rss", "ballooned-pages", "discarded-bytes")
+
+
 def qom_get(machine: MachineControl, path: str, prop: str) -> Any:
     _balloon_path_ok(machine, path)
     dev = require_balloon(machine)
@@ -290,7 +298,46 @@ def qom_get(machine: MachineControl, path: str, prop: str) -> Any:
         return guest_stats(machine)
     if prop == "guest-stats-polling-interval":
         return int(dev.stats_interval)
+    if prop in BALLOON_EXTRA_PROPS:
+        info = dev.info(rss=prop == "guest-ram-rss")
+        value = {"target": info.target, "actual": info.actual, "guest-ram-rss": info.guest_ram_rss,
+                 "ballooned-pages": getattr(info, "ballooned_pages", None),
+                 "discarded-bytes": getattr(info, "discarded_bytes", None)}[prop]
+        if value is None:
+            raise CommandError("GenericError", f"Property '{BALLOON_TYPE}.{prop}' is not available")
+        return int(value)
     raise CommandError("GenericError", f"Property '{BALLOON_TYPE}.{prop}' not found")
+
+
+def qom_list(machine: MachineControl, path: str) -> list[dict]:
+    """QEMU's qom-list over the objects pyvmm has: /machine, its peripherals, and the balloon."""
+    path = path.rstrip("/") or "/"
+    devices = list(machine.virtio_devices)
+    if path == "/":
+        return [{"name": "machine", "type": "child<pyvmm-machine>"}, {"name": "type", "type": "string"}]
+    if path == "/machine":
+        return [{"name": "type", "type": "string"}, {"name": "peripheral", "type": "child<container>"},
+                {"name": "unattached", "type": "child<container>"}]
+    if path == "/machine/peripheral":
+        return [{"name": t.name, "type": f"child<{device_type(t)}>"} for t in devices]
+    if path == "/machine/unattached":
+        cpus = getattr(machine, "cpus", None)
+        return [{"name": f"device[{i}]", "type": "child<x86_64-cpu>"} for i in range(len(cpus()) if cpus else 1)]
+    for t in devices:
+        if path in (f"/machine/peripheral/{t.name}", t.name):
+            props = [{"name": "type", "type": "string"}]
+            if machine.balloon is not None and t.name == BALLOON_QOM_PATH.rsplit("/", 1)[1]:
+                props += [{"name": "guest-stats", "type": "guest statistics"},
+                          {"name": "guest-stats-polling-interval", "type": "int"}]
+                props += [{"name": n, "type": "int"} for n in BALLOON_EXTRA_PROPS]
+            return props
+    raise CommandError("DeviceNotFound", f"Device '{path}' not found")
+
+
+def device_type(t: VirtioTransportView) -> str:
+    """QEMU's type name of the device behind a transport."""
+    return {5: "virtio-balloon-device", 4: "virtio-rng-device"}.get(int(getattr(t.device, "device_id", 0)),
+                                                                   f"virtio-device-{getattr(t.device, 'device_id', 0)}")
 
 
 def qom_set(machine: MachineControl, path: str, prop: str, value: Any) -> None:
@@ -310,25 +357,32 @@ def qom_set(machine: MachineControl, path: str, prop: str, value: Any) -> None:
 
 
 def balloon_details(machine: MachineControl) -> list[tuple[str, str]]:
-    """Every field of BalloonInfo as (name, value) for people, sizes also in MiB/GiB."""
-    info = require_balloon(machine).info()
-    rows: list[tuple[str, str]] = []
-    fields: tuple[dataclasses.Field, ...] = dataclasses.fields(info) if dataclasses.is_dataclass(info) else ()
-    for f in fields:
-        value = getattr(info, f.name)
-        if isinstance(value, Mapping):
-            continue  # stats and counters have their own command
-        if isinstance(value, int) and not isinstance(value, bool) and (
-            f.name in ("ram_size", "target", "actual") or "bytes" in f.name or "rss" in f.name
-        ):
-            text = f"{value} ({format_size(value)})"
-        elif isinstance(value, tuple):
-            text = " ".join(map(str, value)) or "-"
-        elif isinstance(value, float):
-            text = f"{value:.3f}"
-        else:
-            text = str(value)
-        rows.append((f.name, text))
+    """The balloon for people: sizes in MiB (one style everywhere), pages as counts, the stats' age."""
+    dev = require_balloon(machine)
+    info = dev.info()
+    rows: list[tuple[str, str]] = [
+        ("target", format_size(info.target)),
+        ("actual", format_size(info.actual)),
+        ("guest RAM", format_size(info.ram_size)),
+    ]
+    rss = getattr(info, "guest_ram_rss", None)
+    rows.append(("host RSS of guest RAM", "unknown" if rss is None else format_size(rss)))
+    for name in ("num_pages", "actual_pages", "ballooned_pages"):
+        if hasattr(info, name):
+            rows.append((name.replace("_", " "), str(getattr(info, name))))
+    if hasattr(info, "discarded_bytes"):
+        rows.append(("given back to the host", format_size(info.discarded_bytes)))
+    age = stats_age(machine)
+    rows.append(("stats", "never received" if age is None else f"received {age:.1f} s ago"))
+    features = getattr(info, "features", ())
+    if features:
+        rows.append(("features", " ".join(features)))
+    for name in ("bad_pfns", "duplicate_pfns", "never_inflated", "unrequested_deflate_pages", "guest_errors"):
+        value = getattr(info, name, 0)
+        if value:
+            rows.append((name.replace("_", " "), str(value)))
+    if not getattr(info, "agree", True):
+        rows.append(("WARNING", "the host's ballooned pages and the driver's actual differ"))
     return rows
 
 
@@ -371,6 +425,43 @@ def pmemsave(machine: MachineControl, gpa: int, size: int, filename: str) -> Non
             f.write(data)
     except OSError as e:
         raise CommandError("GenericError", f"could not open '{filename}': {e.strerror}") from None
+
+
+def memsave(machine: MachineControl, gva: int, size: int, filename: str, cpu: int = 0) -> None:
+    """QEMU's memsave: size bytes at a virtual address (through the vCPU's page tables) into filename."""
+    from ..errors import GuestMemoryError
+
+    if size < 0 or gva < 0:
+        raise CommandError("GenericError", "Invalid parameter: val and size must not be negative")
+    if size > MAX_PMEMSAVE:
+        raise CommandError("GenericError", f"memsave of {size} bytes: pyvmm saves at most {MAX_PMEMSAVE} at once")
+    read_virtual = getattr(machine, "read_virtual", None)
+    if read_virtual is None:
+        raise CommandError("GenericError", "this machine cannot read virtual addresses")
+    try:
+        data = read_virtual(gva, size, cpu)
+    except GuestMemoryError as e:
+        raise CommandError("GenericError", f"Invalid addr 0x{gva:x}/size {size} specified: {e}") from None
+    except ValueError as e:
+        raise CommandError("GenericError", f"Invalid parameter: {e}") from None
+    try:
+        with open(filename, "wb") as f:
+            f.write(data)
+    except OSError as e:
+        raise CommandError("GenericError", f"could not open '{filename}': {e.strerror}") from None
+
+
+def query_cpus_fast(machine: MachineControl) -> list[dict]:
+    cpus = getattr(machine, "cpus", None)
+    if cpus is None:
+        return [{"cpu-index": 0, "qom-path": "/machine/unattached/device[0]", "thread-id": 0,
+                 "props": {"core-id": 0, "thread-id": 0, "socket-id": 0}, "target": "x86_64"}]
+    return list(cpus())
+
+
+def query_name(machine: MachineControl) -> dict:
+    name = getattr(getattr(machine, "config", None), "name", "")
+    return {"name": name} if name else {}
 
 
 # --- keyboard and screen ----------------------------------------------------------------------------

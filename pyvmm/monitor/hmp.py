@@ -15,6 +15,7 @@ from ..errors import GuestMemoryError, PyvmmError
 from ..units import parse_size
 from . import commands as C
 from .commands import CommandError, MachineControl
+from .lineedit import LineEditor
 
 log = logging.getLogger("pyvmm.monitor")
 
@@ -23,20 +24,32 @@ MAX_TABLE_ROWS = 32           # descriptor/ring entries `info virtqueue` lists b
 
 HELP = [
     ("help [command]", "show this help, or one command's"),
-    ("info balloon", "balloon size: actual (MiB), target, pages"),
+    ("info balloon", "balloon: target, actual, host RSS of guest RAM, stats and their age"),
     ("info stats", "guest memory statistics from the balloon, and device counters"),
     ("info status", "whether the VM runs"),
+    ("info version", "the QEMU version pyvmm answers as, and pyvmm's"),
+    ("info name", "the VM's name (-name)"),
+    ("info cpus", "the vCPUs: index, host thread, the current one marked *"),
     ("info virtio", "virtio devices: transport, features negotiated, status, queues"),
     ("info virtqueue <dev> <queue>", "one virtqueue: rings, indices, descriptors in flight"),
     ("info registers [cpu]", "a vCPU's registers"),
+    ("info pic", "the 8259A pair and the IOAPIC (KVM's in-kernel irqchip)"),
+    ("info lapic [cpu]", "a vCPU's local APIC: LVT entries, timer, ISR/IRR"),
+    ("info irq", "interrupts raised per line, by device"),
     ("info mtree", "the guest-physical memory map"),
+    ("info qtree", "the devices, their buses and properties"),
+    ("info tlb", "the vCPU's page tables: virtual -> physical runs and their rights"),
     ("balloon <size>", "set the guest's target size (MiB, or 64M, 1G)"),
-    ("x/<n><fmt><size> <gpa>", "dump guest memory: fmt x d u o c i, size b h w g (xp is the same)"),
+    ("x/<n><fmt><size> <addr>", "dump memory at a virtual address: fmt x d u o c i, size b h w g; $pc, $rsp+8"),
+    ("xp/<n><fmt><size> <addr>", "the same at a guest-physical address (RAM and the boot ROM)"),
+    ("gva2gpa <addr>", "the guest-physical address a virtual address maps to"),
+    ("pmemsave <addr> <size> <file>", "save guest-physical memory to a file"),
+    ("memsave <addr> <size> <file>", "save memory at a virtual address to a file"),
     ("sendkey <keys> [hold_ms]", "press keys together on the PS/2 keyboard: a, ctrl-alt-delete, 0x1e"),
     ("screendump <file> [-f ppm|png]", "save the VGA screen: PPM (default), PNG, or text for a .txt file"),
     ("stop", "pause the vCPUs"),
     ("cont | c", "resume the vCPUs"),
-    ("system_reset", "reset the machine (if it can)"),
+    ("system_reset", "reset the machine: vCPUs and devices, then boot again through the firmware"),
     ("trace on|off [category]", "switch register-level tracing (default category: all)"),
     ("quit | q", "stop the VM and exit"),
 ]
@@ -58,11 +71,11 @@ def run_hmp(machine: MachineControl, line: str, cpu: int = 0) -> str:
     cmd, args = words[0], words[1:]
     try:
         if cmd.startswith(("x/", "xp/")) or cmd in ("x", "xp"):
-            return _memory_dump(machine, cmd, args)
-        handler = _COMMANDS.get(cmd)
-        if handler is None:
+            return _memory_dump(machine, cmd, args, cpu)
+        name = resolve_prefix(cmd, _COMMANDS)
+        if name is None:
             return f"unknown command: '{cmd}'\n"
-        return handler(machine, args, cpu)
+        return _COMMANDS[name](machine, args, cpu)
     except CommandError as e:
         return _err(e.desc)
     except PyvmmError as e:
@@ -74,6 +87,43 @@ def run_hmp(machine: MachineControl, line: str, cpu: int = 0) -> str:
         # and leave the terminal raw.  The traceback goes to the log; the user gets one line.
         log.exception("monitor command %r failed", line)
         return f"internal error: {type(e).__name__}: {e}\n"
+
+
+# Commands that end or reset the VM run only when typed in full: a prefix is a typo's distance away.
+_NO_PREFIX = frozenset({"quit", "system_reset"})
+
+
+def resolve_prefix(word: str, table: dict) -> str | None:
+    """The name in ``table`` that ``word`` is, or the one it is a unique prefix of (`info bal`)."""
+    if word in table:
+        return word
+    matches = [n for n in table if n.startswith(word) and n not in _NO_PREFIX]
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        raise CommandError("GenericError", f"'{word}' is ambiguous: {', '.join(sorted(matches))}")
+    return None
+
+
+def complete_hmp(machine: MachineControl, text: str) -> list[str]:
+    """Tab completion: the command names, `info` sub-commands, or device names that finish the last
+    word of ``text``."""
+    words = text.split(" ")
+    word = words[-1]
+    before = [w for w in words[:-1] if w]
+    if not before:
+        return [n for n in _COMMANDS if n.startswith(word) and len(n) > 1] + \
+            (["x/", "xp/"] if "x".startswith(word) else [])
+    cmd = before[0]
+    if cmd == "info" and len(before) == 1:
+        return [n for n in _INFO if n.startswith(word)]
+    if cmd == "help" and len(before) == 1:
+        return [n for n in _COMMANDS if n.startswith(word) and len(n) > 1]
+    if cmd == "info" and len(before) == 2 and before[1] == "virtqueue":
+        return [t.name for t in machine.virtio_devices if t.name.startswith(word)]
+    if cmd == "trace" and len(before) == 1:
+        return [n for n in ("on", "off") if n.startswith(word)]
+    return []
 
 
 # --- commands ---------------------------------------------------------------------------------------
@@ -94,10 +144,10 @@ def _info(machine: MachineControl, args: list[str], cpu: int) -> str:
     if not args:
         return "".join(f"{u:<30} -- {d}\n" for u, d in HELP if u.startswith("info "))
     sub, rest = args[0], args[1:]
-    handler = _INFO.get(sub)
-    if handler is None:
+    name = resolve_prefix(sub, _INFO)
+    if name is None:
         return f"unknown info subcommand: '{sub}' (try 'info' alone)\n"
-    return handler(machine, rest, cpu)
+    return _INFO[name](machine, rest, cpu)
 
 
 def _info_balloon(machine: MachineControl, args: list[str], cpu: int) -> str:
@@ -134,7 +184,110 @@ def _info_stats(machine: MachineControl, args: list[str], cpu: int) -> str:
 
 
 def _info_status(machine: MachineControl, args: list[str], cpu: int) -> str:
-    return f"VM status: {machine.status()}\n"
+    status = machine.status()
+    text = {"created": "paused (prelaunch)", "shutdown": "paused (shutdown)", "debug": "paused (debug)"}.get(
+        status, status)
+    return f"VM status: {text}\n"
+
+
+def _need(machine: MachineControl, name: str) -> Any:
+    method = getattr(machine, name, None)
+    if method is None:
+        raise CommandError("GenericError", f"this machine has no {name.replace('_', ' ')}")
+    return method
+
+
+def _cpu_arg(args: list[str], cpu: int) -> int:
+    if args:
+        if not args[0].isdigit():
+            raise CommandError("GenericError", f"cpu index must be a number, not '{args[0]}'")
+        return int(args[0])
+    return cpu
+
+
+def _info_version(machine: MachineControl, args: list[str], cpu: int) -> str:
+    v = C.query_version()
+    q = v["qemu"]
+    return f"{q['major']}.{q['minor']}.{q['micro']} ({v['package']})\n"
+
+
+def _info_name(machine: MachineControl, args: list[str], cpu: int) -> str:
+    name = C.query_name(machine).get("name")
+    return f"{name}\n" if name else ""
+
+
+def _info_cpus(machine: MachineControl, args: list[str], cpu: int) -> str:
+    state = getattr(machine, "vcpu_state", None)
+    out = []
+    for c in C.query_cpus_fast(machine):
+        i = c["cpu-index"]
+        note = f" ({state(i)})" if state is not None else ""
+        out.append(f"{'*' if i == cpu else ' '} CPU #{i}: thread_id={c['thread-id']}{note}\n")
+    return "".join(out)
+
+
+def _info_pic(machine: MachineControl, args: list[str], cpu: int) -> str:
+    return _need(machine, "pic_text")()
+
+
+def _info_lapic(machine: MachineControl, args: list[str], cpu: int) -> str:
+    try:
+        return _need(machine, "lapic_text")(_cpu_arg(args, cpu))
+    except ValueError as e:
+        raise CommandError("GenericError", str(e)) from None
+
+
+def _info_irq(machine: MachineControl, args: list[str], cpu: int) -> str:
+    rows = _need(machine, "irq_counts")()
+    out = ["IRQ statistics (interrupts raised by pyvmm's devices; the guest's own IPIs and timers are KVM's):"]
+    out += [f"{gsi:>3}: {count:>10}  {name}" for gsi, name, count in rows]
+    return "\n".join(out) + "\n"
+
+
+def _info_qtree(machine: MachineControl, args: list[str], cpu: int) -> str:
+    return _need(machine, "device_tree")()
+
+
+def _info_tlb(machine: MachineControl, args: list[str], cpu: int) -> str:
+    cpu = _cpu_arg(args, cpu)
+    mode = _need(machine, "paging_mode")(cpu)
+    if mode == "off":
+        return f"CPU #{cpu}: paging is off (CR0.PG clear): virtual addresses are physical\n"
+    maps = _need(machine, "page_mappings")(cpu)
+    out = [f"CPU #{cpu}: {mode} paging; rights X(executable) G(global) D(dirty) A(accessed) "
+           "C(cache disabled) T(write-through) U(user) W(writable)",
+           f"{'virtual':<33}  {'physical':<16}  {'pages':>12}  rights"]
+    for m in maps[:4096]:
+        unit = {4096: "4K", 2 << 20: "2M", 4 << 20: "4M", 1 << 30: "1G"}.get(m.page_size, str(m.page_size))
+        out.append(f"{m.va:016x}-{m.va + m.size - 1:016x}  {m.pa:016x}  {m.count:>8} x {unit:<2}  {m.rights()}")
+    if len(maps) > 4096:
+        out.append(f"... {len(maps) - 4096} more runs")
+    if not maps:
+        out.append("(no page is present)")
+    return "\n".join(out) + "\n"
+
+
+def _gva2gpa(machine: MachineControl, args: list[str], cpu: int) -> str:
+    if len(args) != 1:
+        raise CommandError("GenericError", "usage: gva2gpa <addr>")
+    gva = _parse_addr(machine, args[0], cpu)
+    gpa = _need(machine, "translate")(gva, cpu)
+    if gpa is None:
+        raise CommandError("GenericError", "Unmapped")
+    return f"gpa: {gpa:#x}\n"
+
+
+def _save(machine: MachineControl, args: list[str], cpu: int, *, virtual: bool) -> str:
+    name = "memsave" if virtual else "pmemsave"
+    if len(args) != 3:
+        raise CommandError("GenericError", f"usage: {name} <addr> <size> <file>")
+    addr = _parse_addr(machine, args[0], cpu)
+    size = _parse_gpa(args[1])
+    if virtual:
+        C.memsave(machine, addr, size, args[2], cpu)
+    else:
+        C.pmemsave(machine, addr, size, args[2])
+    return ""
 
 
 def _info_virtio(machine: MachineControl, args: list[str], cpu: int) -> str:
@@ -331,10 +484,18 @@ _INFO: dict[str, Callable[[MachineControl, list[str], int], str]] = {
     "balloon": _info_balloon,
     "stats": _info_stats,
     "status": _info_status,
+    "version": _info_version,
+    "name": _info_name,
+    "cpus": _info_cpus,
     "virtio": _info_virtio,
     "virtqueue": _info_virtqueue,
     "registers": _info_registers,
+    "pic": _info_pic,
+    "lapic": _info_lapic,
+    "irq": _info_irq,
     "mtree": _info_mtree,
+    "qtree": _info_qtree,
+    "tlb": _info_tlb,
 }
 
 _COMMANDS: dict[str, Callable[[MachineControl, list[str], int], str]] = {
@@ -348,6 +509,9 @@ _COMMANDS: dict[str, Callable[[MachineControl, list[str], int], str]] = {
     "cont": _cont,
     "c": _cont,
     "system_reset": _reset,
+    "gva2gpa": _gva2gpa,
+    "pmemsave": lambda m, a, c: _save(m, a, c, virtual=False),
+    "memsave": lambda m, a, c: _save(m, a, c, virtual=True),
     "quit": _quit,
     "q": _quit,
     "trace": _trace,
@@ -370,6 +534,35 @@ def _parse_gpa(text: str) -> int:
     return value
 
 
+_TERM_RE = re.compile(r"\s*([+-]?)\s*(\$\w+|0[xX][0-9a-fA-F]+|\d+)\s*")
+
+
+def _parse_addr(machine: MachineControl, text: str, cpu: int) -> int:
+    """An address as the monitor takes it: a number, a register ($pc, $rip, $rsp...), and sums of
+    them ("$rsp+8", "0x1000+$rax")."""
+    if "$" not in text:
+        return _parse_gpa(text)
+    regs: dict[str, int] | None = None
+    total, pos = 0, 0
+    while pos < len(text):
+        m = _TERM_RE.match(text, pos)
+        if not m or (pos and not m.group(1)):
+            raise CommandError("GenericError", f"invalid address '{text}' (a number, $reg, or sums: $rsp+8)")
+        sign, term = m.groups()
+        if term.startswith("$"):
+            if regs is None:
+                regs = _need(machine, "register_values")(cpu)
+            name = term[1:].lower()
+            if name not in regs:
+                raise CommandError("GenericError", f"unknown register '{term}' ({', '.join('$' + r for r in regs)})")
+            value = regs[name]
+        else:
+            value = int(term, 0)
+        total += -value if sign == "-" else value
+        pos = m.end()
+    return total & 0xFFFF_FFFF_FFFF_FFFF
+
+
 def _printc(v: int) -> str:
     # QEMU's monitor_printc spelling.
     special = {ord("'"): "\\'", ord("\\"): "\\\\", ord("\n"): "\\n", ord("\r"): "\\r"}
@@ -378,12 +571,15 @@ def _printc(v: int) -> str:
     return f"'{chr(v)}'" if 32 <= v <= 126 else f"'\\x{v:02x}'"
 
 
-def _memory_dump(machine: MachineControl, cmd: str, args: list[str]) -> str:
-    """QEMU's x/xp output (monitor/hmp-cmds memory_dump); addresses are guest-physical for both."""
+def _memory_dump(machine: MachineControl, cmd: str, args: list[str], cpu: int = 0) -> str:
+    """QEMU's x/xp output (monitor/hmp-cmds memory_dump): x reads virtual addresses through the
+    vCPU's page tables, xp guest-physical ones; both read RAM and the boot ROM."""
+    virtual = not cmd.startswith("xp")
     spec = cmd.split("/", 1)[1] if "/" in cmd else ""
     m = _FMT_RE.match(spec)
     if not m or len(args) != 1:
-        raise CommandError("GenericError", "usage: x/<count><format><size> <gpa>  e.g. x/16xb 0x1000")
+        raise CommandError("GenericError", f"usage: {'x' if virtual else 'xp'}/<count><format><size> <addr>  "
+                           "e.g. x/16xb 0x1000, x/4i $pc")
     count = int(m.group(1) or 1)
     fmt, size = "x", 4
     for ch in m.group(2):
@@ -393,9 +589,17 @@ def _memory_dump(machine: MachineControl, cmd: str, args: list[str]) -> str:
             fmt = ch
     if fmt in ("c", "i"):
         size = 1
-    gpa = _parse_gpa(args[0])
+    gpa = _parse_addr(machine, args[0], cpu)
+    note = ""
+    read: Callable[[int, int], bytes] = machine.read_memory
+    read_virtual = getattr(machine, "read_virtual", None)
+    if virtual and read_virtual is not None:
+        if _need(machine, "paging_mode")(cpu) == "off":
+            note = "(paging is off: virtual addresses are physical)\n"
+        else:
+            read = lambda a, n: read_virtual(a, n, cpu)  # noqa: E731
     if fmt == "i":
-        return _disassemble(machine, gpa, count)
+        return note + _disassemble(machine, gpa, count, read, _code_bits(machine, cpu))
     total = count * size
     if total > MAX_DUMP:
         raise CommandError("GenericError", f"x/ shows at most {MAX_DUMP} bytes at once, not {total}")
@@ -407,7 +611,7 @@ def _memory_dump(machine: MachineControl, cmd: str, args: list[str]) -> str:
     while total > 0:
         n = min(total, line_size)
         try:
-            data = machine.read_memory(addr, n)
+            data = read(addr, n)
         except GuestMemoryError:
             out.append(f"{addr:016x}: Cannot access memory")
             break
@@ -429,24 +633,36 @@ def _memory_dump(machine: MachineControl, cmd: str, args: list[str]) -> str:
         out.append(f"{addr:016x}: " + " ".join(parts))
         addr += n
         total -= n
-    return "\n".join(out) + "\n"
+    return note + "\n".join(out) + "\n"
 
 
-def _disassemble(machine: MachineControl, gpa: int, count: int) -> str:
+def _code_bits(machine: MachineControl, cpu: int) -> int:
+    sregs = getattr(machine, "vcpu_sregs", None)
+    if sregs is None:
+        return 64
+    from ..arch.x86.cpu import code_bits
+
+    return code_bits(sregs(cpu))
+
+
+def _disassemble(machine: MachineControl, gpa: int, count: int,
+                 read: Callable[[int, int], bytes] | None = None, bits: int = 64) -> str:
     try:
         import capstone
     except ImportError:
         raise CommandError("GenericError", "x/i needs capstone (pip install capstone)") from None
+    read = read or machine.read_memory
     length = min(count * 15, MAX_DUMP)
     data = b""
-    while length > 0 and not data:     # near the end of RAM, read what there is
+    while length > 0 and not data:     # near the end of RAM (or of a mapping), read what there is
         try:
-            data = machine.read_memory(gpa, length)
+            data = read(gpa, length)
         except GuestMemoryError:
             length //= 2
     if not data:
         return f"{gpa:016x}: Cannot access memory\n"
-    md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+    mode = {16: capstone.CS_MODE_16, 32: capstone.CS_MODE_32, 64: capstone.CS_MODE_64}[bits]
+    md = capstone.Cs(capstone.CS_ARCH_X86, mode)
     out = []
     for insn in md.disasm(data, gpa, count):
         out.append(f"0x{insn.address:016x}:  {insn.mnemonic} {insn.op_str}".rstrip())
@@ -501,7 +717,7 @@ class ConsoleMux:
         self.monitor = False
         self.quitting = False
         self._escape = False
-        self._line = bytearray()
+        self.editor = LineEditor(PROMPT, lambda text: complete_hmp(machine, text))
         self._held = bytearray()
         self._held_dropped = 0
         self._lock = threading.Lock()
@@ -561,7 +777,8 @@ class ConsoleMux:
     def _escape_command(self, b: int) -> None:
         if b in (ord("h"), ord("?")):
             with self._lock:
-                self._write(MUX_HELP + (b"\r\n" + PROMPT + bytes(self._line) if self.monitor else b""))
+                self._write(MUX_HELP + (b"\r\n" + self.editor.prompt + self.editor.buf.encode() if self.monitor
+                                        else b""))
         elif b == ord("x"):
             with self._lock:
                 self._write(b"\r\npyvmm: terminating on C-a x\r\n")
@@ -575,7 +792,7 @@ class ConsoleMux:
         with self._lock:
             if not self.monitor:
                 self.monitor = True
-                self._line.clear()
+                self.editor.reset()
                 self._write(b"\r\npyvmm monitor - type 'help' for more information, C-a c to return\r\n" + PROMPT)
             else:
                 self.monitor = False
@@ -587,35 +804,20 @@ class ConsoleMux:
                 self._held_dropped = 0
 
     def _edit(self, b: int) -> None:
-        if b in (0x0D, 0x0A):
-            line = self._line.decode("utf-8", "replace")
-            self._line.clear()
+        echo, line = self.editor.feed(b)
+        if echo:
             with self._lock:
-                self._write(b"\r\n")
-            if line.strip():
-                out = self.run_command(self.machine, line)
-                if out:
-                    with self._lock:
-                        self._write(out.replace("\r\n", "\n").replace("\n", "\r\n").encode())
-            if self.monitor and not self.quitting:
+                self._write(echo)
+        if line is None:
+            return
+        if line.strip():
+            out = self.run_command(self.machine, line)
+            if out:
                 with self._lock:
-                    self._write(PROMPT)
-        elif b in (0x7F, 0x08):
-            if self._line:
-                # drop one whole UTF-8 character, not a byte of it
-                del self._line[-1]
-                while self._line and (self._line[-1] & 0xC0) == 0x80:
-                    del self._line[-1]
-                with self._lock:
-                    self._write(b"\b \b")
-        elif b == 0x03:          # Ctrl-C: abandon the line
-            self._line.clear()
+                    self._write(out.replace("\r\n", "\n").replace("\n", "\r\n").encode())
+        if self.monitor and not self.quitting:
             with self._lock:
-                self._write(b"^C\r\n" + PROMPT)
-        elif b >= 0x20 or b == 0x09:
-            self._line.append(b)
-            with self._lock:
-                self._write(bytes([b]))
+                self._write(PROMPT)
 
 
 class RawInput:

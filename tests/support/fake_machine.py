@@ -242,6 +242,23 @@ class FakeMachine:
     def read_memory(self, gpa: int, length: int) -> bytes:
         return self.mem.read(gpa, length)
 
+    # The fake's vCPU has paging on, with virtual addresses mapped one to one.
+    paging = "4-level"
+
+    def paging_mode(self, cpu: int = 0) -> str:
+        return self.paging
+
+    def translate(self, gva: int, cpu: int = 0) -> int | None:
+        return gva if gva < self.ram_size else None
+
+    def read_virtual(self, gva: int, length: int, cpu: int = 0) -> bytes:
+        return self.mem.read(gva, length)
+
+    def register_values(self, cpu: int = 0) -> dict[str, int]:
+        if not 0 <= cpu < self.vcpus:
+            raise ValueError(f"no vCPU {cpu} (the machine has {self.vcpus})")
+        return {"rax": 0, "rsp": 0x2000, "rip": 0x3000, "pc": 0x3000}
+
     def set_trace(self, category: str, on: bool) -> None:
         if category not in ("all", "virtio", "mmio", "pio", "exits"):
             raise ValueError(f"unknown trace category {category!r} (all, virtio, mmio, pio, exits)")

@@ -97,8 +97,8 @@ def test_line_editing_backspace_and_ctrl_c(rig):
     assert b"\b \b" in out and b"VM status: running" in out
     rig.mux.feed(b"garbage\x03")
     assert rig.take().endswith(b"^C\r\n" + PROMPT)
-    rig.mux.feed("bögus".encode() + b"\x7f\x7f\x7f\x7f\r")    # deletes the two-byte ö as one character
-    assert b"unknown command: 'b'" in rig.take()
+    rig.mux.feed("zögus".encode() + b"\x7f\x7f\x7f\x7f\r")    # deletes the two-byte ö as one character
+    assert b"unknown command: 'z'" in rig.take()
 
 
 def test_monitor_commands_act_on_the_machine(rig):
