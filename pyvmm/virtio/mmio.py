@@ -1,7 +1,9 @@
 """The virtio-mmio transport (spec "Virtio Over MMIO") as a bus device: state, status machine, notifications.
 
 Guest accesses arrive as ``read(offset, size)`` / ``write(offset, size, value)`` from the vCPU exit
-path, and ``queue_notify(index)`` from the ioeventfd thread.  One re-entrant lock serialises them with
+path, and ``queue_notify(index)`` from the ioeventfd thread.  An injected ``hook`` (the virtio
+breakpoints of pyvmm.debug) sees each access and device event while it is set; unset, it costs one
+attribute check per access.  One re-entrant lock serialises them with
 each other and with the device's control API (the monitor thread).  A guest that breaks the rules
 gets a rate-limited line on the "pyvmm.guest" logger and, if the device cannot go on,
 DEVICE_NEEDS_RESET; nothing a guest writes raises out of here.
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from ..errors import GuestMemoryError
 from ..guestlog import GuestErrorLog
@@ -43,6 +46,30 @@ _NOTIFICATION_DATA = int(TransportFeature.VIRTIO_F_NOTIFICATION_DATA)
 # with the lock released in between (so the monitor waits one round at most), up to this many.  What a
 # guest that keeps refilling the ring leaves after that is served on its next notification.
 MAX_NOTIFY_ROUNDS = 64
+
+
+@dataclass(frozen=True, slots=True)
+class VirtioEvent:
+    """What a transport hook sees: a driver's register or config access, or an event of the device.
+
+    ``kind`` is "read" / "write" (a register at ``offset``), "config-read" / "config-write" (``offset``
+    into the device configuration, ``size`` bytes), "notify" (QueueNotify of queue ``queue``, also
+    through ioeventfd), "irq" (InterruptStatus now ``value``, raised for ``queue`` or -1 for a config
+    change) or "used" (the device returned buffers on ``queue``; ``value`` is its used index).
+    """
+
+    kind: str
+    offset: int
+    value: int
+    size: int = 4
+    queue: int = -1
+    note: str = ""
+
+
+# The hook runs under the transport's lock; for a "notify" it returns True to hold the notification
+# (the device serves it when serve_held() is called), False to let the device serve it now.
+VirtioHook = Callable[["VirtioMmio", VirtioEvent], bool]
+
 
 class VirtioMmio:
     """One virtio-mmio window with a virtio device behind it."""
@@ -111,6 +138,8 @@ class VirtioMmio:
         self._reset_registers()
         self._config_fields = {off + i: (fname, off, size)
                                for off, size, fname in device.config_fields() for i in range(size)}
+        self.hook: VirtioHook | None = None
+        self._held: list[int] = []             # QueueNotify indices a hook held back
         device.attach(self)
 
     # --- the bus interface ---------------------------------------------------------------------------
@@ -130,6 +159,8 @@ class VirtioMmio:
             value = handler(self)
             if self._tracer.virtio:
                 self._trace_register("read", offset, value)
+            if self.hook is not None:
+                self.hook(self, VirtioEvent("read", offset, value))
         return value
 
     def write(self, offset: int, size: int, value: int) -> None:
@@ -151,6 +182,8 @@ class VirtioMmio:
         with self.lock:
             if self._tracer.virtio:
                 self._trace_register("write", offset, value)
+            if self.hook is not None:          # before the handler: the hook sees the old state
+                self.hook(self, VirtioEvent("write", offset, value))
             handler(self, value)
 
     def queue_notify(self, index: int) -> None:
@@ -163,12 +196,37 @@ class VirtioMmio:
             if self._tracer.virtio:
                 self._trace_register("write", Reg.QueueNotify, value, note=note)
             index = self._notify_index(value)
-            if index is None or not self._notify(index):
+            if index is None:
                 return
+            if self.hook is not None and self.hook(self, VirtioEvent("notify", _NOTIFY, value, queue=index,
+                                                                     note=note)):
+                self._held.append(index)
+                return
+            if not self._notify(index):
+                return
+        self._notify_rounds(index)
+
+    def _notify_rounds(self, index: int) -> None:
         for _ in range(MAX_NOTIFY_ROUNDS - 1):
             with self.lock:
                 if not self._notify(index):
                     return
+
+    @property
+    def held_notifies(self) -> tuple[int, ...]:
+        """The queues whose QueueNotify a hook holds back, in order."""
+        return tuple(self._held)
+
+    def serve_held(self) -> None:
+        """Serve the notifications a hook held back (a virtio breakpoint stopped the machine at one),
+        as an ioeventfd thread would have served them: once the vCPUs run again."""
+        with self.lock:
+            held, self._held = self._held, []
+        for index in dict.fromkeys(held):      # one notification per queue is as good as several
+            with self.lock:
+                more = self._notify(index)
+            if more:
+                self._notify_rounds(index)
 
     # --- the Transport interface, for the device -----------------------------------------------------
 
@@ -185,12 +243,14 @@ class VirtioMmio:
         """Spec "Notifications From The Device": set InterruptStatus bit 0 unless the driver suppressed it."""
         if not self.live:
             return
+        if self.hook is not None:
+            self.hook(self, VirtioEvent("used", -1, self.queues[index].next_used, queue=index))
         if not self.queues[index].should_notify():
             if self._tracer.virtio:
                 self.trace_event("Interrupt", self.interrupt_status,
                                  f"suppressed by the driver ({self.queue_name(index)})")
             return
-        self._raise(_USED, self.queue_name(index))
+        self._raise(_USED, self.queue_name(index), queue=index)
 
     def signal_config_change(self) -> None:
         """The config changed: a new ConfigGeneration and, once the driver is up, a config interrupt."""
@@ -212,13 +272,16 @@ class VirtioMmio:
 
     # --- internals: interrupts, reset, errors ----------------------------------------------------------
 
-    def _raise(self, bit: int, why: str) -> None:
+    def _raise(self, bit: int, why: str, queue: int = -1) -> None:
         self.interrupt_status |= bit
         if self._tracer.virtio:
             self._tracer.access(self.name, "event", "Interrupt", self.interrupt_status,
                                 f"{interrupt_names(bit)} raised ({why})", shown=f"{self.interrupt_status:#x}")
         # Level = InterruptStatus != 0; set_level(True) on every event so that an edge sees each one.
         self.irq.set_level(True)
+        if self.hook is not None:
+            self.hook(self, VirtioEvent("irq", Reg.InterruptStatus, self.interrupt_status, queue=queue,
+                                        note=f"{interrupt_names(bit)} raised ({why})"))
 
     def _needs_reset(self) -> None:
         """Spec "Device Status Field": DEVICE_NEEDS_RESET, and a config interrupt if DRIVER_OK is set."""
@@ -239,6 +302,7 @@ class VirtioMmio:
         """Spec "Device Reset": status 0, no interrupts, every queue not ready (legacy: QueuePFN 0)."""
         self.status = 0
         self._reset_registers()
+        self._held.clear()                     # notifications of the old driver die with its queues
         for q in self.queues:
             q.reset()
         self.queue_align = [4096] * len(self.queues)
@@ -409,6 +473,8 @@ class VirtioMmio:
             value = self.device.config_read(rel, size)
             if self._tracer.virtio:
                 self._trace_config("read", rel, size, value)
+            if self.hook is not None:
+                self.hook(self, VirtioEvent("config-read", rel, value, size))
         return value
 
     def _config_write(self, offset: int, size: int, value: int) -> None:
@@ -419,6 +485,8 @@ class VirtioMmio:
         with self.lock:
             if self._tracer.virtio:
                 self._trace_config("write", rel, size, value)
+            if self.hook is not None:
+                self.hook(self, VirtioEvent("config-write", rel, value, size))
             if self.version == 2 and not self.status & _FOK:
                 # Spec "Device Initialization" step 4: the config "MUST NOT be written" before it.
                 self.guest_error("config write before FEATURES_OK")
@@ -439,15 +507,21 @@ class VirtioMmio:
         label, shown, meaning = describe_register(self, direction, offset, value, note)
         self._tracer.access(self.name, direction, label, value, meaning, shown=shown, offset=offset, size=4)
 
-    def _trace_config(self, direction: str, rel: int, size: int, value: int) -> None:
+    def config_field(self, rel: int) -> tuple[str, int, int] | None:
+        """(name, offset, size) of the device configuration field holding byte rel, if any."""
+        return self._config_fields.get(rel)
+
+    def config_label(self, rel: int, size: int) -> str:
+        """How the trace names a config access: ``num_pages``, ``actual[+2]``, ``Config[0x10]``."""
         field = self._config_fields.get(rel)
         if field is None:
-            label = f"Config[{rel:#x}]"
-        elif rel == field[1] and size == field[2]:
-            label = field[0]
-        else:
-            label = f"{field[0]}[+{rel - field[1]}]"
-        self._tracer.access(self.name, direction, label, value, "", shown=str(value),
+            return f"Config[{rel:#x}]"
+        if rel == field[1] and size == field[2]:
+            return field[0]
+        return f"{field[0]}[+{rel - field[1]}]"
+
+    def _trace_config(self, direction: str, rel: int, size: int, value: int) -> None:
+        self._tracer.access(self.name, direction, self.config_label(rel, size), value, "", shown=str(value),
                             offset=VIRTIO_MMIO_CONFIG + rel, size=size)
 
 
