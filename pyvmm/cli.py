@@ -42,7 +42,7 @@ def _add_run_parser(sub) -> None:
     p.add_argument("kernel", nargs="?", type=Path, help="PVH ELF kernel (default: guest/build/guest.elf)")
     p.add_argument("-kernel", dest="kernel_opt", type=Path, help=argparse.SUPPRESS)
     p.add_argument("-m", "--memory", default="256M", help="guest RAM, e.g. 256M or 1G (default 256M)")
-    p.add_argument("--smp", type=int, default=1, help="number of vCPUs (default 1)")
+    p.add_argument("--smp", "-smp", type=int, default=1, help="number of vCPUs (default 1)")
     p.add_argument("--append", "-append", default="", help="kernel command line")
     p.add_argument("--initrd", "-initrd", type=Path, help="initial ramdisk (PVH module 0)")
     fw = p.add_mutually_exclusive_group()
@@ -76,6 +76,12 @@ def _add_run_parser(sub) -> None:
                          "Linux and ACPI is on)")
     vc.add_argument("--no-virtio-cmdline", dest="virtio_cmdline", action="store_const", const=False,
                     help="never append virtio_mmio.device= (ACPI discovery only)")
+    p.add_argument("-s", dest="gdb_default", action="store_true",
+                   help="gdbstub on tcp::1234 (127.0.0.1 port 1234), as -gdb tcp::1234; see docs/gdb.md")
+    p.add_argument("-gdb", "--gdb", dest="gdb", metavar="tcp:[HOST]:PORT",
+                   help="gdbstub on this TCP address (HOST defaults to 127.0.0.1)")
+    p.add_argument("-S", dest="start_paused", action="store_true",
+                   help="do not start the vCPUs until gdb, QMP or the monitor says continue")
     p.add_argument("--demo", action="store_true",
                    help="drive the make-run demo: dirty memory, balloon to 64M and back, show a table")
     p.add_argument("-v", "--verbose", action="store_true", help="log guest errors and device events")
@@ -136,6 +142,7 @@ def config_from_args(args):
         qmp=tuple(args.qmp), monitor=not args.no_monitor,
         cpu_passthrough=True if args.cpu == "host" else None, acpi=not args.no_acpi,
         mem_prealloc=args.mem_prealloc, virtio_cmdline=args.virtio_cmdline,
+        gdb=args.gdb or ("tcp::1234" if args.gdb_default else None), start_paused=args.start_paused,
     )
 
 

@@ -96,6 +96,8 @@ class VmConfig:
     virtio_cmdline: bool | None = None   # virtio_mmio.device= on the command line; None: unless the
                                          # kernel is Linux and finds the devices in ACPI (as microvm)
     acpi: bool = True                    # ACPI tables (RSDP, XSDT, FADT, MADT, DSDT) for the guest
+    gdb: str | None = None               # -gdb tcp:[HOST]:PORT (-s: tcp::1234): the gdbstub listens there
+    start_paused: bool = False           # -S: vCPUs held until gdb, QMP or the monitor continues
 
     def validate(self, max_vcpus: int | None = None) -> VmConfig:
         if self.memory <= 0:
@@ -115,6 +117,10 @@ class VmConfig:
             raise ConfigError(f"--smp {self.smp} is more than this host's KVM allows ({max_vcpus})")
         if self.virtio_version not in (1, 2):
             raise ConfigError("--virtio-version must be 1 (legacy) or 2 (modern)")
+        if self.gdb is not None:
+            from .debug.gdbstub import parse_gdb_address
+
+            parse_gdb_address(self.gdb)
         unknown = set(self.trace) - TRACE_CATEGORIES
         if unknown:
             raise ConfigError(f"unknown trace category {sorted(unknown)[0]!r} "

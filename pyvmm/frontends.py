@@ -1,4 +1,4 @@
-"""The one place where a machine's front ends attach: QMP servers and the terminal console with its monitor."""
+"""The one place where a machine's front ends attach: QMP servers, the gdbstub, the terminal console and monitor."""
 
 from __future__ import annotations
 
@@ -22,6 +22,8 @@ def attach_frontends(machine: Machine, *, terminal: bool) -> None:
         server.start()
         machine.qmp_servers.append(server)
         machine.resources.add(server.close)
+    if cfg.gdb is not None:
+        attach_gdbstub(machine, cfg.gdb)
     if terminal:
         from .monitor.hmp import ConsoleMux, RawInput, stdio_console
 
@@ -30,11 +32,35 @@ def attach_frontends(machine: Machine, *, terminal: bool) -> None:
             # Ctrl-A c between the guest's console and the (pyvmm) monitor, as -serial mon:stdio.
             mux = ConsoleMux(machine, machine.serial.feed, _RawOut())
             machine.console_out = mux.guest_output
+            machine.stop_output = mux.announce         # a virtio breakpoint opens the monitor
         else:
             mux = RawInput(machine.serial.feed, machine.stopped.is_set)
         stack = contextlib.ExitStack()
         stack.enter_context(stdio_console(mux))
         machine.resources.add(stack.close)
+
+
+def attach_gdbstub(machine: Machine, address: str) -> None:
+    """The gdbstub (docs/gdb.md): listening at address, steering the machine's debugger; the line
+    saying where goes to stderr."""
+    import sys
+
+    from .debug.gdbstub import GdbServer, parse_gdb_address
+    from .monitor.hmp import run_hmp
+
+    host, port = parse_gdb_address(address)
+    debugger = machine.debugger
+    debugger.run_monitor = lambda command: run_hmp(machine, command)
+    debugger.kill_machine = lambda: machine.stop(0, "killed by gdb", event_reason="host-qmp-quit")
+    server = GdbServer(debugger, host, port)
+    server.start()
+    debugger.add_stop_listener(server.on_stop)
+    machine.add_listener(lambda event, data: server.on_exit(machine.exit_code or 0) if event == "SHUTDOWN" else None)
+    machine.gdb_server = server
+    machine.resources.add(server.close)
+    where = f"[{server.host}]:{server.port}" if ":" in server.host else f"{server.host}:{server.port}"
+    sys.stderr.write(f"pyvmm: gdbstub listening on tcp:{where} (in gdb: target remote {where})\n")
+    sys.stderr.flush()
 
 
 class _RawOut:
