@@ -26,13 +26,14 @@ firmware:
 
 build: $(VENV)/.stamp guest firmware
 
-# Host tools from Debian: QEMU (reference device and benchmark peer), iasl (checks our ACPI tables).
+# Host tools from Debian: QEMU (reference device and benchmark peer), iasl (checks our ACPI tables),
+# gdb (the gdbstub's tests drive the real one).
 host-deps:
-	@command -v qemu-system-x86_64 >/dev/null && command -v iasl >/dev/null || { \
-	  echo "installing qemu-system-x86 and acpica-tools from Debian"; \
+	@command -v qemu-system-x86_64 >/dev/null && command -v iasl >/dev/null && command -v gdb >/dev/null || { \
+	  echo "installing qemu-system-x86, acpica-tools and gdb from Debian"; \
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
-	    qemu-system-x86 acpica-tools >/dev/null; }
+	    qemu-system-x86 acpica-tools gdb >/dev/null; }
 
 run: build
 	$(PY) -m pyvmm run --demo

@@ -23,11 +23,17 @@ def _report() -> None:
     print(f"fuzz: {_count} inputs ran in {time.monotonic() - _t0:.1f} s, no failure", flush=True)
 
 
-def _atheris_main(argv: list[str]) -> None:
+def _harness(name: str):
+    import importlib
+
+    return importlib.import_module(name).run_one
+
+
+def _atheris_main(argv: list[str], harness: str, instrument: str) -> None:
     import atheris
 
-    with atheris.instrument_imports(include=["pyvmm"]):
-        from tests.fuzz.harness import run_one
+    with atheris.instrument_imports(include=[instrument]):
+        run_one = _harness(harness)
 
     runs = next((int(a.split("=", 1)[1]) for a in argv if a.startswith("-runs=")), None)
     deadline = next((float(a.split("=", 1)[1]) for a in argv if a.startswith("-max_total_time=")), None)
@@ -45,11 +51,11 @@ def _atheris_main(argv: list[str]) -> None:
     atheris.Fuzz()
 
 
-def _hypothesis_main(argv: list[str]) -> None:
+def _hypothesis_main(argv: list[str], harness: str) -> None:
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
-    from tests.fuzz.harness import run_one
+    run_one = _harness(harness)
 
     runs = next((int(a.split("=", 1)[1]) for a in argv if a.startswith("-runs=")), 20_000)
     corpus = next((a for a in argv[1:] if not a.startswith("-")), None)
@@ -70,7 +76,8 @@ def _hypothesis_main(argv: list[str]) -> None:
     _report()
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str], harness: str = "tests.fuzz.harness", instrument: str = "pyvmm") -> None:
+    """Fuzz ``harness``'s run_one, instrumenting the modules under ``instrument`` for coverage."""
     for path in [a for a in argv[1:] if not a.startswith("-")]:
         os.makedirs(path, exist_ok=True)
     if os.environ.get("PYVMM_FUZZ_ENGINE") != "hypothesis":
@@ -79,9 +86,9 @@ def main(argv: list[str]) -> None:
         except ImportError:
             print("fuzz: atheris is not installed; using hypothesis", flush=True)
         else:
-            _atheris_main(argv)
+            _atheris_main(argv, harness, instrument)
             return
-    _hypothesis_main(argv)
+    _hypothesis_main(argv, harness)
 
 
 if __name__ == "__main__":

@@ -43,3 +43,15 @@ def test_coverage_guided_short_run(tmp_path):
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
     assert "fuzz: 1500 inputs ran" in out
+
+
+def test_gdbstub_protocol_coverage_guided_short_run(tmp_path):
+    """A few thousand hostile gdb streams through the RSP fuzzer (atheris if installed, else hypothesis)."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.fuzz.fuzz_rsp", str(tmp_path / "corpus"), "-runs=3000", "-seed=11"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert "fuzz: 3000 inputs ran" in out
