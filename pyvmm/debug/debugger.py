@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("pyvmm.debug")
 
 NUM_DEBUG_REGISTERS = 4
+REAL_MODE_REACH = 0x100000      # real-mode code runs below 1 MiB (pyvmm's firmware: in ROM, unpatchable)
 DR6_BS = 1 << 14
 _DR7_RW = {"hw": 0b00, "sw": 0b00, "write": 0b01, "access": 0b11}
 _DR7_LEN = {1: 0b00, 2: 0b01, 4: 0b11, 8: 0b10}
@@ -494,10 +495,13 @@ class Debugger:
     def _patch(self, bp: GuestBreakpoint) -> bool:
         """An int3 at bp.addr (through the page tables of the vCPU that stopped last), in RAM only."""
         sregs = self._sregs()
-        if not sregs.cr0 & x86cpu.X86_CR0_PE:
-            return False                      # real mode hands an int3 to the guest's IVT (docs/gdb.md)
         gpa = paging.translate(self.memory, sregs, bp.addr)
         if gpa is None or not self.memory.contains(gpa):
+            return False
+        if not sregs.cr0 & x86cpu.X86_CR0_PE and gpa < REAL_MODE_REACH:
+            # Real mode hands an int3 to the guest's IVT instead of exiting (docs/gdb.md): refuse one
+            # where real-mode code could run.  Code above 1 MiB runs only after the switch to
+            # protected mode (the firmware's, the PVH entry's), where an int3 does come back.
             return False
         bp.original = self.memory.read(gpa, 1)[0]
         self.memory.write(gpa, b"\xcc")

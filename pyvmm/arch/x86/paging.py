@@ -23,9 +23,12 @@ _PS = 0x80                           # page size: this entry maps a large page
 
 
 def translate(mem, sregs, linear: int) -> int | None:
-    """The gpa that ``linear`` maps to under ``sregs`` (CR0, CR3, CR4, EFER), or None if unmapped."""
+    """The gpa that ``linear`` maps to under ``sregs`` (CR0, CR3, CR4, EFER), or None if unmapped.
+
+    Without paging a linear address is physical, and 32 bits wide: a higher one names nothing (a
+    64-bit kernel's virtual address before its page tables are on, for instance)."""
     if not sregs.cr0 & X86_CR0_PG:
-        return linear & 0xFFFFFFFF
+        return linear if 0 <= linear <= 0xFFFFFFFF else None
     try:
         if sregs.efer & EFER_LMA:
             return _walk_long(mem, sregs, linear)
