@@ -60,6 +60,11 @@ class PacketReader:
         self._sum = 0
         self._hi = 0
 
+    @property
+    def idle(self) -> bool:
+        """Between packets: the next '$' starts one."""
+        return self._state == _IDLE
+
     def feed(self, data: bytes) -> list[Event]:
         out: list[Event] = []
         for b in data:

@@ -221,14 +221,16 @@ class VirtioBreakpoints:
         return "".join(f"\n  {n}" for n in notes)
 
     def _hook(self, t: VirtioMmio, ev: VirtioEvent) -> bool:
-        for bp in self.breakpoints:
-            if bp.applies_to(t) and self._matches(bp, t, ev):
-                bp.hits += 1
-                text = f"vbreak {bp.number}: " + self._message(bp, t, ev)
-                bp.last = text
-                stopped = self.on_hit(VirtioBreakpointHit(bp, t, ev, text))
-                return stopped and ev.kind == "notify"
-        return False
+        matched = [bp for bp in self.breakpoints if bp.applies_to(t) and self._matches(bp, t, ev)]
+        if not matched:
+            return False
+        numbers = ", ".join(str(bp.number) for bp in matched)
+        text = f"vbreak {numbers}: " + self._message(t, ev)
+        for bp in matched:                   # as gdb, every breakpoint the access meets counts it
+            bp.hits += 1
+            bp.last = text
+        stopped = self.on_hit(VirtioBreakpointHit(matched[0], t, ev, text))
+        return stopped and ev.kind == "notify"
 
     def _matches(self, bp: VirtioBreakpoint, t: VirtioMmio, ev: VirtioEvent) -> bool:
         if bp.what == "used":
@@ -330,7 +332,7 @@ class VirtioBreakpoints:
 
     # --- messages ------------------------------------------------------------------------------------------
 
-    def _message(self, bp: VirtioBreakpoint, t: VirtioMmio, ev: VirtioEvent) -> str:
+    def _message(self, t: VirtioMmio, ev: VirtioEvent) -> str:
         """The decoded access (as the trace prints it), the spec's field, and the ring it concerns."""
         if ev.kind in ("read", "write", "notify"):
             direction = "write" if ev.kind == "notify" else ev.kind
