@@ -55,13 +55,17 @@ Listener = Callable[[str, dict[str, Any]], None]
 
 
 def format_runs(pfns: list[int], limit: int = 8) -> str:
-    """``0x1c00-0x1cff 0x2000`` for PFNs as the driver listed them, consecutive ones as one run."""
+    """``0x1c00-0x1cff 0x2000`` for PFNs as the driver listed them, consecutive ones as one run (a run
+    going down, as Linux allocates pages, is written from its first PFN: ``0x1f477-0x1f378``)."""
     runs: list[tuple[int, int]] = []
     for pfn in pfns:
-        if runs and pfn == runs[-1][1] + 1:
-            runs[-1] = (runs[-1][0], pfn)
-        else:
-            runs.append((pfn, pfn))
+        if runs:
+            first, last = runs[-1]
+            step = 1 if first == last else (1 if last > first else -1)
+            if pfn == last + step or (first == last and pfn == last - 1):
+                runs[-1] = (first, pfn)
+                continue
+        runs.append((pfn, pfn))
     text = " ".join(f"{a:#x}" if a == b else f"{a:#x}-{b:#x}" for a, b in runs[:limit])
     if len(runs) > limit:
         text += f" ... ({len(runs) - limit} more runs)"

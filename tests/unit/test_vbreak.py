@@ -200,3 +200,18 @@ def test_the_monitor_commands(rig, vb):
     assert run_hmp(m, "vdelete x").startswith("Error: usage: vdelete")
     assert run_hmp(m, "vdelete all") == "1 virtio breakpoint deleted\n"
     assert run_hmp(object(), "info vbreak").startswith("Error: this machine has no debugger")
+
+
+def test_pfn_runs_up_and_down():
+    from pyvmm.virtio.balloon import format_runs
+
+    assert format_runs([1, 2, 3, 5, 9, 8, 7, 6, 10]) == "0x1-0x3 0x5 0x9-0x6 0xa"
+    assert format_runs(list(range(0x1F477, 0x1F377, -1))) == "0x1f477-0x1f378"   # Linux allocates downwards
+    assert format_runs([]) == "(none)"
+    assert format_runs(list(range(0, 40, 2)), limit=3) == "0x0 0x2 0x4 ... (17 more runs)"
+
+
+def test_stats_buffers_are_described_by_tag(rig):
+    data = struct.pack("<HQHQ", 4, 40 << 20, 5, 64 << 20)
+    assert rig.balloon.describe_buffer("statsq", data) == f"stats: memfree={40 << 20} memtot={64 << 20}"
+    assert rig.balloon.describe_buffer("reporting_vq", data) == ""
