@@ -537,7 +537,7 @@ class Debugger:
             sregs = self.vcpus[cpu].fd.get_sregs()
         except Exception:  # noqa: BLE001 - a name is not worth an error
             return f"vCPU {cpu}"
-        return f"vCPU {cpu}, {x86cpu._mode(sregs)}"
+        return f"vCPU {cpu}, {x86cpu.mode_name(sregs)}"
 
     def detach(self) -> None:
         """gdb leaves: its breakpoints go, and the machine runs on."""

@@ -144,10 +144,11 @@ class GdbSession:
         self.reply(self.stop_reply(ev))
 
     def report_exit(self, code: int) -> None:
-        """The machine shut down: ``W`` with its exit code, and the session ends."""
-        if not self.closed:
+        """The machine shut down: ``W`` with its exit code if gdb waits for a stop (else it would take
+        the packet for the reply to its next one), and the session ends."""
+        if not self.closed and self.running:
             self.reply(b"W%02x" % (code & 0xFF))
-            self.closed = True
+        self.closed = True
 
     def stop_reply(self, ev: StopEvent) -> bytes:
         cpu = ev.cpu if ev.cpu is not None else self.g_cpu

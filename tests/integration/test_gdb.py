@@ -30,6 +30,8 @@ def test_break_step_memory_watch_and_exit():
     with GdbVm("scenario=verify dirty=1M") as vm:
         out = gdb_batch(vm.port, [
             "info threads",
+            "x/2xw 0x100000",                                       # physical before paging: the PVH entry
+            "monitor xp/2xw 0x100000",
             "monitor balloon 127",
             "break balloon_fill",
             "continue",
@@ -55,6 +57,9 @@ def test_break_step_memory_watch_and_exit():
         ])
         code = vm.wait(60)
     assert "Thread 1 (vCPU 0, real mode)" in out, out              # -S: held at the reset vector
+    entry = re.search(r"^0x100000 <pvh_entry>:\s+(0x[0-9a-f]+)\s+(0x[0-9a-f]+)", out, re.M).groups()
+    assert [int(w, 16) for w in entry] == [int(w, 16) for w in
+                                           re.search(r"^0000000000100000: (0x\w+) (0x\w+)", out, re.M).groups()]
     assert re.search(r"Breakpoint 1, balloon_fill \(n=", out), out
     rips = register(out, "rip")
     assert rips[0] == fill                                          # info registers rip = the symbol
@@ -86,6 +91,11 @@ def test_two_vcpus_are_two_threads_and_int3_beyond_the_debug_registers():
             "thread 2",
             "info registers rip",
             "thread 1",
+            "set $r12 = 0x1234567",                                # registers and memory are writable
+            "info registers r12",
+            "set {int}0x200000 = 0x5a5aa5a5",
+            "x/1xw 0x200000",
+            "monitor xp/1xw 0x200000",
             "delete",
             "continue",
         ])
@@ -96,6 +106,8 @@ def test_two_vcpus_are_two_threads_and_int3_beyond_the_debug_registers():
     assert register(out, "rip")[0] == symbol("alloc_init")
     assert re.search(r"<alloc_init>:\s+push\s+%rbp", out), out      # the planted int3 is not shown
     assert "Switching to thread 2" in out and register(out, "rip")[1] == 0xFFF0   # the AP waits for SIPI
+    assert register(out, "r12") == [0x1234567]
+    assert "0x200000:\t0x5a5aa5a5" in out and "0000000000200000: 0x5a5aa5a5" in out
     assert "exited normally" in out and code == 0
 
 

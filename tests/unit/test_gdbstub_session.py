@@ -266,6 +266,9 @@ def test_exit_is_reported_with_its_code(w):
     w.session.report_exit(3)
     assert [e.payload for e in w.replies() if isinstance(e, rsp.Packet)] == [b"W03"]
     assert w.session.closed
+    idle = Wire()                                             # gdb not waiting (`monitor quit`): no W
+    idle.session.report_exit(0)
+    assert idle.replies() == [] and idle.session.closed
 
 
 def test_gdb_addresses_as_qemu_spells_them():

@@ -109,7 +109,8 @@ _RFLAGS = [(0, "CF"), (2, "PF"), (4, "AF"), (6, "ZF"), (7, "SF"), (8, "TF"), (9,
            (11, "OF")]
 
 
-def _mode(sregs) -> str:
+def mode_name(sregs) -> str:
+    """"real mode", "32-bit protected mode with paging", "64-bit long mode", ..."""
     if not sregs.cr0 & X86_CR0_PE:
         return "real mode"
     if sregs.efer & EFER_LMA:
@@ -133,7 +134,7 @@ def format_registers(regs, sregs) -> str:
     flags = " ".join(n for bit, n in _RFLAGS if r.rflags >> bit & 1)
     real = not sregs.cr0 & X86_CR0_PE
     lines = [
-        f"mode: {_mode(sregs)}",
+        f"mode: {mode_name(sregs)}",
         f"RAX={r.rax:016x} RBX={r.rbx:016x} RCX={r.rcx:016x} RDX={r.rdx:016x}",
         f"RSI={r.rsi:016x} RDI={r.rdi:016x} RBP={r.rbp:016x} RSP={r.rsp:016x}",
         f"R8 ={r.r8:016x} R9 ={r.r9:016x} R10={r.r10:016x} R11={r.r11:016x}",
