@@ -145,12 +145,15 @@ class Debugger:
             self._stepping = None
             if ev.cpu is not None:
                 self._last_cpu = ev.cpu
+        self._announce(ev)
+        return True
+
+    def _announce(self, ev: StopEvent) -> None:
         for cb in list(self._listeners):
             try:
                 cb(ev)
             except Exception:  # noqa: BLE001 - one listener's bug must not keep the stop from the others
                 log.exception("stop listener failed")
-        return True
 
     def wait_stopped(self, timeout: float) -> StopEvent | None:
         """The current stop once every vCPU is out of KVM_RUN; None if the machine is not (or no longer)
@@ -275,11 +278,7 @@ class Debugger:
             self.stop = ev
             self.stops += 1
             self._step = None
-        for cb in list(self._listeners):
-            try:
-                cb(ev)
-            except Exception:  # noqa: BLE001
-                log.exception("stop listener failed")
+        self._announce(ev)
         return False
 
     def _apply(self) -> None:

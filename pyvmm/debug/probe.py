@@ -9,6 +9,7 @@ instruction guests in 32-bit protected mode (the mode of the tiny guest's and Li
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
 import mmap
@@ -58,14 +59,11 @@ def host_debug(kvm: Kvm) -> HostDebug:
 
 
 def probe(kvm: Kvm) -> HostDebug:
-    bits = 0
-    if kvm.check_extension(abi.KvmCap.SET_GUEST_DEBUG2):
-        bits = kvm.check_extension(abi.KvmCap.SET_GUEST_DEBUG2)
+    """Measure it now (a scratch VM, four small guests); host_debug() keeps the result."""
+    bits = kvm.check_extension(abi.KvmCap.SET_GUEST_DEBUG2)      # 0 on a kernel without it
     vm = kvm.create_vm()
     ram = mmap.mmap(-1, 0x3000, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     try:
-        import ctypes
-
         vm.set_tss_addr(0xFFFB_D000)
         vm.set_user_memory_region(0, len(ram), ctypes.addressof(ctypes.c_char.from_buffer(ram)))
         vcpu = vm.create_vcpu(0)

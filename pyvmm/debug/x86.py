@@ -11,7 +11,6 @@ qemu-system-x86_64 reports it: a 64-bit register file also describes a CPU in re
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
 
 from ..kvm import abi
@@ -275,5 +274,3 @@ def empty_state() -> CpuState:
     """A zeroed state (tests, and the fuzz harness's fake machine)."""
     return CpuState(abi.kvm_regs(rflags=2), abi.kvm_sregs(), abi.kvm_fpu())
 
-
-_U64 = struct.Struct("<Q")

@@ -136,7 +136,10 @@ def _info_stats(machine: MachineControl, args: list[str], cpu: int) -> str:
 
 
 def _info_status(machine: MachineControl, args: list[str], cpu: int) -> str:
-    return f"VM status: {machine.status()}\n"
+    # QEMU's wording (hmp_info_status): a machine that is not running is "paused", with the reason.
+    status = machine.status()
+    shown = {"created": "paused (prelaunch)", "debug": "paused (debug)", "shutdown": "paused (shutdown)"}
+    return f"VM status: {shown.get(status, status)}\n"
 
 
 def _info_virtio(machine: MachineControl, args: list[str], cpu: int) -> str:

@@ -135,7 +135,7 @@ def test_virtio_breakpoint_seen_from_gdb():
     words = re.search(r"<balloon\+\d+>:\s+((?:0x[0-9a-f]+\s*){4})", out).group(1).split()
     first = int(run.group(1), 16)
     assert [int(w, 16) for w in words] == [first, first + 1, first + 2, first + 3], out
-    assert "VM status: debug" in out
+    assert "VM status: paused (debug)" in out
 
 
 def test_ctrl_c_detach_kill_and_a_new_gdb():

@@ -72,7 +72,7 @@ def test_vbreak_status_driver_ok_at_boot_and_cont():
         assert "balloon0 Status <- 0x0f ACKNOWLEDGE|DRIVER|DRIVER_OK|FEATURES_OK" in messages[0]
         assert "Device Status Field" in messages[0]
         assert "mode: 64-bit long mode" in run_hmp(m, "info registers")
-        assert run_hmp(m, "info status") == "VM status: debug\n"
+        assert run_hmp(m, "info status") == "VM status: paused (debug)\n"
         run_hmp(m, "cont")
         m.wait_for_console(r"balloon: version 2 features", timeout=60)
 
@@ -98,3 +98,45 @@ def test_the_host_probe_matches_what_the_gdbstub_does():
         wait_for(lambda: m.status() == "debug", what="the watchpoint on ticks")
         ev = m.debugger.wait_stopped(10)
         assert ev.reason == "watch" and ev.address == ticks
+
+
+def test_interactive_console_minus_S_and_a_vbreak_that_opens_the_monitor():
+    """`pyvmm run -S` on a terminal: prelaunch until `cont`; a virtio breakpoint's stop opens the
+    (pyvmm) prompt with its message; `cont` resumes."""
+    import sys
+
+    import pexpect
+
+    from tests.support.guest import GUEST, ROOT, ensure_built
+
+    ensure_built()
+    p = pexpect.spawn(sys.executable, ["-m", "pyvmm", "run", str(GUEST), "-m", "128M", "--append",
+                                       "scenario=demo dirty=1M", "-S"], cwd=str(ROOT), timeout=30,
+                      encoding="utf-8", dimensions=(40, 200))
+    try:
+        assert p.waitnoecho(20)                      # the console is raw: Ctrl-A reaches pyvmm
+        p.send("\x01c")
+        p.expect_exact("(pyvmm) ")
+        p.send("info status\r")
+        p.expect_exact("VM status: paused (prelaunch)")
+        p.expect_exact("(pyvmm) ")
+        p.send("vbreak Status DRIVER_OK\r")
+        p.expect_exact("vbreak 1: Status DRIVER_OK (the driver writes Status setting DRIVER_OK)")
+        p.expect_exact("(pyvmm) ")
+        p.send("cont\r")
+        p.expect_exact("vbreak 1: balloon0 Status <- 0x0f ACKNOWLEDGE|DRIVER|DRIVER_OK|FEATURES_OK")
+        p.expect_exact("(type cont to resume)")
+        p.expect_exact("(pyvmm) ")
+        p.send("info status\r")
+        p.expect_exact("VM status: paused (debug)")
+        p.send("vdelete all\r")
+        p.expect_exact("1 virtio breakpoint deleted")
+        p.send("cont\r")
+        p.expect_exact("(pyvmm) ")
+        p.send("\x01c")                              # back to the console: the guest went on
+        p.expect_exact("balloon: target=0 actual=0")
+        p.send("\x01x")
+        p.expect(pexpect.EOF)
+    finally:
+        p.close(force=True)
+    assert p.exitstatus == 0
