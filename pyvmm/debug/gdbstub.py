@@ -450,6 +450,7 @@ class GdbServer:
         self._lock = threading.Lock()
         self._events: list[tuple[str, object]] = []
         self._sel: selectors.BaseSelector | None = None
+        self._broken = False          # sending to the client failed: it is gone, and detached for it
         self._stop = False
         self.connections = 0
 
@@ -525,6 +526,7 @@ class GdbServer:
         conn.settimeout(10.0)                 # a gdb that stops reading is dropped, not waited for
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._client = conn
+        self._broken = False
         self.connections += 1
         self.session = GdbSession(self.target, self._send)
         sel.register(conn, selectors.EVENT_READ, "client")
@@ -540,6 +542,7 @@ class GdbServer:
             self._client.sendall(data)
         except OSError:
             log.info("gdb connection lost while sending")
+            self._broken = True
             if self.session is not None:
                 self.session.closed = True
 
@@ -556,7 +559,7 @@ class GdbServer:
             return
         self.session.feed(data)
         if self.session.closed:
-            self._hang_up(sel, detach=False)
+            self._hang_up(sel, detach=self._broken)
 
     def _drain(self, sel: selectors.BaseSelector) -> None:
         try:
@@ -580,7 +583,7 @@ class GdbServer:
                 if ev is not None:
                     session.report_stop(ev)
         if session is not None and session.closed:
-            self._hang_up(sel, detach=False)
+            self._hang_up(sel, detach=self._broken)
 
     def _hang_up(self, sel: selectors.BaseSelector, *, detach: bool) -> None:
         """The connection ends: a gdb that went away without detaching is detached for it."""
@@ -591,7 +594,7 @@ class GdbServer:
             except (KeyError, ValueError):
                 pass
         self._close_client()
-        if detach and session is not None and not session.closed:
+        if detach and session is not None:
             log.info("gdb went away; detaching")
             self.target.detach()
 
