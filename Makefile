@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 CACHE  ?= $(HOME)/.cache/pyvmm
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all build run test test-quick check clean guest firmware host-deps bench fuzz soak linux-guest
+.PHONY: all build run test test-quick check clean guest firmware host-deps bench fuzz fuzz-gdb soak linux-guest
 
 all: build
 
@@ -61,6 +61,11 @@ bench: build host-deps
 fuzz: build
 	mkdir -p fuzz-corpus
 	$(PY) -m tests.fuzz.fuzz_virtio fuzz-corpus -max_total_time=$${FUZZ_SECONDS:-600}
+
+# The gdbstub's protocol: hostile gdb streams against a session on a fake machine.
+fuzz-gdb: build
+	mkdir -p fuzz-corpus-gdb
+	$(PY) -m tests.fuzz.fuzz_rsp fuzz-corpus-gdb -max_total_time=$${FUZZ_SECONDS:-600}
 
 soak: build
 	PYVMM_SOAK_CYCLES=1000 $(PY) -m pytest -q -s -ra tests/integration/test_soak.py
