@@ -1,12 +1,12 @@
 """The virtio-mmio transport (spec "Virtio Over MMIO") as a bus device: state, status machine, notifications.
 
 Guest accesses arrive as ``read(offset, size)`` / ``write(offset, size, value)`` from the vCPU exit
-path, and ``queue_notify(index)`` from the ioeventfd thread.  An injected ``hook`` (the virtio
-breakpoints of pyvmm.debug) sees each access and device event while it is set; unset, it costs one
-attribute check per access.  One re-entrant lock serialises them with
+path, and ``queue_notify(index)`` from the ioeventfd thread.  One re-entrant lock serialises them with
 each other and with the device's control API (the monitor thread).  A guest that breaks the rules
 gets a rate-limited line on the "pyvmm.guest" logger and, if the device cannot go on,
-DEVICE_NEEDS_RESET; nothing a guest writes raises out of here.
+DEVICE_NEEDS_RESET; nothing a guest writes raises out of here.  An injected ``hook`` (the virtio
+breakpoints of pyvmm.debug) sees each access and device event while it is set; unset, it costs one
+attribute check per access.
 
 The registers of each version are a class-level table (offset -> handler), built once: those both
 versions share and version 2's in registers.py, version 1's in legacy.py.
