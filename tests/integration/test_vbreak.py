@@ -140,3 +140,37 @@ def test_interactive_console_minus_S_and_a_vbreak_that_opens_the_monitor():
     finally:
         p.close(force=True)
     assert p.exitstatus == 0
+
+
+def test_qmp_sees_prelaunch_and_debug_and_cont_resumes_both():
+    """-S under QMP: status prelaunch until `cont`; a virtio breakpoint's stop is status debug, with a
+    STOP event, until `cont` again."""
+    import asyncio
+
+    from tests.support.guest import qmp_connect, qmp_disconnect, tmp_socket
+
+    sock = tmp_socket("vbreak-qmp.sock")
+
+    async def drive(m):
+        qmp = await qmp_connect(sock)
+        try:
+            assert (await qmp.execute("query-status"))["status"] == "prelaunch"
+            await qmp.execute("human-monitor-command", {"command-line": "vbreak Status DRIVER_OK"})
+            with qmp.listener("STOP") as stops:
+                await qmp.execute("cont")
+                await asyncio.wait_for(stops.get(), 60)
+            status = await qmp.execute("query-status")
+            assert status["status"] == "debug" and not status["running"]
+            out = await qmp.execute("human-monitor-command", {"command-line": "info vbreak"})
+            assert "last hit: vbreak 1: balloon0 Status <- 0x0f" in out
+            await qmp.execute("human-monitor-command", {"command-line": "vdelete all"})
+            await qmp.execute("cont")
+            assert (await qmp.execute("query-status"))["status"] == "running"
+            await qmp.execute("quit")
+        finally:
+            await qmp_disconnect(qmp)
+
+    with machine("scenario=demo dirty=1M", memory=128 * MiB, qmp=(f"unix:{sock}",), start_paused=True) as m:
+        m.stop_output = lambda text: None
+        asyncio.run(drive(m))
+        assert m.wait(30) == 0
