@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 CACHE  ?= $(HOME)/.cache/pyvmm
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all build run test test-quick check clean guest firmware host-deps bench fuzz soak linux-guest
+.PHONY: all build run test test-quick check clean guest firmware host-deps bench fuzz fuzz-gdb soak linux-guest
 
 all: build
 
@@ -26,13 +26,14 @@ firmware:
 
 build: $(VENV)/.stamp guest firmware
 
-# Host tools from Debian: QEMU (reference device and benchmark peer), iasl (checks our ACPI tables).
+# Host tools from Debian: QEMU (reference device and benchmark peer), iasl (checks our ACPI tables),
+# gdb (the gdbstub's tests drive the real one).
 host-deps:
-	@command -v qemu-system-x86_64 >/dev/null && command -v iasl >/dev/null || { \
-	  echo "installing qemu-system-x86 and acpica-tools from Debian"; \
+	@command -v qemu-system-x86_64 >/dev/null && command -v iasl >/dev/null && command -v gdb >/dev/null || { \
+	  echo "installing qemu-system-x86, acpica-tools and gdb from Debian"; \
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
-	    qemu-system-x86 acpica-tools >/dev/null; }
+	    qemu-system-x86 acpica-tools gdb >/dev/null; }
 
 run: build
 	$(PY) -m pyvmm run --demo
@@ -58,12 +59,17 @@ bench: build host-deps
 	$(PY) bench/run_all.py
 
 # Every fuzz target for FUZZ_SECONDS each (default 120), a corpus per target in fuzz-corpus/.
-FUZZ_TARGETS := virtio qmp hmp options elf bzimage firmware tracefile multiboot
+FUZZ_TARGETS := virtio qmp hmp options elf bzimage firmware tracefile multiboot rsp
 fuzz: build
 	for t in $(FUZZ_TARGETS); do \
 	  mkdir -p fuzz-corpus/$$t && \
 	  $(PY) -m tests.fuzz.fuzz $$t fuzz-corpus/$$t -max_total_time=$${FUZZ_SECONDS:-120} || exit 1; \
 	done
+
+# The gdbstub's protocol alone: hostile gdb streams against a session on a fake machine.
+fuzz-gdb: build
+	mkdir -p fuzz-corpus/rsp
+	$(PY) -m tests.fuzz.fuzz rsp fuzz-corpus/rsp -max_total_time=$${FUZZ_SECONDS:-600}
 
 soak: build
 	PYVMM_SOAK_CYCLES=1000 $(PY) -m pytest -q -s -ra tests/integration/test_soak.py

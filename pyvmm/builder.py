@@ -8,7 +8,6 @@ step opens goes into ``Resources`` at once, so a later step's failure closes eve
 
 from __future__ import annotations
 
-import functools
 import mmap
 import os
 import stat
@@ -29,7 +28,7 @@ from .devices.i8042 import I8042
 from .devices.post import PostPort
 from .devices.power import SleepControl
 from .devices.serial import Serial16550
-from .errors import ConfigError, LoaderError, PyvmmError, host_limit
+from .errors import ConfigError, LoaderError, host_limit
 from .eventloop import EventLoop
 from .guestlog import GuestErrorLog
 from .irq import IrqfdLine, KvmIrqLine
@@ -41,6 +40,7 @@ from .vcpu import Vcpu, current_vcpu
 
 if TYPE_CHECKING:
     from .devices.vga import VgaText
+    from .ioeventfd import NotifyEventfds
     from .kvm.vcpufd import VcpuFd
     from .kvm.vmfd import VmFd
     from .loader.bzimage import BzImage
@@ -89,7 +89,8 @@ def build_vm(cfg: VmConfig) -> Machine:
         memory = map_ram(vmfd, cfg, res)
         pio, mmio = PioBus(), MmioBus(on_unmapped=GuestErrorLog("mmio"))
         serial, i8042 = attach_platform(vmfd, pio, control, console)
-        virtio = attach_virtio(vmfd, mmio, memory, cfg, tracer, event_loop, res)
+        notify_eventfds: dict[str, NotifyEventfds] = {}
+        virtio = attach_virtio(vmfd, mmio, memory, cfg, tracer, event_loop, res, notify_eventfds)
         rsdp = write_acpi(memory, cfg, virtio)
         kernel = load_kernel(memory, cfg, virtio, rsdp)
         kernel.load(memory)
@@ -107,6 +108,7 @@ def build_vm(cfg: VmConfig) -> Machine:
             memory=memory, rom=rom, pio_bus=pio, mmio_bus=mmio, serial=serial, keyboard=i8042, vga=vga, post=post,
             virtio_devices=virtio, balloon_transport=balloon, acpi_rsdp=rsdp, kernel=kernel,
             firmware=firmware, vcpus=vcpus, event_loop=event_loop, resources=res, platform=platform,
+            notify_eventfds=notify_eventfds,
         )
     except BaseException as e:
         res.close()          # nothing a failed build opened outlives it
@@ -212,8 +214,10 @@ def attach_platform(vm: VmFd, pio: PioBus, control: RunControl,
 
 
 def attach_virtio(vm: VmFd, mmio: MmioBus, mem: GuestMemory, cfg: VmConfig, tracer: Tracer,
-                  event_loop: EventLoop, res: Resources) -> list[VirtioMmio]:
-    """A virtio-mmio window and an interrupt line per device (the balloon, for now)."""
+                  event_loop: EventLoop, res: Resources,
+                  notify_eventfds: dict[str, NotifyEventfds] | None = None) -> list[VirtioMmio]:
+    """A virtio-mmio window and an interrupt line per device (the balloon, for now); each transport's
+    QueueNotify ioeventfds go into notify_eventfds by its name."""
     transports: list[VirtioMmio] = []
     if cfg.balloon is None:
         return transports
@@ -240,7 +244,9 @@ def attach_virtio(vm: VmFd, mmio: MmioBus, mem: GuestMemory, cfg: VmConfig, trac
     mmio.insert(transport, base, VirtioMmio.WINDOW_SIZE, "virtio-mmio balloon0")
     transports.append(transport)
     if cfg.ioeventfd:
-        _wire_ioeventfds(vm, transport, event_loop, res)
+        fds = _wire_ioeventfds(vm, transport, event_loop, res)
+        if notify_eventfds is not None:
+            notify_eventfds[transport.name] = fds
     return transports
 
 
@@ -639,23 +645,12 @@ def _open_for_writing(path, what: str, res: Resources) -> int:
     return fd
 
 
-def _wire_ioeventfds(vm: VmFd, transport: VirtioMmio, event_loop: EventLoop, res: Resources) -> None:
+def _wire_ioeventfds(vm: VmFd, transport: VirtioMmio, event_loop: EventLoop, res: Resources) -> NotifyEventfds:
     """QueueNotify through KVM_IOEVENTFD: one eventfd per queue index (datamatch), served by the
     event loop, so a notify does not return to Python on the vCPU thread."""
-    notify = transport.base + transport.QUEUE_NOTIFY_OFFSET
-    for index in range(len(transport.queues)):
-        efd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
-        res.add(functools.partial(os.close, efd))
-        try:
-            vm.ioeventfd(efd, notify, 4, datamatch=index)
-        except PyvmmError:
-            return      # the plain exit path still serves this queue
+    from .ioeventfd import NotifyEventfds
 
-        def handler(efd: int = efd, index: int = index) -> None:
-            try:
-                os.eventfd_read(efd)
-            except BlockingIOError:
-                return
-            transport.queue_notify(index)
-
-        event_loop.add(efd, handler)
+    fds = NotifyEventfds(vm, transport, event_loop)
+    res.add(fds.close)
+    fds.assign()
+    return fds

@@ -62,6 +62,12 @@ class _Ranges:
         self._bases.insert(i, base)
         return r
 
+    def remove(self, r: BusRange) -> None:
+        """Take a range off the bus (the gdbstub's watchpoint pages come and go)."""
+        i = self.ranges.index(r)
+        del self.ranges[i]
+        del self._bases[i]
+
     def find(self, addr: int) -> BusRange | None:
         i = bisect.bisect_right(self._bases, addr) - 1
         if i >= 0:
@@ -140,6 +146,17 @@ class MmioBus(_Ranges):
             for page in range(first, last + 1):
                 self._pages[page] = None if page in self._pages else r   # shared page: find()
         return r
+
+    def remove(self, r: BusRange) -> None:
+        super().remove(r)
+        first, last = r.base >> 12, (r.base + r.size - 1) >> 12
+        for page in range(first, last + 1):
+            if page in self._pages:
+                shared = any(x.base >> 12 <= page <= (x.end - 1) >> 12 for x in self.ranges)
+                if shared:
+                    self._pages[page] = None          # find() decides
+                else:
+                    del self._pages[page]
 
     def dispatch(self, run: Buffer) -> None:
         """Serve the KVM_EXIT_MMIO in ``run``: a read or write of 1, 2, 4 or 8 bytes at a gpa."""

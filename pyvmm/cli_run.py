@@ -96,7 +96,12 @@ def add_run_parser(sub) -> argparse.ArgumentParser:
                         "(unix:PATH[,server,nowait], tcp:HOST:PORT) to connect to with socat or nc")
     c.add_argument("--no-monitor", action="store_true", help="no Ctrl-A c human monitor on the console")
     c.add_argument("-S", dest="start_paused", action="store_true",
-                   help="start with the vCPUs stopped (query-status: prelaunch) until cont")
+                   help="start with the vCPUs stopped (query-status: prelaunch) until cont (QMP, the monitor "
+                        "or gdb)")
+    c.add_argument("-s", dest="gdb_default", action="store_true",
+                   help="gdbstub on tcp::1234 (127.0.0.1 port 1234), as -gdb tcp::1234; see docs/gdb.md")
+    c.add_argument("-gdb", "--gdb", dest="gdb", metavar="tcp:[HOST]:PORT",
+                   help="gdbstub on this TCP address (HOST defaults to 127.0.0.1)")
     c.add_argument("-no-reboot", dest="no_reboot", action="store_true",
                    help="exit instead of rebooting when the guest resets")
     c.add_argument("-no-shutdown", dest="no_shutdown", action="store_true",
@@ -197,6 +202,7 @@ def config_from_args(args):
         mem_prealloc=args.mem_prealloc, virtio_cmdline=args.virtio_cmdline, vga=args.vga,
         start_paused=args.start_paused, no_reboot=args.no_reboot, no_shutdown=args.no_shutdown,
         name=_name(args.name), log_file=args.log_file,
+        gdb=args.gdb or ("tcp::1234" if args.gdb_default else None),
     )
 
 

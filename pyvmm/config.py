@@ -115,6 +115,7 @@ class VmConfig:
     no_shutdown: bool = False            # -no-shutdown: a guest's power-off stops it instead of ending it
     name: str = ""                       # -name: shown by the monitor and query-name
     vga: str | None = None               # "text" or "none"; None: text for Multiboot kernels, else none
+    gdb: str | None = None               # -gdb tcp:[HOST]:PORT (-s: tcp::1234): the gdbstub listens there
 
     def __post_init__(self) -> None:
         # The Python API takes what people type: paths as str or Path, sizes as bytes or "256M" (MiB by
@@ -157,6 +158,10 @@ class VmConfig:
             raise ConfigError(f"display {self.display!r}: choose terminal or none")
         if self.vga not in (None, "none", "text"):
             raise ConfigError(f"--vga {self.vga}: choose none or text (pyvmm has no VGA graphics modes)")
+        if self.gdb is not None:
+            from .debug.gdbstub import parse_gdb_address
+
+            parse_gdb_address(self.gdb)
         unknown = set(self.trace) - TRACE_CATEGORIES
         if unknown:
             raise ConfigError(f"unknown trace category {sorted(unknown)[0]!r} "

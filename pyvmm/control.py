@@ -1,9 +1,9 @@
 """The run state of a machine, shared by its vCPU threads and whoever steers them: stop, hold, and why.
 
 The vCPU loop reads two plain attributes on every exit (``stop_requested``, ``hold_requested``) and
-calls back here when its guest stops, crashes or needs the VMM; the Machine, the monitor and the tests
-steer the same object.  Nothing here knows KVM: a vCPU is anything with ``index``, ``kick()`` and
-``register_dump()``.
+calls back here when its guest stops, crashes or needs the VMM; the Machine, the monitor, the
+debugger and the tests steer the same object.  Nothing here knows KVM: a vCPU is anything with
+``index``, ``kick()`` and ``register_dump()``, and the debugger is a DebugHandler.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import logging
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from .errors import GuestCrash
 
@@ -34,13 +34,28 @@ class ControlledVcpu(Protocol):
     def is_running(self) -> bool: ...
 
 
+class DebugHandler(Protocol):
+    """The debugger's side of the run control (pyvmm.debug.debugger.Debugger)."""
+
+    def debug_exit(self, vcpu: Any, ex: Any) -> None:
+        """A KVM_EXIT_DEBUG (single step, debug register, #BP) on this vCPU's thread."""
+
+    def breakpoint_hit(self, vcpu: Any, pc: int) -> bool:
+        """An int3 at linear address pc came back from KVM: True if it is the debugger's."""
+
+    def before_resume(self) -> bool:
+        """The vCPUs are about to run again (still held): apply breakpoints and single-stepping, let
+        the device serve what a virtio breakpoint held; False if that stopped the machine anew."""
+
+
 class RunControl:
     """Stop and hold requests for the vCPU threads, the machine's state, its events and its exit code.
 
-    States are QEMU's: "created" (prelaunch), "running", "paused", "shutdown".  A *hold* keeps every
-    vCPU out of KVM_RUN: a user's pause holds them until resume, register reads hold them a moment.
-    The state lock is held only to change counters and state, never while waiting for the vCPUs, since
-    a vCPU may itself need it to stop the machine.
+    States are QEMU's: "created" (prelaunch), "running", "paused", "debug" (stopped for a debugger:
+    a breakpoint, a step, a virtio breakpoint, gdb's Ctrl-C), "shutdown".  A *hold* keeps every vCPU
+    out of KVM_RUN: a user's pause, the prelaunch of ``-S`` and a debug stop hold them until resume,
+    register reads hold them a moment.  The state lock is held only to change counters and state, never
+    while waiting for the vCPUs, since a vCPU may itself need it to stop the machine.
     """
 
     def __init__(self) -> None:
@@ -57,14 +72,18 @@ class RunControl:
         self.lock = threading.RLock()
         self._holds = 0
         self._user_paused = False
-        self._hold_cond = threading.Condition()
-        self._listeners: list[Listener] = []
-        self.vcpus: Sequence[ControlledVcpu] = ()
+        self._prelaunch = False          # -S: held from the start until the first resume
+        self._debug_stopped = False
+        self._run_only: int | None = None   # debug-stopped, but this vCPU runs (gdb's scheduler locking)
+        self.debug: DebugHandler | None = None
         # What a guest's reset and power-off do: QEMU's -no-reboot turns a reset into an exit, and
         # -no-shutdown a power-off into a stop; reset_handler(reason) resets the machine (Machine sets it).
         self.no_reboot = False
         self.no_shutdown = False
         self.reset_handler: Callable[[str], None] | None = None
+        self._hold_cond = threading.Condition()
+        self._listeners: list[Listener] = []
+        self.vcpus: Sequence[ControlledVcpu] = ()
 
     # --- events ---------------------------------------------------------------------------------------
 
@@ -101,13 +120,6 @@ class RunControl:
 
     # --- hold: keeping the vCPUs out of KVM_RUN ---------------------------------------------------------
 
-    def hold_for_prelaunch(self) -> None:
-        """-S: the vCPUs wait before their first instruction until someone says `cont`."""
-        with self.lock:
-            self._user_paused = True
-            self._hold()
-            self.state = "prelaunch"
-
     def pause(self) -> bool:
         """Hold the vCPUs for the user (QMP `stop`); True (and a STOP event) once they are all out."""
         with self.lock:
@@ -123,16 +135,70 @@ class RunControl:
         self.emit("STOP")
         return True
 
-    def resume(self) -> bool:
-        """Release the user's hold (QMP `cont`, also after -S); True (and a RESUME event) if there was one."""
+    def resume(self, *, only: int | None = None) -> bool:
+        """Run again (QMP and the monitor's `cont`, gdb's continue): release the user's pause, the
+        prelaunch hold and a debug stop; True (and a RESUME event) if there was one.  With ``only``,
+        a debug stop goes on for every vCPU but that one (gdb stepping with scheduler locking)."""
         with self.lock:
-            if not self._user_paused or self.stop_requested or self.state == "shutdown":
+            if self.stop_requested or self.state == "shutdown" or \
+                    not (self._user_paused or self._prelaunch or self._debug_stopped):
                 return False
-            self._user_paused = False
+            debug = self.debug
+        if debug is not None and not debug.before_resume():   # the vCPUs are still held here
+            return False                   # the device's reaction hit a breakpoint: stay stopped
+        with self.lock:
+            if self.stop_requested:
+                return False
+            if self._user_paused:
+                self._user_paused = False
+                self._release()
+            if self._prelaunch:
+                self._prelaunch = False
+                self._release()
+            if self._debug_stopped:
+                if only is not None:
+                    self._run_only = only
+                    with self._hold_cond:
+                        self._hold_cond.notify_all()
+                else:
+                    self._debug_stopped = False
+                    self._run_only = None
+                    self._release()
             self.state = "running"
-            self._release()
         self.emit("RESUME")
         return True
+
+    def hold_prelaunch(self) -> None:
+        """-S: keep the vCPUs out of KVM_RUN from their first instruction until resume()."""
+        with self.lock:
+            if not self._prelaunch:
+                self._prelaunch = True
+                self._hold()
+
+    def debug_stop(self) -> bool:
+        """Stop every vCPU for a debugger, from any thread (a vCPU's own included): request the hold,
+        kick the vCPUs and return without waiting.  False if the machine was already debug-stopped
+        (or is shutting down): the first stop wins."""
+        with self.lock:
+            if self.stop_requested:
+                return False
+            if self._debug_stopped:
+                if self._run_only is None:
+                    return False
+                self._run_only = None       # the one vCPU that ran stops as well
+            else:
+                self._debug_stopped = True
+                self._hold()
+            self.state = "debug"
+        for v in self.vcpus:
+            v.kick()
+        self.emit("STOP")
+        return True
+
+    @property
+    def debug_stopped(self) -> bool:
+        """Every vCPU is held for a debugger (or being stopped): no vCPU runs on its own."""
+        return self._debug_stopped and self._run_only is None
 
     def hold(self) -> None:
         """Keep the vCPUs out of KVM_RUN until release(); returns once they are all out."""
@@ -170,20 +236,38 @@ class RunControl:
         """The vCPU thread waits here while a hold is requested."""
         vcpu.paused.set()
         with self._hold_cond:
-            while self.hold_requested and not self.stop_requested:
+            while self.hold_requested and not self.stop_requested and not self._lets_run(vcpu):
                 self._hold_cond.wait(0.5)
         vcpu.paused.clear()
+
+    def _lets_run(self, vcpu: ControlledVcpu) -> bool:
+        # The vCPU gdb steps alone: only the debug stop holds, and it is exempt from that one.
+        return self._run_only == vcpu.index and self._debug_stopped and self._holds == 1
+
+    def debug_exit(self, vcpu: ControlledVcpu, ex: Any) -> None:
+        """A KVM_EXIT_DEBUG: the debugger's, or (with none) a guest crash."""
+        debug = self.debug
+        if debug is None:
+            self.guest_crashed(vcpu, f"unexpected KVM_EXIT_DEBUG {ex}")
+            return
+        debug.debug_exit(vcpu, ex)
+
+    def breakpoint_hit(self, vcpu: ControlledVcpu, pc: int) -> bool:
+        """An int3 came back from KVM at linear address pc: True if the debugger owns it (it then
+        stops the machine there); False if it is the guest's own."""
+        debug = self.debug
+        return debug is not None and debug.breakpoint_hit(vcpu, pc)
 
     def guest_stopped(self, vcpu: ControlledVcpu, reason: str, exit_code: int) -> None:
         self.stop(exit_code, reason, event_reason="guest-shutdown")
 
-    def guest_halted(self, vcpu: ControlledVcpu, reason: str) -> None:
-        """A power-off seen on a vCPU thread (KVM_SYSTEM_EVENT_SHUTDOWN, a final HLT)."""
-        self.guest_poweroff(reason)
-
     def guest_crashed(self, vcpu: ControlledVcpu, reason: str) -> None:
         self._report(f"pyvmm: {reason} on vCPU {vcpu.index}\n{_dump(vcpu)}")
         self.stop(GuestCrash.exit_code, reason, event_reason="guest-panic")
+
+    def guest_halted(self, vcpu: ControlledVcpu, reason: str) -> None:
+        """A power-off seen on a vCPU thread (KVM_SYSTEM_EVENT_SHUTDOWN, a final HLT)."""
+        self.guest_poweroff(reason)
 
     def guest_reset(self, vcpu: ControlledVcpu | None, reason: str) -> None:
         """The guest asked for a reset (i8042, ACPI, KVM_SYSTEM_EVENT_RESET): the machine reboots, unless

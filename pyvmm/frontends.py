@@ -1,5 +1,5 @@
-"""The one place where a machine's front ends attach: QMP servers, the VGA screen on the terminal, and
-the terminal console with its monitor."""
+"""The one place where a machine's front ends attach: QMP servers, human monitors on sockets, the gdbstub,
+the VGA screen on the terminal, and the terminal console with its monitor."""
 
 from __future__ import annotations
 
@@ -41,6 +41,8 @@ def attach_frontends(machine: Machine, *, terminal: bool) -> None:
         screen = VgaTerminal(machine.vga)
         screen.start()
         machine.resources.add(screen.stop)
+    if cfg.gdb is not None:
+        attach_gdbstub(machine, cfg.gdb)
     if terminal:
         from .monitor.hmp import ConsoleMux, RawInput, stdio_console
         from .termout import GuestOutput, emit_line
@@ -55,8 +57,33 @@ def attach_frontends(machine: Machine, *, terminal: bool) -> None:
             mux = ConsoleMux(proxy, typed, GuestOutput(1))
             machine.console_out = mux.guest_output
             emit_line(HINT)
+            machine.stop_output = mux.announce         # a virtio breakpoint opens the monitor
         else:
             mux = RawInput(typed, machine.stopped.is_set)
         stack = contextlib.ExitStack()
         stack.enter_context(stdio_console(mux))
         machine.resources.add(stack.close)
+
+
+def attach_gdbstub(machine: Machine, address: str) -> None:
+    """The gdbstub (docs/gdb.md): listening at address, steering the machine's debugger; the line
+    saying where goes to stderr."""
+    import sys
+
+    from .debug.gdbstub import GdbServer, parse_gdb_address
+    from .monitor.hmp import run_hmp
+
+    host, port = parse_gdb_address(address)
+    debugger = machine.debugger
+    debugger.run_monitor = lambda command: run_hmp(machine, command)
+    debugger.kill_machine = lambda: machine.stop(0, "killed by gdb", event_reason="host-qmp-quit")
+    server = GdbServer(debugger, host, port)
+    server.start()
+    debugger.add_stop_listener(server.on_stop)
+    machine.add_listener(lambda event, data: server.on_exit(machine.exit_code or 0) if event == "SHUTDOWN" else None)
+    machine.gdb_server = server
+    machine.resources.add(server.close)
+    where = f"[{server.host}]:{server.port}" if ":" in server.host else f"{server.host}:{server.port}"
+    sys.stderr.write(f"pyvmm: gdbstub listening on tcp:{where} (in gdb: target remote {where})\n")
+    sys.stderr.flush()
+

@@ -134,10 +134,7 @@ class Tracer:
         (``0x0b``); the JSON record always carries the integer.
         """
         t, vcpu, head = self._head()
-        arrow = _ARROWS.get(direction, "!!")
-        if shown is None:
-            shown = _format_value(value)
-        body = f"{register} {arrow} {shown}" + (f" {meaning}" if meaning else "")
+        line = format_access(device, direction, register, value, meaning, shown=shown)
         record: dict[str, Any] = {
             "t": t, "vcpu": vcpu, "cat": category, "dev": device, "dir": direction,
             "reg": register, "value": value, "text": meaning,
@@ -146,7 +143,7 @@ class Tracer:
             record["offset"] = offset
         if size is not None:
             record["size"] = size
-        self._write(f"{head} {device} {body}", record)
+        self._write(f"{head} {line}", record)
 
     def close(self) -> None:
         with self._lock:
@@ -166,6 +163,16 @@ def _sink_failed(what: str, err: BaseException) -> None:
 
 
 _ARROWS = {"read": "->", "write": "<-", "event": "!!"}
+
+
+def format_access(device: str, direction: str, register: str, value: int, meaning: str = "", *,
+                  shown: str | None = None) -> str:
+    """One access as the trace prints it after the time and vCPU: ``balloon0 Status <- 0x0f DRIVER_OK``
+    (the virtio breakpoints print their hits the same way)."""
+    arrow = _ARROWS.get(direction, "!!")
+    if shown is None:
+        shown = _format_value(value)
+    return f"{device} {register} {arrow} {shown}" + (f" {meaning}" if meaning else "")
 
 
 def _format_value(value: int) -> str:

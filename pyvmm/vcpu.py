@@ -2,7 +2,8 @@
 
 The loop depends on four things only: its vCPU fd, the two buses (whose ``dispatch`` serves port I/O
 and MMIO exits from the shared kvm_run page), a run control (``stop_requested``, ``hold_requested``
-and the calls a stopping guest makes) and guest memory for reading code at RIP.
+and the calls a stopping guest makes, a debug exit and a debugger's breakpoint among them) and guest
+memory for reading code at RIP.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from . import trace
-from .arch.x86 import cpu
+from .arch.x86 import cpu, paging
 from .errors import GuestCrash, KvmError
 from .kvm import abi, runlayout
 from .kvm.abi import KvmExit, KvmInternalError, KvmSystemEvent
@@ -24,6 +25,7 @@ from .kvm.abi import KvmExit, KvmInternalError, KvmSystemEvent
 if TYPE_CHECKING:
     from .arch.x86.poweron import VcpuPowerOn
     from .bus import MmioBus, PioBus
+    from .kvm import exits
     from .kvm.vcpufd import VcpuFd
     from .memory import GuestMemory
 
@@ -58,6 +60,10 @@ class VcpuControl(Protocol):
 
     def count_fixup(self, name: str) -> None: ...
 
+    def debug_exit(self, vcpu: Vcpu, ex: exits.DebugExit) -> None: ...
+
+    def breakpoint_hit(self, vcpu: Vcpu, pc: int) -> bool: ...
+
 
 class Vcpu:
     """One virtual CPU and the thread that runs it."""
@@ -87,13 +93,16 @@ class Vcpu:
         return t is not None and t.is_alive()
 
     def kick(self) -> None:
-        """Make KVM_RUN return: immediate_exit covers the window before entry, the signal the rest."""
+        """Make KVM_RUN return: immediate_exit covers the window before entry, the signal the rest.
+
+        On the vCPU's own thread (a debug stop it requested itself) immediate_exit alone does it: the
+        next KVM_RUN finishes the instruction of the exit being served and returns at once."""
         run = self.fd.kvm_run
         if run is None:          # closed
             return
         run.immediate_exit = 1
         t = self.thread
-        if t is not None and t.is_alive() and t.ident is not None:
+        if t is not None and t.is_alive() and t.ident is not None and t is not threading.current_thread():
             try:
                 signal.pthread_kill(t.ident, KICK_SIGNAL)
             except ProcessLookupError:
@@ -127,8 +136,10 @@ class Vcpu:
         pio = self.pio.dispatch
         mmio = self.mmio.dispatch
         EXIT_IO, EXIT_MMIO = int(KvmExit.IO), int(KvmExit.MMIO)
-        if ctl.hold_requested:            # -S: wait for `cont` before the first instruction
+        if ctl.hold_requested:           # -S: held before the first instruction
             ctl.park(self)
+            if ctl.stop_requested:
+                return
         while True:
             try:
                 run(fd, KVM_RUN)
@@ -185,6 +196,11 @@ class Vcpu:
                                f" (bytes {code[:8].hex(' ')})")
                 ctl.guest_crashed(self, detail)
                 return True
+            case exits.DebugExit():
+                # A single step, a debug register or a #BP the debugger asked KVM for: the run
+                # control stops every vCPU (this one parks at its next KVM_RUN).
+                ctl.debug_exit(self, ex)
+                return False
             case exits.SystemEventExit(type=t):
                 if t == KvmSystemEvent.SHUTDOWN:
                     ctl.guest_poweroff("the guest powered off")
@@ -203,7 +219,7 @@ class Vcpu:
     def _code_at_rip(self, n: int = 16) -> bytes:
         try:
             regs, sregs = self.fd.get_regs(), self.fd.get_sregs()
-            gpa = cpu.translate(self.memory, sregs, cpu.linear_rip(regs, sregs))
+            gpa = paging.translate(self.memory, sregs, cpu.linear_rip(regs, sregs))
             if gpa is not None and self.memory.contains(gpa, n):
                 return self.memory.read(gpa, n)
         except Exception:
@@ -218,11 +234,13 @@ class Vcpu:
         if not code:
             return False
         if code[0] == 0xCC:
+            regs, sregs = self.fd.get_regs(), self.fd.get_sregs()
+            if self.control.breakpoint_hit(self, cpu.linear_rip(regs, sregs)):
+                return True      # a debugger's breakpoint: the machine stops with RIP at the int3
             # int3 is a trap: #BP is delivered with RIP after the instruction.  pyvmm steps over it
             # and injects #BP as an exception, as the nested kvm_pvm host delivers it (the tiny
             # guest's scenario=gaps checks the handler runs and returns past the int3); a VMX host
             # runs int3 itself and never exits here.
-            regs = self.fd.get_regs()
             regs.rip += 1
             self.fd.set_regs(regs)
             events = self.fd.get_vcpu_events()
@@ -257,7 +275,7 @@ class Vcpu:
         regs = self.fd.get_regs()
         sregs = self.fd.get_sregs()
         text = cpu.format_registers(regs, sregs)
-        gpa = cpu.translate(self.memory, sregs, cpu.linear_rip(regs, sregs))
+        gpa = paging.translate(self.memory, sregs, cpu.linear_rip(regs, sregs))
         code = self._code_at_rip()
         if code:
             text += f"\ncode at RIP (gpa {gpa:#x}): {code.hex(' ')}"

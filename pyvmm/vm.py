@@ -21,11 +21,13 @@ if TYPE_CHECKING:
     from .bus import MmioBus, PioBus
     from .console import ConsoleLog
     from .control import RunControl
+    from .debug.debugger import Debugger
     from .devices.i8042 import I8042
     from .devices.post import PostPort
     from .devices.serial import Serial16550
     from .devices.vga import VgaText
     from .eventloop import EventLoop
+    from .ioeventfd import NotifyEventfds
     from .kvm.system import Kvm
     from .kvm.vmfd import VmFd
     from .loader.firmware import FirmwareImage
@@ -68,9 +70,14 @@ class Machine:
     firmware: FirmwareImage | None
     vcpus: list[Vcpu]
     event_loop: EventLoop            # ioeventfd notifies and irqfd resamples
+    notify_eventfds: dict[str, NotifyEventfds]   # each transport's QueueNotify ioeventfds, by name
     resources: Resources             # what close() releases
     platform: PlatformPowerOn        # the PIC, IOAPIC and PIT at power-on, for a reset
     qmp_servers: list[Any]           # started by start(), from config.qmp
+    gdb_server: Any                  # started by start(), from config.gdb (-s, -gdb)
+    stop_output: Callable[[str], None]   # where the monitor's stop messages go (stderr, or the console)
+    _debugger: Debugger | None
+    _started: bool
     start_time: float                # time.monotonic() when built, and when the guest started
     guest_start_time: float | None
     _finalizer: weakref.finalize     # closes a machine that is dropped without close()
@@ -93,7 +100,8 @@ class Machine:
                  virtio_devices: list[VirtioMmio],
                  balloon_transport: VirtioMmio | None, acpi_rsdp: int, kernel: KernelLoad,
                  firmware: FirmwareImage | None, vcpus: list[Vcpu], event_loop: EventLoop,
-                 resources: Resources, platform: PlatformPowerOn) -> Machine:
+                 resources: Resources, platform: PlatformPowerOn,
+                 notify_eventfds: dict[str, NotifyEventfds] | None = None) -> Machine:
         """A machine of these parts: for build_vm, which makes them."""
         self = object.__new__(cls)
         self.config = config
@@ -117,12 +125,17 @@ class Machine:
         self.firmware = firmware
         self.vcpus = vcpus
         self.event_loop = event_loop
+        self.notify_eventfds = notify_eventfds or {}
         self.resources = resources
         self.platform = platform
         self.resets = 0
         self._reset_lock = threading.Lock()
         control.reset_handler = _weak_reset(self)
         self.qmp_servers = []
+        self.gdb_server = None
+        self.stop_output = _stderr_lines
+        self._debugger = None
+        self._started = False
         self.start_time = time.monotonic()
         self.guest_start_time = None
         # The safety net of a Machine that is dropped without close() (a notebook cell run again, a
@@ -180,6 +193,25 @@ class Machine:
         """Set once the VM has stopped."""
         return self.control.stopped
 
+    @property
+    def debugger(self) -> Debugger:
+        """Guest breakpoints, virtio breakpoints and debug stops (made on first use: a machine nobody
+        debugs never imports pyvmm.debug)."""
+        if self._debugger is None:
+            from .debug.debugger import Debugger
+
+            d = Debugger(control=self.control, vcpus=self.vcpus, memory=self.memory, read_physical=self.read_memory,
+                         kvm=self.kvm, vmfd=self.vmfd, mmio_bus=self.mmio_bus, transports=self.virtio_devices,
+                         notify_eventfds=self.notify_eventfds)
+            d.add_stop_listener(self._announce_stop)
+            self._debugger = d
+        return self._debugger
+
+    def _announce_stop(self, ev: Any) -> None:
+        """A virtio breakpoint's message goes to the monitor's console (or stderr)."""
+        if ev.text:
+            self.stop_output(ev.text)
+
     # --- console ------------------------------------------------------------------------------------------
 
     @property
@@ -205,28 +237,31 @@ class Machine:
 
     # --- life cycle ---------------------------------------------------------------------------------------
 
-    def start(self, *, terminal: bool = False) -> None:
-        """Run the vCPUs, with the configured QMP servers (and, with ``terminal``, the interactive
-        console on this process's terminal: raw mode, Ctrl-A c for the monitor).  With the config's
-        start_paused (-S) the vCPUs wait before their first instruction until `cont` or resume()."""
+    def start(self, *, terminal: bool = False, paused: bool | None = None) -> Machine:
+        """Run the vCPUs, with the configured QMP servers and gdbstub (and, with ``terminal``, the
+        interactive console on this process's terminal: raw mode, Ctrl-A c for the monitor).  With
+        ``paused`` (default: the config's start_paused, -S) the vCPU threads start held before their
+        first instruction, state "created" (QMP: prelaunch), until gdb, QMP or the monitor continues."""
         from .frontends import attach_frontends
         from .vcpu import install_kick_handler
 
-        if self.control.state != "created":
+        if self._started or self.control.state != "created":
             raise RuntimeError("a machine starts once")
         install_kick_handler()   # PyvmmError off the main thread unless it was installed there before
-        attach_frontends(self, terminal=terminal)
-        self.event_loop.start()
-        if self.config.start_paused:
-            self.control.hold_for_prelaunch()
+        self._started = True
+        if paused if paused is not None else self.config.start_paused:
+            self.control.hold_prelaunch()
         else:
             self.control.state = "running"
+        attach_frontends(self, terminal=terminal)
+        self.event_loop.start()
         self.guest_start_time = time.monotonic()
         for v in self.vcpus:
             v.start()
+        return self
 
     def status(self) -> str:
-        """"created" (QMP: prelaunch), "running", "paused" or "shutdown"."""
+        """"created" (QMP: prelaunch), "running", "paused", "debug" (stopped for a debugger) or "shutdown"."""
         return self.control.state
 
     def stop(self, exit_code: int = 0, reason: str = "stopped by the host", *,
@@ -239,7 +274,7 @@ class Machine:
         self.control.pause()
 
     def resume(self) -> None:
-        """Let the vCPUs run again (QMP `cont`): emits RESUME."""
+        """Let the vCPUs run again (QMP `cont`, also after -S or a debug stop): emits RESUME."""
         self.control.resume()
 
     def quit(self) -> None:
@@ -384,14 +419,14 @@ class Machine:
     def translate(self, gva: int, cpu: int = 0) -> int | None:
         """The guest-physical address a virtual (linear) address maps to on that vCPU now, through
         its page tables; with paging off, the address itself; None if no page maps it."""
-        from .arch.x86.cpu import translate
+        from .arch.x86.paging import translate
 
         return translate(self.memory, self.vcpu_sregs(cpu), gva)
 
     def read_virtual(self, gva: int, length: int, cpu: int = 0) -> bytes:
         """Bytes at a virtual address on that vCPU, page by page through its page tables (RAM and ROM);
         GuestMemoryError at the first byte that no page maps or that is not memory."""
-        from .arch.x86.cpu import translate
+        from .arch.x86.paging import translate
 
         sregs = self.vcpu_sregs(cpu)
         out = bytearray()
@@ -540,3 +575,9 @@ def _weak_reset(machine: Machine) -> Callable[[str], None]:
             m.reset(guest=True, reason=reason)
 
     return reset
+
+def _stderr_lines(text: str) -> None:
+    import sys
+
+    sys.stderr.write("".join(f"pyvmm: {line}\n" for line in text.splitlines()))
+    sys.stderr.flush()

@@ -133,6 +133,16 @@ class kvm_guest_debug(ctypes.Structure):
     _fields_ = [("control", c_uint32), ("pad", c_uint32), ("arch", kvm_guest_debug_arch)]
 
 
+# kvm_guest_debug.control: the generic bits (<linux/kvm.h>) and x86's (<asm/kvm.h>).
+KVM_GUESTDBG_ENABLE = 0x00000001
+KVM_GUESTDBG_SINGLESTEP = 0x00000002
+KVM_GUESTDBG_USE_SW_BP = 0x00010000
+KVM_GUESTDBG_USE_HW_BP = 0x00020000
+KVM_GUESTDBG_INJECT_DB = 0x00040000
+KVM_GUESTDBG_INJECT_BP = 0x00080000
+KVM_GUESTDBG_BLOCKIRQ = 0x00100000
+
+
 class kvm_debug_exit_arch(ctypes.Structure):
     _fields_ = [("exception", c_uint32), ("pad", c_uint32), ("pc", c_uint64), ("dr6", c_uint64),
                 ("dr7", c_uint64)]

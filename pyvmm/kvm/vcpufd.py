@@ -99,8 +99,11 @@ class VcpuFd:
     def set_vcpu_events(self, events: abi.kvm_vcpu_events) -> None:
         ioctl(self.fd, abi.KVM_SET_VCPU_EVENTS, events, name="KVM_SET_VCPU_EVENTS")
 
-    def set_guest_debug(self, control: int) -> None:
+    def set_guest_debug(self, control: int, debugreg: tuple[int, ...] = ()) -> None:
+        """KVM_SET_GUEST_DEBUG: the KVM_GUESTDBG_* bits, and (x86) DR0-DR3 and DR7 as debugreg[0..7]."""
         dbg = abi.kvm_guest_debug(control=control)
+        for i, value in enumerate(debugreg[:8]):
+            dbg.arch.debugreg[i] = value
         ioctl(self.fd, abi.KVM_SET_GUEST_DEBUG, dbg, name="KVM_SET_GUEST_DEBUG")
 
     def get_mp_state(self) -> int:

@@ -21,6 +21,10 @@ class VmFd:
         self.fd = fd
         self._finalizer = weakref.finalize(self, close_fd, fd)
         self._next_slot = 0
+        self._free_slots: list[int] = []
+        # slot -> (gpa, size, hva, readonly): what each memory slot maps now (the gdbstub's write
+        # watchpoints split RAM slots around read-only pages, and put them back).
+        self.slots: dict[int, tuple[int, int, int, bool]] = {}
 
     def close(self) -> None:
         self._finalizer()
@@ -29,8 +33,11 @@ class VmFd:
                                slot: int | None = None) -> int:
         """Map host memory [hva, hva+size) at guest-physical gpa; returns the slot used."""
         if slot is None:
-            slot = self._next_slot
-            self._next_slot += 1
+            if self._free_slots:
+                slot = self._free_slots.pop()
+            else:
+                slot = self._next_slot
+                self._next_slot += 1
         region = abi.kvm_userspace_memory_region(
             slot=slot,
             flags=abi.KVM_MEM_READONLY if readonly else 0,
@@ -39,7 +46,16 @@ class VmFd:
             userspace_addr=hva,
         )
         ioctl(self.fd, abi.KVM_SET_USER_MEMORY_REGION, region, name="KVM_SET_USER_MEMORY_REGION")
+        self.slots[slot] = (gpa, size, hva, readonly)
         return slot
+
+    def delete_memory_region(self, slot: int) -> None:
+        """Unmap a slot (KVM_SET_USER_MEMORY_REGION with size 0); its number is reused."""
+        region = abi.kvm_userspace_memory_region(slot=slot, flags=0, guest_phys_addr=0, memory_size=0,
+                                                 userspace_addr=0)
+        ioctl(self.fd, abi.KVM_SET_USER_MEMORY_REGION, region, name="KVM_SET_USER_MEMORY_REGION")
+        if self.slots.pop(slot, None) is not None:
+            self._free_slots.append(slot)
 
     def set_tss_addr(self, gpa: int) -> None:
         ioctl(self.fd, abi.KVM_SET_TSS_ADDR, gpa, name="KVM_SET_TSS_ADDR")

@@ -39,6 +39,7 @@ HELP = [
     ("info mtree", "the guest-physical memory map"),
     ("info qtree", "the devices, their buses and properties"),
     ("info tlb", "the vCPU's page tables: virtual -> physical runs and their rights"),
+    ("info vbreak", "virtio breakpoints: what each stops at, hits, the last hit"),
     ("balloon <size>", "set the guest's target size (MiB, or 64M, 1G)"),
     ("x/<n><fmt><size> <addr>", "dump memory at a virtual address: fmt x d u o c i, size b h w g; $pc, $rsp+8"),
     ("xp/<n><fmt><size> <addr>", "the same at a guest-physical address (RAM and the boot ROM)"),
@@ -47,6 +48,9 @@ HELP = [
     ("memsave <addr> <size> <file>", "save memory at a virtual address to a file"),
     ("sendkey <keys> [hold_ms]", "press keys together on the PS/2 keyboard: a, ctrl-alt-delete, 0x1e"),
     ("screendump <file> [-f ppm|png]", "save the VGA screen: PPM (default), PNG, or text for a .txt file"),
+    ("vbreak [dev] <reg> [queue|value]", "stop when the driver accesses a virtio-mmio register "
+     "(vbreak QueueNotify inflateq, vbreak Status DRIVER_OK); also vbreak irq|used [queue], vbreak config [field]"),
+    ("vdelete <n>|all", "delete a virtio breakpoint"),
     ("stop", "pause the vCPUs"),
     ("cont | c", "resume the vCPUs"),
     ("system_reset", "reset the machine: vCPUs and devices, then boot again through the firmware"),
@@ -392,6 +396,31 @@ def _info_registers(machine: MachineControl, args: list[str], cpu: int) -> str:
     return text if text.endswith("\n") else text + "\n"
 
 
+def _debugger(machine: MachineControl) -> Any:
+    debugger = getattr(machine, "debugger", None)
+    if debugger is None:
+        raise CommandError("GenericError", "this machine has no debugger (virtio breakpoints need a pyvmm Machine)")
+    return debugger
+
+
+def _vbreak(machine: MachineControl, args: list[str], cpu: int) -> str:
+    if not args:
+        return _debugger(machine).vbreaks.describe()
+    _, line = _debugger(machine).vbreaks.add(args)
+    return line + "\n"
+
+
+def _vdelete(machine: MachineControl, args: list[str], cpu: int) -> str:
+    if len(args) != 1 or not (args[0].isdigit() or args[0] == "all"):
+        raise CommandError("GenericError", "usage: vdelete <n>|all  (numbers as `info vbreak` lists them)")
+    n = _debugger(machine).vbreaks.delete(None if args[0] == "all" else int(args[0]))
+    return f"{n} virtio breakpoint{'s' if n != 1 else ''} deleted\n"
+
+
+def _info_vbreak(machine: MachineControl, args: list[str], cpu: int) -> str:
+    return _debugger(machine).vbreaks.describe()
+
+
 def _info_mtree(machine: MachineControl, args: list[str], cpu: int) -> str:
     out = ["address-space: guest-physical"]
     for first, last, name in sorted(machine.memory_map()):
@@ -496,6 +525,7 @@ _INFO: dict[str, Callable[[MachineControl, list[str], int], str]] = {
     "mtree": _info_mtree,
     "qtree": _info_qtree,
     "tlb": _info_tlb,
+    "vbreak": _info_vbreak,
 }
 
 _COMMANDS: dict[str, Callable[[MachineControl, list[str], int], str]] = {
@@ -515,6 +545,8 @@ _COMMANDS: dict[str, Callable[[MachineControl, list[str], int], str]] = {
     "quit": _quit,
     "q": _quit,
     "trace": _trace,
+    "vbreak": _vbreak,
+    "vdelete": _vdelete,
 }
 
 
@@ -742,6 +774,17 @@ class ConsoleMux:
             if excess > 0:
                 del self._held[:excess]
                 self._held_dropped += excess
+
+    def announce(self, text: str) -> None:
+        """A stop the monitor must see (a virtio breakpoint): open the monitor and print it there, so
+        that `cont` is one line away."""
+        body = text.replace("\r\n", "\n").replace("\n", "\r\n").encode("utf-8", "replace")
+        with self._lock:
+            if not self.monitor:
+                self.monitor = True
+                self.editor.reset()
+                self._write(b"\r\n")
+            self._write(b"\r\n" + body + b"\r\n(type cont to resume)\r\n" + PROMPT + self.editor.buf.encode())
 
     # --- user side --------------------------------------------------------------------------------
 

@@ -19,7 +19,9 @@ from ..memory import GuestMemory
 from .abi import (
     VIRTIO_BALLOON_CONFIG,
     VIRTIO_BALLOON_PFN_SHIFT,
+    VIRTIO_BALLOON_STAT,
     BalloonFeature,
+    BalloonStat,
     TransportFeature,
     VirtioDeviceID,
 )
@@ -50,6 +52,24 @@ _REPORTING = int(BalloonFeature.VIRTIO_BALLOON_F_PAGE_REPORTING)
 _VERSION_1 = int(TransportFeature.VIRTIO_F_VERSION_1)
 
 Listener = Callable[[str, dict[str, Any]], None]
+
+
+def format_runs(pfns: list[int], limit: int = 8) -> str:
+    """``0x1c00-0x1cff 0x2000`` for PFNs as the driver listed them, consecutive ones as one run (a run
+    going down, as Linux allocates pages, is written from its first PFN: ``0x1f477-0x1f378``)."""
+    runs: list[tuple[int, int]] = []
+    for pfn in pfns:
+        if runs:
+            first, last = runs[-1]
+            step = 1 if first == last else (1 if last > first else -1)
+            if pfn == last + step or (first == last and pfn == last - 1):
+                runs[-1] = (first, pfn)
+                continue
+        runs.append((pfn, pfn))
+    text = " ".join(f"{a:#x}" if a == b else f"{a:#x}-{b:#x}" for a, b in runs[:limit])
+    if len(runs) > limit:
+        text += f" ... ({len(runs) - limit} more runs)"
+    return text or "(none)"
 
 
 class BalloonQueue(enum.Enum):
@@ -326,6 +346,20 @@ class VirtioBalloon:
         with self.lock:
             self._closed = True
             self._stats.cancel()
+
+    def describe_buffer(self, queue: str, data: bytes) -> str:
+        """Inflate and deflate buffers as their PFNs in runs (spec "Device Operation": an array of le32
+        page frame numbers), stats buffers as tag=value (spec "Memory Statistics")."""
+        if queue in (BalloonQueue.INFLATE.value, BalloonQueue.DEFLATE.value):
+            n = len(data) // 4
+            pfns = memoryview(data)[: 4 * n].cast("I").tolist() if n else []
+            return f"{n} PFN{'s' if n != 1 else ''} (le32): {format_runs(pfns)}"
+        if queue == BalloonQueue.STATS.value:
+            size = VIRTIO_BALLOON_STAT.size
+            stats = [VIRTIO_BALLOON_STAT.unpack_from(data, i) for i in range(0, len(data) - size + 1, size)]
+            names = {int(s): s.short_name for s in BalloonStat}
+            return "stats: " + " ".join(f"{names.get(tag, tag)}={val}" for tag, val in stats)
+        return ""
 
     # --- inflate / deflate ------------------------------------------------------------------------------
 

@@ -79,3 +79,7 @@ class VirtioDevice(Protocol):
 
     def reset(self) -> None:
         """The driver reset the device: forget queues and negotiated state (not host-side state)."""
+
+    def describe_buffer(self, queue: str, data: bytes) -> str:
+        """What a device-readable buffer on this queue says, for people (a virtio breakpoint shows it);
+        "" if the device has nothing to add to the raw descriptors."""

@@ -4,7 +4,9 @@ Guest accesses arrive as ``read(offset, size)`` / ``write(offset, size, value)``
 path, and ``queue_notify(index)`` from the ioeventfd thread.  One re-entrant lock serialises them with
 each other and with the device's control API (the monitor thread).  A guest that breaks the rules
 gets a rate-limited line on the "pyvmm.guest" logger and, if the device cannot go on,
-DEVICE_NEEDS_RESET; nothing a guest writes raises out of here.
+DEVICE_NEEDS_RESET; nothing a guest writes raises out of here.  An injected ``hook`` (the virtio
+breakpoints of pyvmm.debug) sees each access and device event while it is set; unset, it costs one
+attribute check per access.
 
 The registers of each version are a class-level table (offset -> handler), built once: those both
 versions share and version 2's in registers.py, version 1's in legacy.py.
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from ..errors import GuestMemoryError
 from ..guestlog import GuestErrorLog
@@ -23,7 +26,7 @@ from ..trace import Tracer
 from .abi import VIRTIO_MMIO_CONFIG, InterruptBit, Reg, Status, TransportFeature
 from .device import VirtioDevice
 from .legacy import LEGACY
-from .names import describe_bad_access, describe_register, interrupt_names, status_names
+from .names import describe_bad_access, describe_config, describe_register, interrupt_names, status_names
 from .queue import SplitQueue, VirtqueueError
 from .registers import MODERN, read_config, write_config
 
@@ -45,6 +48,29 @@ _NOTIFICATION_DATA = int(TransportFeature.VIRTIO_F_NOTIFICATION_DATA)
 # is drained: with VIRTIO_F_EVENT_IDX the driver will not notify again for buffers it already made
 # available (spec "Driver notifications"), so waiting for its next notification could wait forever.
 MAX_NOTIFY_ROUNDS = 64
+
+
+@dataclass(frozen=True, slots=True)
+class VirtioEvent:
+    """What a transport hook sees: a driver's register or config access, or an event of the device.
+
+    ``kind`` is "read" / "write" (a register at ``offset``), "config-read" / "config-write" (``offset``
+    into the device configuration, ``size`` bytes), "notify" (QueueNotify of queue ``queue``, also
+    through ioeventfd), "irq" (InterruptStatus now ``value``, raised for ``queue`` or -1 for a config
+    change) or "used" (the device returned buffers on ``queue``; ``value`` is its used index).
+    """
+
+    kind: str
+    offset: int
+    value: int
+    size: int = 4
+    queue: int = -1
+    note: str = ""
+
+
+# The hook runs under the transport's lock; for a "notify" it returns True to hold the notification
+# (the device serves it when serve_held() is called), False to let the device serve it now.
+VirtioHook = Callable[["VirtioMmio", VirtioEvent], bool]
 
 class VirtioMmio:
     """One virtio-mmio window with a virtio device behind it."""
@@ -117,6 +143,8 @@ class VirtioMmio:
         self._reset_registers()
         self.config_fields = {off + i: (fname, off, size)
                               for off, size, fname in device.config_fields() for i in range(size)}
+        self.hook: VirtioHook | None = None
+        self._held: list[int] = []             # QueueNotify indices a hook held back
         device.attach(self)
 
     # --- the bus interface ---------------------------------------------------------------------------
@@ -136,6 +164,8 @@ class VirtioMmio:
             value = handler(self)
             if self._tracer.virtio:
                 self._trace_register("read", offset, value)
+            if self.hook is not None:
+                self.hook(self, VirtioEvent("read", offset, value))
         return value
 
     def write(self, offset: int, size: int, value: int) -> None:
@@ -157,6 +187,8 @@ class VirtioMmio:
         with self.lock:
             if self._tracer.virtio:
                 self._trace_register("write", offset, value)
+            if self.hook is not None:          # before the handler: the hook sees the old state
+                self.hook(self, VirtioEvent("write", offset, value))
             handler(self, value)
 
     def queue_notify(self, index: int) -> None:
@@ -169,9 +201,31 @@ class VirtioMmio:
             if self._tracer.virtio:
                 self._trace_register("write", Reg.QueueNotify, value, note=note)
             index = self._notify_index(value)
-            if index is None or not self._notify(index):
+            if index is None:
+                return
+            if self.hook is not None and self.hook(self, VirtioEvent("notify", _NOTIFY, value, queue=index,
+                                                                     note=note)):
+                self._held.append(index)
+                return
+            if not self._notify(index):
                 return
         self._serve_rounds(index, MAX_NOTIFY_ROUNDS - 1)
+
+    @property
+    def held_notifies(self) -> tuple[int, ...]:
+        """The queues whose QueueNotify a hook holds back, in order."""
+        return tuple(self._held)
+
+    def serve_held(self) -> None:
+        """Serve the notifications a hook held back (a virtio breakpoint stopped the machine at one),
+        as an ioeventfd thread would have served them: once the vCPUs run again."""
+        with self.lock:
+            held, self._held = self._held, []
+        for index in dict.fromkeys(held):      # one notification per queue is as good as several
+            with self.lock:
+                more = self._notify(index)
+            if more:
+                self._serve_rounds(index, MAX_NOTIFY_ROUNDS - 1)
 
     def _serve_rounds(self, index: int, rounds: int) -> None:
         for _ in range(rounds):
@@ -213,12 +267,14 @@ class VirtioMmio:
         """Spec "Notifications From The Device": set InterruptStatus bit 0 unless the driver suppressed it."""
         if not self.live:
             return
+        if self.hook is not None:
+            self.hook(self, VirtioEvent("used", -1, self.queues[index].next_used, queue=index))
         if not self.queues[index].should_notify():
             if self._tracer.virtio:
                 self.trace_event("Interrupt", self.interrupt_status,
                                  f"suppressed by the driver ({self.queue_name(index)})")
             return
-        self._raise(_USED, self.queue_name(index))
+        self._raise(_USED, self.queue_name(index), queue=index)
 
     def signal_config_change(self) -> None:
         """The config changed: a new ConfigGeneration and, once the driver is up, a config interrupt."""
@@ -238,17 +294,28 @@ class VirtioMmio:
         if self._tracer.virtio:
             self._tracer.access(self.name, "event", what, value, meaning)
 
+    def config_field(self, rel: int) -> tuple[str, int, int] | None:
+        """(name, offset, size) of the device configuration field holding byte rel, if any."""
+        return self.config_fields.get(rel)
+
+    def config_label(self, rel: int, size: int) -> str:
+        """How the trace names a config access: ``num_pages``, ``actual[+2]``, ``Config[0x10]``."""
+        return describe_config(self.config_fields, rel, size)
+
     def trace_access(self, direction: str, label: str, value: int, offset: int, size: int) -> None:
         """A config-space access, shown in decimal (counts and sizes live there)."""
         self._tracer.access(self.name, direction, label, value, "", shown=str(value), offset=offset, size=size)
 
     # --- internals: interrupts, reset, errors ----------------------------------------------------------
 
-    def _raise(self, bit: int, why: str) -> None:
+    def _raise(self, bit: int, why: str, queue: int = -1) -> None:
         self.interrupt_status |= bit
         if self._tracer.virtio:
             self._tracer.access(self.name, "event", "Interrupt", self.interrupt_status,
                                 f"{interrupt_names(bit)} raised ({why})", shown=f"{self.interrupt_status:#x}")
+        if self.hook is not None:
+            self.hook(self, VirtioEvent("irq", Reg.InterruptStatus, self.interrupt_status, queue=queue,
+                                        note=f"{interrupt_names(bit)} raised ({why})"))
         # Level = InterruptStatus != 0; set_level(True) on every event so that an edge sees each one.
         self.irq.set_level(True)
 
@@ -276,6 +343,7 @@ class VirtioMmio:
         """Spec "Device Reset": status 0, no interrupts, every queue not ready (legacy: QueuePFN 0)."""
         self.status = 0
         self.activated = False
+        self._held.clear()                     # notifications of the old driver die with its queues
         self._reset_registers()
         for q in self.queues:
             q.reset()

@@ -239,6 +239,10 @@ def read_config(t: VirtioMmio, rel: int, size: int) -> int:
         value = t.device.config_read(rel, size)
         if t.tracing:
             t.trace_access("read", describe_config(t.config_fields, rel, size), value, VIRTIO_MMIO_CONFIG + rel, size)
+        if t.hook is not None:
+            from .mmio import VirtioEvent  # (mmio imports this module)
+
+            t.hook(t, VirtioEvent("config-read", rel, value, size))
     return value
 
 
@@ -249,6 +253,10 @@ def write_config(t: VirtioMmio, rel: int, size: int, value: int) -> None:
     with t.lock:
         if t.tracing:
             t.trace_access("write", describe_config(t.config_fields, rel, size), value, VIRTIO_MMIO_CONFIG + rel, size)
+        if t.hook is not None:
+            from .mmio import VirtioEvent
+
+            t.hook(t, VirtioEvent("config-write", rel, value, size))
         if t.version == 2 and not t.status & _FOK:
             # Spec "Device Initialization" step 4: the config "MUST NOT be written" before it.
             t.guest_error("config write before FEATURES_OK")

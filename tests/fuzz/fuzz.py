@@ -76,7 +76,7 @@ def _hypothesis_main(target: str, argv: list[str]) -> None:
 
 # The names of tests/fuzz/targets.py's TARGETS, spelled out here: importing that module before atheris
 # instruments it would leave every pyvmm module it loads without coverage feedback.
-TARGET_NAMES = ("virtio", "qmp", "hmp", "options", "elf", "bzimage", "firmware", "tracefile", "multiboot")
+TARGET_NAMES = ("virtio", "qmp", "hmp", "options", "elf", "bzimage", "firmware", "tracefile", "multiboot", "rsp")
 
 
 def main(argv: list[str]) -> None:

@@ -14,6 +14,7 @@ AssertionError (or lets the unexpected exception escape) when the rule is broken
     TARGETS["tracefile"](data) the --trace-file path
     TARGETS["virtio"](data)  a hostile driver against the transport and the balloon (harness.py)
     TARGETS["multiboot"](data) Multiboot kernels through the loader (multiboot_harness.py)
+    TARGETS["rsp"](data)     gdb remote protocol streams against the gdbstub (rsp_harness.py)
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from pyvmm.monitor.qmp import FatalInput, JsonStream, QmpServer, _Client, parse_
 from pyvmm.units import parse_size
 from tests.fuzz.harness import Bytes, run_one
 from tests.fuzz.multiboot_harness import run_one as fuzz_multiboot
+from tests.fuzz.rsp_harness import run_one as fuzz_rsp
 from tests.support.bzimages import synthetic_bzimage
 from tests.support.fake_machine import FakeMachine
 from tests.support.firmware import ELF
@@ -331,4 +333,5 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
     "firmware": fuzz_firmware,
     "tracefile": fuzz_tracefile,
     "multiboot": fuzz_multiboot,      # Multiboot v1 headers, ELF32 and a.out-kludge kernels, modules
+    "rsp": fuzz_rsp,                  # a hostile gdb's byte stream against the gdbstub's session
 }

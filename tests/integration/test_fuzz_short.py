@@ -38,7 +38,7 @@ def test_regression_corpus():
 # Inputs per target in the short run: the cheap parsers get more, the kernel and ROM loaders (a file
 # written and parsed per input) fewer; `make fuzz` runs each for FUZZ_SECONDS.
 SHORT_RUNS = {"virtio": 1500, "qmp": 1500, "hmp": 1000, "options": 1500, "elf": 600, "bzimage": 600,
-              "firmware": 400, "tracefile": 600, "multiboot": 1500}
+              "firmware": 400, "tracefile": 600, "multiboot": 1500, "rsp": 3000}
 
 
 @pytest.mark.parametrize("target", sorted(SHORT_RUNS))

@@ -272,3 +272,13 @@ def test_unexpected_exception_is_an_internal_error_line(m, monkeypatch, caplog):
     assert out == "internal error: KeyError: 'oops'\n"
     assert any(r.exc_info and "info status" in r.getMessage() for r in caplog.records)
     assert run_hmp(m, "info balloon").startswith("balloon: actual=")   # the monitor goes on
+
+
+@pytest.mark.parametrize("status,shown", [("created", "paused (prelaunch)"), ("debug", "paused (debug)"),
+                                          ("shutdown", "paused (shutdown)")])
+def test_info_status_says_why_as_qemu(status, shown):
+    class Stopped:
+        def status(self):
+            return status
+
+    assert run_hmp(Stopped(), "info status") == f"VM status: {shown}\n"

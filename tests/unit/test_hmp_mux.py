@@ -172,3 +172,19 @@ def test_stdin_reader_survives_an_exception_in_feed(caplog):
         os.close(rfd)
         if wfd >= 0:
             os.close(wfd)
+
+
+def test_a_debug_stop_opens_the_monitor_with_its_message(rig):
+    rig.mux.guest_output(b"booting\n")
+    rig.take()
+    rig.mux.announce("vbreak 1: balloon0 QueueNotify <- 0 (inflateq)\n  QueueNotify: virtio-mmio register")
+    out = rig.take()
+    assert rig.mux.monitor
+    assert b"vbreak 1: balloon0 QueueNotify <- 0 (inflateq)\r\n  QueueNotify: virtio-mmio register\r\n" in out
+    assert out.endswith(b"(type cont to resume)\r\n" + PROMPT)
+    rig.mux.guest_output(b"held back\n")                # the guest's console waits, as at any prompt
+    assert rig.take() == b""
+    rig.mux.feed(b"info st")
+    rig.take()
+    rig.mux.announce("vbreak 2: balloon0 Interrupt !! 0x1")   # already in the monitor: the line typed stays
+    assert rig.take().endswith(PROMPT + b"info st")

@@ -196,3 +196,12 @@ def test_ioc_helpers():
     assert _IOWR(KVMIO, 1, 4) == 0xC004AE01
     with pytest.raises(ValueError):
         _IOW(KVMIO, 1, 1 << 14)
+
+
+def test_guest_debug_flags_are_the_headers():
+    # <linux/kvm.h> (generic) and arch/x86/include/uapi/asm/kvm.h (x86) as of Linux 6.1.
+    assert (abi.KVM_GUESTDBG_ENABLE, abi.KVM_GUESTDBG_SINGLESTEP) == (0x1, 0x2)
+    assert (abi.KVM_GUESTDBG_USE_SW_BP, abi.KVM_GUESTDBG_USE_HW_BP, abi.KVM_GUESTDBG_INJECT_DB,
+            abi.KVM_GUESTDBG_INJECT_BP, abi.KVM_GUESTDBG_BLOCKIRQ) == (0x10000, 0x20000, 0x40000, 0x80000, 0x100000)
+    assert (abi.KvmCap.SET_GUEST_DEBUG, abi.KvmCap.SET_GUEST_DEBUG2) == (23, 195)
+    assert abi.KVM_SET_GUEST_DEBUG == 0x4048AE9B

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from pyvmm.arch.x86 import irqchip, pagemap
-from pyvmm.arch.x86.cpu import translate
+from pyvmm.arch.x86.paging import translate
 from pyvmm.kvm import abi
 from pyvmm.memory import GuestMemory
 

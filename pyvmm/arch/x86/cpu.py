@@ -7,6 +7,7 @@ import struct
 
 from ...kvm import abi
 from . import layout
+from .paging import translate
 
 
 class Cr0(enum.IntFlag):
@@ -283,41 +284,6 @@ def linear_rip(regs, sregs) -> int:
     if sregs.efer & EFER_LMA and sregs.cs.l:
         return regs.rip
     return (sregs.cs.base + regs.rip) & 0xFFFFFFFF
-
-
-def translate(mem, sregs, linear: int) -> int | None:
-    """Walk the guest's page tables (none, 32-bit, PAE or 4-level) to a gpa; None if unmapped."""
-    if not sregs.cr0 & X86_CR0_PG:
-        return linear & 0xFFFFFFFF
-    try:
-        if sregs.cr4 & (1 << 5):   # PAE (and long mode)
-            levels = [(39, 0x1FF), (30, 0x1FF), (21, 0x1FF), (12, 0x1FF)]
-            table = sregs.cr3 & 0x000FFFFFFFFFF000
-            if not sregs.efer & EFER_LMA:
-                pdpte = mem.read_u64((sregs.cr3 & 0xFFFFFFE0) + ((linear >> 30) & 3) * 8)
-                if not pdpte & 1:
-                    return None
-                table = pdpte & 0x000FFFFFFFFFF000
-                levels = levels[2:]
-            for shift, mask in levels:
-                entry = mem.read_u64(table + ((linear >> shift) & mask) * 8)
-                if not entry & 1:
-                    return None
-                if shift in (30, 21) and entry & 0x80:
-                    return (entry & 0x000FFFFFFFFFF000 & ~((1 << shift) - 1)) | (linear & ((1 << shift) - 1))
-                table = entry & 0x000FFFFFFFFFF000
-            return table | (linear & 0xFFF)
-        pde = mem.read_u32((sregs.cr3 & 0xFFFFF000) + ((linear >> 22) & 0x3FF) * 4)
-        if not pde & 1:
-            return None
-        if pde & 0x80 and sregs.cr4 & (1 << 4):
-            return (pde & 0xFFC00000) | (linear & 0x3FFFFF)
-        pte = mem.read_u32((pde & 0xFFFFF000) + ((linear >> 12) & 0x3FF) * 4)
-        if not pte & 1:
-            return None
-        return (pte & 0xFFFFF000) | (linear & 0xFFF)
-    except Exception:
-        return None
 
 
 def code_bits(sregs) -> int:

@@ -4,7 +4,7 @@ runs of them that map contiguous addresses with the same rights merged into one 
 QEMU's `info tlb` prints one line per page (a 4-level identity map of 4 GiB is 2048 lines of 2 MiB
 pages); for teaching, a run "these 2048 entries of 2 MiB map 0-4 GiB to 0-4 GiB, writable, kernel
 only" says more, and the entry counts say how the tables are built.  Walks 32-bit, PAE and 4-level
-paging (the formats as in the SDM, volume 3, chapter "Paging").
+paging (the formats as in the SDM, volume 3, chapter "Paging"); paging.py translates one address.
 """
 
 from __future__ import annotations
@@ -13,13 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from ...errors import GuestMemoryError
-
-X86_CR0_PG = 1 << 31
-X86_CR4_PSE = 1 << 4
-X86_CR4_PAE = 1 << 5
-X86_CR4_LA57 = 1 << 12
-EFER_LMA = 1 << 10
-EFER_NXE = 1 << 11
+from .paging import EFER_LMA, X86_CR0_PG, X86_CR4_LA57, X86_CR4_PAE, X86_CR4_PSE
 
 # Page-table entry bits (SDM names).
 PTE_P, PTE_RW, PTE_US, PTE_PWT, PTE_PCD, PTE_A, PTE_D, PTE_PS, PTE_G = (1 << i for i in range(9))
