@@ -12,11 +12,14 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 all: build
 
-$(VENV)/.stamp: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[test]' --config-settings editable_mode=compat
-	touch $@
+# pip's and setuptools' chatter goes to a log, shown only if the install fails.
+$(VENV)/.stamp: pyproject.toml setup.py
+	@echo "setting up $(VENV) (the Python dependencies; log in $(VENV)/pip.log)"
+	@$(PYTHON) -m venv $(VENV)
+	@{ $(VENV)/bin/pip install -q --upgrade pip && \
+	   $(VENV)/bin/pip install -q -e '.[test]' --config-settings editable_mode=compat; } \
+	   > $(VENV)/pip.log 2>&1 || { cat $(VENV)/pip.log; exit 1; }
+	@touch $@
 
 guest:
 	$(MAKE) -s -C guest

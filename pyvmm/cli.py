@@ -96,6 +96,13 @@ def _run_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    if "_ARGCOMPLETE" in os.environ:      # bash asks for completions (pyvmm[completion]); else no cost
+        try:
+            import argcomplete
+        except ImportError:
+            pass
+        else:
+            argcomplete.autocomplete(parser)
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] == "run":
         # Before argparse, which would take QEMU's -drive for -d rive: one line for a QEMU option
