@@ -48,6 +48,7 @@ _NOTIFICATION_DATA = int(TransportFeature.VIRTIO_F_NOTIFICATION_DATA)
 # is drained: with VIRTIO_F_EVENT_IDX the driver will not notify again for buffers it already made
 # available (spec "Driver notifications"), so waiting for its next notification could wait forever.
 MAX_NOTIFY_ROUNDS = 64
+_MASK_EVENTS = frozenset({"Interrupt", "GuestError"})   # events whose value is a register's bits
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,8 +292,11 @@ class VirtioMmio:
             self._needs_reset()
 
     def trace_event(self, what: str, value: int, meaning: str = "") -> None:
+        """A device event: its value is a count (PFNs, pages, a queue index) in decimal, except the
+        bit masks of Interrupt (InterruptStatus) and GuestError (Status), in hex (docs/trace.md)."""
         if self._tracer.virtio:
-            self._tracer.access(self.name, "event", what, value, meaning)
+            shown = f"{value:#x}" if what in _MASK_EVENTS else str(value)
+            self._tracer.access(self.name, "event", what, value, meaning, shown=shown)
 
     def config_field(self, rel: int) -> tuple[str, int, int] | None:
         """(name, offset, size) of the device configuration field holding byte rel, if any."""

@@ -113,3 +113,29 @@ def test_vcpu_is_thread_local():
     t.join()
     assert seen == [None] and current_vcpu() == 3
     set_current_vcpu(None)
+
+
+def test_counts_are_decimal_and_masks_hex_everywhere():
+    """An inflate of 256 pages and actual = 1536: the same numbers in decimal on every line (register,
+    config field, device event); InterruptStatus in hex."""
+    out = io.StringIO()
+    tracer = Tracer({"virtio"}, stream=out, clock=fake_clock())
+    rig = Rig(version=2, ram=16 * MiB, tracer=tracer)
+    set_current_vcpu(0)
+    try:
+        rig.driver.start()
+        rig.balloon.set_target(16 * MiB - 1536 * 4096)
+        rig.drv.ack_interrupt()
+        rig.driver.num_pages()
+        rig.driver.inflate(list(range(0x1000, 0x1100)))
+        rig.driver.set_actual(1536)
+    finally:
+        set_current_vcpu(None)
+        tracer.close()
+        rig.close()
+    text = out.getvalue()
+    assert "balloon0 num_pages -> 1536" in text and "balloon0 actual <- 1536" in text
+    assert re.search(r"balloon0 inflate !! 256 ", text), text
+    assert re.search(r"balloon0 actual !! 1536\b", text), text
+    assert "balloon0 Interrupt !! 0x2 CONFIG_CHANGE raised" in text
+    assert not re.search(r"(inflate|deflate|actual|stats) !! 0x", text)
