@@ -241,13 +241,7 @@ class Vcpu:
             # and injects #BP as an exception, as the nested kvm_pvm host delivers it (the tiny
             # guest's scenario=gaps checks the handler runs and returns past the int3); a VMX host
             # runs int3 itself and never exits here.
-            regs.rip += 1
-            self.fd.set_regs(regs)
-            events = self.fd.get_vcpu_events()
-            events.exception.injected = 1
-            events.exception.nr = 3
-            events.exception.has_error_code = 0
-            self.fd.set_vcpu_events(events)
+            cpu.inject_breakpoint(self.fd, regs)
             name = "int3 -> #BP injected"
         elif code[0] == 0x9B:                    # fwait
             regs = self.fd.get_regs()

@@ -187,7 +187,7 @@ class Debugger:
             if self._int3_at(ex.pc) is not None:
                 self.request_stop(StopEvent(vcpu.index, "swbreak"))
             else:
-                _inject_breakpoint(vcpu)     # the guest's own int3: deliver its #BP
+                x86cpu.inject_breakpoint(vcpu.fd)   # the guest's own int3: deliver its #BP
             return
         hit = ex.dr6 & 0xF
         for bp in self.breakpoints.values():
@@ -565,14 +565,3 @@ def _split_aligned(addr: int, length: int) -> list[tuple[int, int]]:
         addr += size
     return out
 
-
-def _inject_breakpoint(vcpu: Any) -> None:
-    """Deliver the guest's own int3 as the #BP it raises (a trap: RIP after the instruction)."""
-    regs = vcpu.fd.get_regs()
-    regs.rip += 1
-    vcpu.fd.set_regs(regs)
-    events = vcpu.fd.get_vcpu_events()
-    events.exception.injected = 1
-    events.exception.nr = 3
-    events.exception.has_error_code = 0
-    vcpu.fd.set_vcpu_events(events)

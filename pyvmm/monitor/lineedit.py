@@ -24,6 +24,15 @@ _CTRL_KEYS = {0x01: "home", 0x05: "end", 0x02: "left", 0x06: "right", 0x10: "up"
 Completer = Callable[[str], Sequence[str]]
 
 
+def _word_start(buf: str, pos: int) -> int:
+    """Where the word before pos begins (spaces before it skipped), as readline's Alt-B and Ctrl-W."""
+    while pos and buf[pos - 1] == " ":
+        pos -= 1
+    while pos and buf[pos - 1] != " ":
+        pos -= 1
+    return pos
+
+
 def common_prefix(words: Sequence[str]) -> str:
     if not words:
         return ""
@@ -124,12 +133,7 @@ class LineEditor:
         if key == "end":
             return self._set(buf)
         if key == "word-left":
-            i = pos
-            while i and buf[i - 1] == " ":
-                i -= 1
-            while i and buf[i - 1] != " ":
-                i -= 1
-            return self._set(buf, i)
+            return self._set(buf, _word_start(buf, pos))
         if key == "word-right":
             i = pos
             while i < len(buf) and buf[i] == " ":
@@ -151,11 +155,7 @@ class LineEditor:
         if key == "kill-line":
             return self._set(buf[pos:], 0)
         if key == "kill-word":
-            i = pos
-            while i and buf[i - 1] == " ":
-                i -= 1
-            while i and buf[i - 1] != " ":
-                i -= 1
+            i = _word_start(buf, pos)
             return self._set(buf[:i] + buf[pos:], i)
         if key == "redraw":
             return b"\r\n" + self._redraw()

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum, IntFlag
 from typing import Any
 
+from ..bits import flag_names
 from ..kvm import abi
 from ..kvm.ioctl import _IOC_DIRSHIFT, _IOC_READ, _IOC_SIZESHIFT, _IOC_TYPESHIFT, _IOC_WRITE, KVMIO
 from ..kvm.runlayout import EXIT_REASON, EXIT_REASON_OFFSET, EXIT_UNION_OFFSET, IO, MMIO, MMIO_DATA_OFFSET
@@ -113,16 +114,6 @@ def size_text(n: int) -> str:
     return f"{n} bytes"
 
 
-def flag_text(flags: type[IntFlag], value: int) -> str:
-    """``PE|ET|PG`` for value's known bits, leftovers in hex, ``0`` for none."""
-    parts, rest = [], value
-    for member in flags:
-        if member.value and value & member.value == member.value:
-            parts.append(member.name or "")
-            rest &= ~member.value
-    if rest:
-        parts.append(f"{rest:#x}")
-    return "|".join(parts) or "0"
 
 
 def enum_text(enum: type[IntEnum], value: int, prefix: str = "") -> str:
@@ -179,7 +170,7 @@ def _memory_region(arg: int, read: ReadMem, ret: int | None) -> Decoded:
     r = _struct(abi.kvm_userspace_memory_region, read, arg)
     f = {"slot": r.slot, "flags": r.flags, "guest_phys_addr": r.guest_phys_addr, "memory_size": r.memory_size,
          "userspace_addr": r.userspace_addr}
-    text = _braces([("slot", str(r.slot)), ("flags", flag_text(KvmMemFlag, r.flags)),
+    text = _braces([("slot", str(r.slot)), ("flags", flag_names(KvmMemFlag, r.flags)),
                     ("guest_phys_addr", f"{r.guest_phys_addr:#x}"),
                     ("memory_size", size_text(r.memory_size) + (" (delete)" if r.memory_size == 0 else "")),
                     ("userspace_addr", f"{r.userspace_addr:#x}")])
@@ -257,9 +248,9 @@ def _segment_text(s: abi.kvm_segment) -> str:
 def _sregs_common(s: Any, extra: dict[str, Any]) -> Decoded:
     from ..arch.x86.cpu import Cr0, Cr4, Efer, mode_name
 
-    f: dict[str, Any] = {"mode": mode_name(s), "cr0": s.cr0, "cr0_flags": flag_text(Cr0, s.cr0).split("|"),
-                         "cr2": s.cr2, "cr3": s.cr3, "cr4": s.cr4, "cr4_flags": flag_text(Cr4, s.cr4).split("|"),
-                         "cr8": s.cr8, "efer": s.efer, "efer_flags": flag_text(Efer, s.efer).split("|"),
+    f: dict[str, Any] = {"mode": mode_name(s), "cr0": s.cr0, "cr0_flags": flag_names(Cr0, s.cr0).split("|"),
+                         "cr2": s.cr2, "cr3": s.cr3, "cr4": s.cr4, "cr4_flags": flag_names(Cr4, s.cr4).split("|"),
+                         "cr8": s.cr8, "efer": s.efer, "efer_flags": flag_names(Efer, s.efer).split("|"),
                          "apic_base": s.apic_base}
     segs = ("cs", "ds", "es", "fs", "gs", "ss", "tr", "ldt")
     for name in segs:
@@ -270,7 +261,7 @@ def _sregs_common(s: Any, extra: dict[str, Any]) -> Decoded:
     f["idt"] = {"base": s.idt.base, "limit": s.idt.limit}
     f.update(extra)
     def named(value: int, flags: type[IntFlag]) -> str:
-        return f"{value:#x} {flag_text(flags, value)}" if value else "0"
+        return f"{value:#x} {flag_names(flags, value)}" if value else "0"
 
     text = _braces([("mode", mode_name(s)), ("cr0", named(s.cr0, Cr0)), ("cr3", f"{s.cr3:#x}"),
                     ("cr4", named(s.cr4, Cr4)), ("efer", named(s.efer, Efer)), ("cs", _segment_text(s.cs)),
@@ -353,7 +344,7 @@ def _irq_level(arg: int, read: ReadMem, ret: int | None) -> Decoded:
 
 def _irqfd(arg: int, read: ReadMem, ret: int | None) -> Decoded:
     q = _struct(abi.kvm_irqfd, read, arg)
-    pairs = [("fd", str(q.fd)), ("gsi", str(q.gsi)), ("flags", flag_text(IrqfdFlag, q.flags))]
+    pairs = [("fd", str(q.fd)), ("gsi", str(q.gsi)), ("flags", flag_names(IrqfdFlag, q.flags))]
     if q.flags & abi.KVM_IRQFD_FLAG_RESAMPLE:
         pairs.append(("resamplefd", str(q.resamplefd)))
     return Decoded({"fd": q.fd, "gsi": q.gsi, "flags": q.flags, "resamplefd": q.resamplefd}, _braces(pairs))
@@ -363,7 +354,7 @@ def _ioeventfd(arg: int, read: ReadMem, ret: int | None) -> Decoded:
     e = _struct(abi.kvm_ioeventfd, read, arg)
     pio = bool(e.flags & abi.KVM_IOEVENTFD_FLAG_PIO)
     where = f"port {e.addr:#x}" if pio else f"mmio {e.addr:#x}"
-    pairs = [("at", where), ("len", str(e.len)), ("fd", str(e.fd)), ("flags", flag_text(IoeventfdFlag, e.flags))]
+    pairs = [("at", where), ("len", str(e.len)), ("fd", str(e.fd)), ("flags", flag_names(IoeventfdFlag, e.flags))]
     if e.flags & abi.KVM_IOEVENTFD_FLAG_DATAMATCH:
         pairs.append(("datamatch", f"{e.datamatch:#x}"))
     return Decoded({"addr": e.addr, "len": e.len, "fd": e.fd, "flags": e.flags, "datamatch": e.datamatch,

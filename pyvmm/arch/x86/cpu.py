@@ -237,6 +237,19 @@ _RFLAGS = [(0, "CF"), (2, "PF"), (4, "AF"), (6, "ZF"), (7, "SF"), (8, "TF"), (9,
            (11, "OF")]
 
 
+def inject_breakpoint(fd, regs=None) -> None:
+    """Deliver an int3 as the #BP it raises: a trap, so RIP first moves past the one-byte instruction
+    (``regs``: the vCPU's registers if the caller has read them already)."""
+    regs = regs if regs is not None else fd.get_regs()
+    regs.rip += 1
+    fd.set_regs(regs)
+    events = fd.get_vcpu_events()
+    events.exception.injected = 1
+    events.exception.nr = 3
+    events.exception.has_error_code = 0
+    fd.set_vcpu_events(events)
+
+
 def mode_name(sregs) -> str:
     """The CPU mode sregs (kvm_sregs or kvm_sregs2) describe: real, protected, long or compatibility."""
     if not sregs.cr0 & X86_CR0_PE:
