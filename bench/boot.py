@@ -129,7 +129,7 @@ def run(repeats: int = ROUNDS) -> Result:
     if "QEMU microvm" in walls:
         for name in variants:
             if name.startswith("pyvmm"):
-                res.ratio(f"{name} / QEMU", *paired(name, "QEMU microvm"), goal="<= 1.5")
+                res.ratio(f"{name} / QEMU", *paired(name, "QEMU microvm"), goal="<= 1.0")
     if "pyvmm (firmware)" in walls:
         a, b = paired("pyvmm (firmware)", "pyvmm --no-firmware")
         res.add("firmware path extra cost (firmware - direct, same round)", "ms",

@@ -266,9 +266,9 @@ def run(repeats: int = ROUNDS, n: int = N) -> Result:
     res.add(f"{SAME}: virtio-mmio read() dispatch (InterruptStatus loop - bare loop, same round)", "ns",
             minus(same["mmio_balloon"], same["mmio_unhandled"]))
     ratio(f"{SAME}: pyvmm / floor, port-I/O write with device dispatch (serial)", same["pio_serial"],
-          floor_pio, goal="<= 1.3")
+          floor_pio, goal="<= 1.1")
     ratio(f"{SAME}: pyvmm / floor, MMIO read with device dispatch (balloon)", same["mmio_balloon"],
-          floor_mmio, goal="<= 1.3")
+          floor_mmio, goal="<= 1.1")
     ratio(f"{SAME}: pyvmm / floor, port-I/O write, no device (bare path)", same["pio_unhandled"], floor_pio)
     ratio(f"{SAME}: pyvmm / floor, MMIO read, no device (bare path)", same["mmio_unhandled"], floor_mmio)
 

@@ -35,7 +35,14 @@ def run(repeats: int = ROUNDS) -> Result:
     common.need_kvm()
     kernel = common.need_guest()
     common.need_pyvmm("pyvmm.virtio.balloon")
-    engines = {"pyvmm": common.pyvmm_cmd(kernel, APPEND, firmware=False)}
+    # The same guest with what this wave added switched on: a gdbstub listening, a QMP socket and an HMP
+    # socket (the trace stays off, as by default).
+    sock = common.RESULTS / "memory-features"
+    features = ["-gdb", "tcp:127.0.0.1:0", "-qmp", f"unix:{sock}.qmp,server,nowait",
+                "-monitor", f"unix:{sock}.hmp,server,nowait"]
+    engines = {"pyvmm": common.pyvmm_cmd(kernel, APPEND, firmware=False),
+               "pyvmm with gdbstub, QMP and monitor sockets": common.pyvmm_cmd(kernel, APPEND, firmware=False,
+                                                                               extra=features)}
     qemu_missing = common.have(common.need_qemu)
     if qemu_missing:
         res.skipped.append(f"QEMU reference: {qemu_missing}")
@@ -63,9 +70,12 @@ def run(repeats: int = ROUNDS) -> Result:
                            ("ram_size", "guest RAM mapping size (largest anonymous VMA)")):
             res.add(f"{engine} {label}", "MiB", [v for v in series(engine, key) if v is not None])
     if "QEMU" in engines:
-        for key, label in (("overhead", "RSS beyond guest RAM"), ("anon_overhead", "anonymous RSS beyond RAM")):
-            pairs = [(a, b) for a, b in zip(series("pyvmm", key), series("QEMU", key), strict=False) if a and b]
-            res.ratio(f"pyvmm / QEMU, {label}", [a for a, _ in pairs], [b for _, b in pairs])
+        for engine, suffix in (("pyvmm", ""), ("pyvmm with gdbstub, QMP and monitor sockets", ", features on")):
+            for key, label in (("overhead", "RSS beyond guest RAM"),
+                               ("anon_overhead", "anonymous RSS beyond RAM")):
+                pairs = [(a, b) for a, b in zip(series(engine, key), series("QEMU", key), strict=False) if a and b]
+                res.ratio(f"pyvmm / QEMU, {label}{suffix}", [a for a, _ in pairs], [b for _, b in pairs],
+                          goal="< 1.0" if key == "overhead" else "")
     for name, why in failures.items():
         res.notes.append(f"{name}: some runs failed ({why})")
     res.notes.append(f"Both read the same way from /proc/PID/smaps {SETTLE} s after the guest's balloon driver "

@@ -51,6 +51,7 @@ def benchmarks(quick: bool):
     import boot
     import exits
     import memory
+    import smp
 
     import linux
 
@@ -61,6 +62,7 @@ def benchmarks(quick: bool):
         ("exits", lambda: exits.run(repeats=r(exits.ROUNDS, 2))),
         ("balloon_e2e", lambda: balloon_e2e.run(repeats=r(balloon_e2e.ROUNDS, 1))),
         ("memory", lambda: memory.run(repeats=r(memory.ROUNDS, 1))),
+        ("smp", lambda: smp.run(repeats=r(smp.ROUNDS, 1))),
         ("balloon_device", lambda: device_balloon(repeats=r(BALLOON_DEVICE_ROUNDS, 1))),
         ("linux", lambda: linux.run(repeats=r(linux.ROUNDS, 1))),
     ]
@@ -149,8 +151,15 @@ HEADLINE = [
      "QEMU RSS drop on inflate", ""),
     ("memory", "VMM RSS beyond guest RAM (MiB)", "pyvmm RSS beyond guest RAM", "QEMU RSS beyond guest RAM",
      "pyvmm / QEMU, RSS beyond guest RAM"),
+    ("memory", "the same, with gdbstub, QMP and monitor sockets on (MiB)",
+     "pyvmm with gdbstub, QMP and monitor sockets RSS beyond guest RAM", "QEMU RSS beyond guest RAM",
+     "pyvmm / QEMU, RSS beyond guest RAM, features on"),
     ("memory", "VMM private (anonymous) RSS beyond guest RAM (MiB)", "pyvmm anonymous RSS beyond guest RAM",
      "QEMU anonymous RSS beyond guest RAM", "pyvmm / QEMU, anonymous RSS beyond RAM"),
+    ("smp", "2 vCPUs / 1 vCPU, total exits/s, port-I/O loop (exits/s)", "pyvmm: exits/s, 2 vCPUs (total)",
+     "pyvmm: exits/s, 1 vCPU", "pyvmm: 2 vCPUs / 1 vCPU, total exits/s"),
+    ("smp", "the same, C floor (exits/s)", "C floor: exits/s, 2 vCPUs (total)", "C floor: exits/s, 1 vCPU",
+     "C floor: 2 vCPUs / 1 vCPU, total exits/s"),
     ("balloon_device", "device alone, 1 GiB inflate, merged runs vs per-page madvise (s/GiB)",
      "device, merged runs (one madvise per run)", "baseline, one madvise per page (kvmtool/QEMU style)",
      "device / per-page baseline, time"),
@@ -260,7 +269,7 @@ def render(info: dict, results: list[Result], profile_files: list[Path], profile
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="fewer rounds (to try the harness, not to quote)")
-    ap.add_argument("--only", default="", help="comma-separated benchmarks: boot,exits,balloon_e2e,memory,"
+    ap.add_argument("--only", default="", help="comma-separated benchmarks: boot,exits,balloon_e2e,memory,smp,"
                     "balloon_device,linux")
     ap.add_argument("--no-profile", action="store_true", help="skip the cProfile runs")
     args = ap.parse_args(argv)

@@ -71,12 +71,16 @@ def _kvmtrace_main(args) -> int:
     return main(args)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only_run: bool = False) -> argparse.ArgumentParser:
+    """The whole command line; `only_run` builds just the `run` verb (what `pyvmm run ...` needs, without
+    importing the control verbs' modules and the monitor's command table at every start)."""
     parser = _Parser(prog="pyvmm", description="A virtual machine monitor in pure Python on Linux KVM, "
                      "with a virtio-mmio memory balloon.")
     parser.add_argument("--version", action="version", version=f"pyvmm {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=_Parser)
     add_run_parser(sub)
+    if only_run:
+        return parser
     _add_kvmtrace_parser(sub)
     try:
         from .cli_control import add_control_parsers
@@ -95,15 +99,16 @@ def _run_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    if "_ARGCOMPLETE" in os.environ:      # bash asks for completions (pyvmm[completion]); else no cost
+    argv = sys.argv[1:] if argv is None else list(argv)
+    completing = "_ARGCOMPLETE" in os.environ
+    parser = build_parser(only_run=bool(argv) and argv[0] == "run" and not completing)
+    if completing:      # bash asks for completions (pyvmm[completion]); else no cost
         try:
             import argcomplete
         except ImportError:
             pass
         else:
             argcomplete.autocomplete(parser)
-    argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] == "run":
         # Before argparse, which would take QEMU's -drive for -d rive: one line for a QEMU option
         # pyvmm lacks, naming what to use instead.
