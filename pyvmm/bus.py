@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bisect
 import mmap
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -78,7 +79,12 @@ class _Ranges:
 
 
 _IO = runlayout.IO.unpack_from
-_MMIO = runlayout.MMIO.unpack_from
+# kvm_run.mmio with its data[8] read as one little-endian u64 (x86 is little-endian, and so is the layout's
+# struct), so that a write's value is a mask away and no bytes object is sliced on every exit.
+assert runlayout.MMIO.format.startswith("<Q8s")
+_MMIO = struct.Struct(runlayout.MMIO.format.replace("8s", "Q", 1)).unpack_from
+# A read's value goes back into mmio.data with one pack_into: (pack_into, mask) by access length.
+_PUT = {n: (struct.Struct(f).pack_into, (1 << (8 * n)) - 1) for n, f in ((1, "<B"), (2, "<H"), (4, "<I"), (8, "<Q"))}
 _UNION = runlayout.EXIT_UNION_OFFSET
 _MMIO_DATA = runlayout.MMIO_DATA_OFFSET
 _IN = runlayout.KVM_EXIT_IO_IN
@@ -172,8 +178,11 @@ class MmioBus(_Ranges):
                     run[_MMIO_DATA : _MMIO_DATA + length] = b"\xff" * length
                 self.on_unmapped(f"{'write to' if is_write else 'read of'} unmapped gpa {gpa:#x} ({length} bytes)")
                 return
+        put = _PUT.get(length)
         if is_write:
-            r.device.write(gpa - r.base, length, int.from_bytes(data[:length], "little"))
-        else:
+            r.device.write(gpa - r.base, length, data & (put[1] if put else (1 << (8 * length)) - 1))
+        elif put is not None:
+            put[0](run, _MMIO_DATA, r.device.read(gpa - r.base, length) & put[1])
+        else:                                # KVM splits accesses into 1..8 bytes; 3, 5, 6, 7 are rare
             value = r.device.read(gpa - r.base, length) & ((1 << (8 * length)) - 1)
             run[_MMIO_DATA : _MMIO_DATA + length] = value.to_bytes(length, "little")

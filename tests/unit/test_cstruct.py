@@ -42,3 +42,42 @@ def test_leading_fields_and_one_field():
     assert runlayout.MMIO_DATA_OFFSET == abi.kvm_run.u.offset + 8 == 40
     with pytest.raises(ValueError):
         struct_of(abi.kvm_run, ("exit_reason",))          # not a leading field
+
+
+def test_exit_reason_low_byte_is_the_reason():
+    # The vCPU loop reads exit_reason's first byte only: the u32 is little-endian and every reason fits.
+    assert runlayout.EXIT_REASON.format == "<I"
+    assert max(abi.KvmExit) < 256
+    run = bytearray(ctypes.sizeof(abi.kvm_run))
+    runlayout.EXIT_REASON.pack_into(run, runlayout.EXIT_REASON_OFFSET, abi.KvmExit.MMIO)
+    assert run[runlayout.EXIT_REASON_OFFSET] == abi.KvmExit.MMIO
+
+
+def test_mmio_data_as_one_u64():
+    # The MMIO bus reads kvm_run.mmio.data[8] as a little-endian u64 and writes a read's value back with
+    # pack_into: both must agree with the byte layout KVM uses.
+    from pyvmm import bus
+
+    run = bytearray(ctypes.sizeof(abi.kvm_run))
+    runlayout.MMIO.pack_into(run, runlayout.EXIT_UNION_OFFSET, 0xD000_0050, bytes(range(1, 9)), 2, 1)
+    gpa, data, length, is_write = bus._MMIO(run, runlayout.EXIT_UNION_OFFSET)
+    assert (gpa, length, is_write) == (0xD000_0050, 2, 1) and data == int.from_bytes(bytes(range(1, 9)), "little")
+    seen = []
+
+    class Dev:
+        def read(self, offset, size):
+            return 0x1_2345_6789_ABCD_EF01
+
+        def write(self, offset, size, value):
+            seen.append((offset, size, value))
+
+    b = bus.MmioBus()
+    b.insert(Dev(), 0xD000_0000, 0x200, "dev")
+    b.dispatch(run)
+    assert seen == [(0x50, 2, 0x0201)]
+    for length in (1, 2, 3, 4, 8):
+        runlayout.MMIO.pack_into(run, runlayout.EXIT_UNION_OFFSET, 0xD000_0060, b"\0" * 8, length, 0)
+        b.dispatch(run)
+        got = bytes(run[runlayout.MMIO_DATA_OFFSET: runlayout.MMIO_DATA_OFFSET + 8])
+        want = (0x1_2345_6789_ABCD_EF01 & ((1 << (8 * length)) - 1)).to_bytes(length, "little")
+        assert got == want + b"\0" * (8 - length), length
