@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO, cast
 
 from .arch.x86 import cpu, layout, pvh
 from .arch.x86.poweron import PlatformPowerOn, VcpuPowerOn
@@ -281,28 +281,22 @@ class KernelLoad:
 
     @property
     def is_bzimage(self) -> bool:
-        from .loader.bzimage import BzImage
-
-        return isinstance(self.image, BzImage)
+        return self.image.boot_protocol == "linux"
 
     @property
     def is_multiboot(self) -> bool:
-        from .loader.multiboot import MultibootImage
-
-        return isinstance(self.image, MultibootImage)
+        return self.image.boot_protocol == "multiboot"
 
     @property
     def protocol(self) -> str:
-        """"pvh", "linux" or "multiboot"."""
-        return "linux" if self.is_bzimage else "multiboot" if self.is_multiboot else "pvh"
+        """"pvh", "linux" or "multiboot" (each image class says which; only its own module is imported)."""
+        return self.image.boot_protocol
 
     @property
     def entry32(self) -> int:
         """The 32-bit entry the firmware (or the direct path) jumps to: PVH and Multiboot kernels."""
-        from .loader.multiboot import MultibootImage
-
-        if isinstance(self.image, MultibootImage):
-            return self.image.entry
+        if self.is_multiboot:
+            return cast("MultibootImage", self.image).entry
         entry = getattr(self.image, "pvh_entry", None)
         assert entry is not None, "a bzImage has no 32-bit entry"
         return entry
@@ -310,24 +304,27 @@ class KernelLoad:
     @property
     def boot_magic(self) -> int:
         """EAX at the 32-bit entry: 0x2BADB002 for Multiboot, 0 for PVH."""
+        if not self.is_multiboot:
+            return 0
         from .loader.multiboot import MULTIBOOT_BOOTLOADER_MAGIC
 
-        return MULTIBOOT_BOOTLOADER_MAGIC if self.is_multiboot else 0
+        return MULTIBOOT_BOOTLOADER_MAGIC
 
     def load(self, mem: GuestMemory) -> None:
         """Segments (or the protected-mode kernel), initrd or modules, command line and boot information."""
-        from .loader.bzimage import BzImage, build_boot_params, e820_map, place_initrd
-        from .loader.elf import place_segments
-        from .loader.multiboot import MultibootImage, write_boot_info
-
         cmdline = self.cmdline.encode()
         ram = mem.ram_size
-        if isinstance(self.image, MultibootImage):
-            placed = write_boot_info(mem, self.image, ram_size=ram, cmdline=cmdline, modules=self.modules)
+        if self.is_multiboot:
+            from .loader.multiboot import write_boot_info
+
+            placed = write_boot_info(mem, cast("MultibootImage", self.image), ram_size=ram, cmdline=cmdline,
+                                     modules=self.modules)
             self.boot_info = placed.info
             return
-        if isinstance(self.image, BzImage):
-            bz = self.image
+        if self.is_bzimage:
+            from .loader.bzimage import build_boot_params, e820_map, place_initrd
+
+            bz = cast("BzImage", self.image)
             mem.write(bz.load_address, bz.protected_mode_kernel)
             initrd_gpa = initrd_size = 0
             if self.initrd is not None:
@@ -340,12 +337,15 @@ class KernelLoad:
                                        acpi_rsdp_addr=self.rsdp)
             mem.write(layout.BOOT_INFO, params)
             return
-        place_segments(self.image, mem)
+        from .loader.elf import place_segments
+
+        elf = cast("ElfImage", self.image)
+        place_segments(elf, mem)
         initrd = None
         if self.initrd is not None:
             top = min(ram, layout.RAM_LOW_END)
             gpa = (top - len(self.initrd)) & ~0xFFF
-            if gpa <= self.image.highest:
+            if gpa <= elf.highest:
                 raise LoaderError(f"initrd: {len(self.initrd)} bytes do not fit in guest RAM above the kernel")
             mem.write(gpa, self.initrd)
             initrd = (gpa, len(self.initrd))
@@ -354,10 +354,8 @@ class KernelLoad:
     def enter(self, bsp: VcpuFd, mem: GuestMemory, *, firmware: bool, tracer: Tracer) -> None:
         """The BSP's first state: the 64-bit boot protocol for a bzImage; for a PVH or Multiboot kernel
         the reset vector (the firmware takes it from there) or the 32-bit entry directly."""
-        from .loader.bzimage import BzImage
-
-        if isinstance(self.image, BzImage):
-            bz = self.image
+        if self.is_bzimage:
+            bz = cast("BzImage", self.image)
             cpu.set_linux64_entry_state(bsp, mem, bz.entry_64, layout.BOOT_INFO)
             if tracer.boot:
                 tracer.emit("boot", f"Linux 64-bit boot protocol {bz.protocol[0]}.{bz.protocol[1]:02d}: "
@@ -396,26 +394,32 @@ def load_kernel(mem: GuestMemory, cfg: VmConfig, virtio: list[VirtioMmio], rsdp:
         hint = " (run `make build` to build the demo guest)" if cfg.kernel is None else ""
         raise LoaderError(f"kernel {kernel}: no such file{hint}")
     _check_file(kernel, "kernel", cfg.memory)
-    from .loader.bzimage import is_bzimage
-    from .loader.multiboot import MULTIBOOT_SEARCH, find_header, header_problem
+    from .loader.signatures import MULTIBOOT_SEARCH, may_be_bzimage, may_be_multiboot
 
     try:
         with open(kernel, "rb") as f:
             head = f.read(MULTIBOOT_SEARCH)
     except OSError as e:
         raise LoaderError(f"kernel {kernel}: {e.strerror}") from None
-    if is_bzimage(head):
+    if may_be_bzimage(head):
         return _load_bzimage(kernel, cfg, virtio, rsdp)
-    if find_header(head) is not None:
-        return _load_multiboot(kernel, cfg, virtio, rsdp)
+    if may_be_multiboot(head):
+        from .loader.multiboot import find_header
+
+        if find_header(head) is not None:
+            return _load_multiboot(kernel, cfg, virtio, rsdp)
     from .loader.cache import load_cached
     from .loader.elf import is_elf, load_elf
 
     if not is_elf(kernel):
+        from .loader.multiboot import header_problem  # only on the way to an error
+
         problem = header_problem(kernel.read_bytes())
         raise LoaderError(f"kernel {kernel}: {problem or 'no boot header pyvmm knows'}; {KNOWN_FORMATS}")
     image = load_cached(load_elf, kernel, "kernel")
     if image.pvh_entry is None:
+        from .loader.multiboot import header_problem
+
         problem = header_problem(kernel.read_bytes())
         if problem:
             raise LoaderError(f"kernel {kernel}: {problem}")

@@ -7,7 +7,6 @@ documented in docs/trace.md.
 
 from __future__ import annotations
 
-import json
 import sys
 import threading
 import time
@@ -93,6 +92,8 @@ class Tracer:
                     self._stream = None
                     _sink_failed("the trace's terminal stream", e)
             if self._json is not None:
+                import json  # only a --trace-file run pays for it
+
                 try:
                     self._json.write(json.dumps(record, separators=(",", ":")) + "\n")
                     self._json.flush()

@@ -17,11 +17,12 @@ import ctypes
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 from pyvmm.arch.x86 import layout
 from pyvmm.errors import LoaderError
+from pyvmm.loader.signatures import HDRS_MAGIC, may_be_bzimage  # noqa: F401 - HDRS_MAGIC re-exported
 
-HDRS_MAGIC = 0x5372_6448               # "HdrS"
 BOOT_FLAG_MAGIC = 0xAA55
 MIN_PROTOCOL = 0x020C                  # 2.12: the first with xloadflags, so XLF_KERNEL_64 can be checked
 SETUP_HEADER_OFFSET = 0x1F1
@@ -164,6 +165,8 @@ class boot_params(ctypes.LittleEndianStructure):
 class BzImage:
     """A validated bzImage: its setup header as found in the file and the protected-mode kernel."""
 
+    boot_protocol: ClassVar[str] = "linux"
+
     header: setup_header
     header_bytes: bytes                  # the setup header as the file has it (0x1f1 .. 0x202 + [0x201])
     protected_mode_kernel: bytes         # what goes at load_address
@@ -197,9 +200,7 @@ class BzImage:
         return start + self.header.init_size
 
 
-def is_bzimage(data: bytes) -> bool:
-    """True when data carries the boot protocol's "HdrS" signature where a bzImage has it."""
-    return len(data) >= 0x206 and int.from_bytes(data[0x202:0x206], "little") == HDRS_MAGIC
+is_bzimage = may_be_bzimage     # the "HdrS" signature where a bzImage has it
 
 
 def parse_bzimage(data: bytes, name: str = "kernel") -> BzImage:

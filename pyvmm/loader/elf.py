@@ -5,6 +5,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from ..errors import LoaderError
 
@@ -22,6 +23,7 @@ class Segment:
 
 @dataclass(frozen=True)
 class ElfImage:
+    boot_protocol: ClassVar[str] = "pvh"    # a PVH ELF (builder.py's KernelLoad dispatches on it)
     path: Path
     machine: int
     entry: int

@@ -14,14 +14,14 @@ from ctypes import c_uint8, c_uint16, c_uint32, c_uint64
 from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
+from typing import ClassVar
 
 from ..arch.x86 import layout
 from ..errors import LoaderError
 from .elf import Segment
+from .signatures import MULTIBOOT_HEADER_MAGIC, MULTIBOOT_SEARCH
 
-MULTIBOOT_SEARCH = 8192                   # the header lies wholly within the image's first 8 KiB
 MULTIBOOT_HEADER_ALIGN = 4
-MULTIBOOT_HEADER_MAGIC = 0x1BADB002
 MULTIBOOT_BOOTLOADER_MAGIC = 0x2BADB002   # in EAX at the kernel's entry
 MULTIBOOT_MOD_ALIGN = 0x1000
 MULTIBOOT_INFO_ALIGN = 4
@@ -197,6 +197,8 @@ def header_problem(data: bytes) -> str | None:
 @dataclass(frozen=True)
 class MultibootImage:
     """A Multiboot kernel, parsed and checked: what to put where, and where to jump."""
+
+    boot_protocol: ClassVar[str] = "multiboot"
 
     path: Path
     header_offset: int
