@@ -75,7 +75,7 @@ fuzz-gdb: build
 	$(PY) -m tests.fuzz.fuzz rsp fuzz-corpus/rsp -max_total_time=$${FUZZ_SECONDS:-600}
 
 soak: build
-	PYVMM_SOAK_CYCLES=1000 $(PY) -m pytest -q -s -ra tests/integration/test_soak.py
+	PYVMM_SOAK_CYCLES=1000 PYVMM_SOAK_MIB=32 $(PY) -m pytest -q -s -ra tests/integration/test_soak.py
 
 linux-guest:
 	bash linux/build.sh
