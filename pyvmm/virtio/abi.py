@@ -98,6 +98,7 @@ class VirtioDeviceID(IntEnum):
     """The device types pyvmm knows (spec "Device Types")."""
 
     RESERVED = 0
+    ENTROPY = 4
     BALLOON = 5
 
 
