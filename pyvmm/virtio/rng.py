@@ -57,11 +57,16 @@ class RngOptions:
     max_bytes: int = (1 << 63) - 1       # QEMU: INT64_MAX
     period_ms: int = 1 << 16             # QEMU: 65536 ms
 
+    name = "rng"                         # the transport's name stem: rng0
+
+    def make(self) -> VirtioRng:
+        return VirtioRng(self)
+
 
 class VirtioRng(VirtioDeviceBase):
     """virtio-rng on the device API: the whole device is handle() and the rate limit."""
 
-    device_id = int(VirtioDeviceID.ENTROPY)
+    device_id = int(VirtioDeviceID.RNG)
     queues = ("requestq",)
     queue_sizes = (QUEUE_SIZE,)
 
