@@ -73,3 +73,33 @@ def test_bad_rng_options_are_one_line(arg, message):
     res = pyvmm_cli("run", "-nographic", "-device", arg)
     assert res.returncode == 2
     assert message in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+
+
+def test_monitor_and_vbreak_name_the_device():
+    import time
+
+    from pyvmm.arch.x86 import layout
+    from pyvmm.monitor.hmp import run_hmp
+
+    messages = []
+
+    def setup(m):
+        m.stop_output = messages.append
+        assert run_hmp(m, "vbreak rng0 QueueNotify requestq").startswith("vbreak 1: rng0 QueueNotify requestq")
+
+    with machine("scenario=rng rng_seed=9", devices=(RngOptions(seed=9),), setup=setup) as m:
+        deadline = time.monotonic() + 60
+        while m.status() != "debug" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert m.debugger.wait_stopped(10) is not None
+        assert messages[0].splitlines()[0] == "vbreak 1: rng0 QueueNotify <- 0 (requestq)"
+        info = run_hmp(m, "info virtio")
+        assert "balloon0: virtio-balloon at 0xd0000000 irq 5" in info
+        assert "rng0: virtio-rng at 0xd0001000 irq 6" in info
+        assert "pending 1" in run_hmp(m, "info virtqueue rng0 requestq")
+        # The DSDT announces both windows, one LNRO0005 each.
+        assert m.memory.read(layout.ACPI_START, 0x2_0000).count(b"LNRO0005") == 2
+        run_hmp(m, "vdelete 1")
+        run_hmp(m, "cont")
+        assert m.wait(60) == 0, m.console_text()[-2000:]
+    assert "rng: the bytes are splitmix64's stream from seed 9" in m.console_text()
