@@ -123,6 +123,13 @@ class VirtioRng(VirtioDeviceBase):
         self.trace("rate-limit", self.options.max_bytes, f"bytes per {self.options.period_ms} ms spent: "
                    f"waiting {delay:.3f} s")
 
+    def qdev_properties(self) -> dict[str, object]:
+        """What `info qtree` lists under the device (QEMU's property names)."""
+        props: dict[str, object] = {"max-bytes": self.options.max_bytes, "period": self.options.period_ms}
+        if self.options.seed is not None:
+            props["seed"] = self.options.seed
+        return props
+
     def on_reset(self) -> None:
         self._cancel()
 

@@ -101,3 +101,8 @@ def test_readable_buffer_is_a_guest_error_but_served():
     assert q.reap() == [(head, 8)]
     assert dev.guest_errors == 1
     assert not drv.status & Status.DEVICE_NEEDS_RESET
+
+
+def test_qdev_properties_use_qemus_names():
+    assert VirtioRng(RngOptions(seed=2, max_bytes=10, period_ms=5)).qdev_properties() == {
+        "max-bytes": 10, "period": 5, "seed": 2}
