@@ -228,12 +228,17 @@ def attach_virtio(vm: VmFd, mmio: MmioBus, mem: GuestMemory, cfg: VmConfig, trac
         res.add(balloon.close)
         devices.append(("balloon0", balloon))
     counts: dict[str, int] = {}
+    from .virtio.device import VirtioDeviceBase
+
     for spec in cfg.devices:
-        device = spec.make()
+        # A spec (RngOptions, UserDevice) makes its device; the Python API may give a device itself.
+        if isinstance(spec, VirtioDeviceBase):
+            device, stem = spec, type(spec).__name__.lower()
+        else:
+            device, stem = spec.make(), spec.name
         close = getattr(device, "close", None)
         if callable(close):
             res.add(close)
-        stem = spec.name
         counts[stem] = counts.get(stem, -1) + 1
         devices.append((f"{stem}{counts[stem]}", device))
     return [_attach_one(vm, mmio, mem, cfg, tracer, event_loop, res, notify_eventfds, index, name, device)

@@ -95,7 +95,7 @@ class VmConfig:
     firmware: Path | None = DEFAULT_FIRMWARE   # None: enter the kernel directly (--no-firmware)
     balloon: Any = "default"             # BalloonOptions, None (off), or "default"
     devices: tuple[Any, ...] = ()        # more virtio devices after the balloon, in order: RngOptions,
-                                         # UserDevice (anything with a name stem and make())
+                                         # UserDevice (a name stem and make()), or a VirtioDeviceBase
     virtio_version: int = 2
     trace: frozenset[str] = frozenset()
     trace_file: Path | None = None

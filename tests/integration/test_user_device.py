@@ -129,3 +129,13 @@ def test_a_raising_constructor_is_one_line(tmp_path):
     res = pyvmm_cli("run", "-nographic", "-device", f"python:{path}:Dev,size=big")
     assert res.returncode == 2
     assert "the constructor raised ValueError" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_the_python_api_takes_a_device_instance(devfile):
+    from pyvmm.virtio.user import load_module
+
+    counter = load_module(str(devfile), "test").Counter(start="200")
+    code, out, m = run_guest("scenario=rng rng_id=42 rng_bytes=8", devices=(counter,), balloon=None)
+    assert code == 0, out[-2000:]
+    assert printed(out) == bytes([200, 201, 202, 203, 204, 205, 206, 207])
+    assert m.virtio_devices[0].name == "counter0"
