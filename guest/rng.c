@@ -10,8 +10,9 @@
 #define RNG_MAX_BYTES 4096
 #define RNG_MAX_CHUNK 256
 
-static u8 rng_data[RNG_MAX_BYTES];
-static u8 rng_buf[RNG_MAX_CHUNK] __attribute__((aligned(64)));
+/* Two pages from the allocator (not .bss, so other scenarios' memory is as it was): what was read, and
+   the buffer the device writes into. */
+static u8 *rng_data, *rng_buf;
 
 static u64 splitmix64(u64 *state)
 {
@@ -69,6 +70,10 @@ int scenario_rng(void)
         return rng_fail("rng requestq");
     if (!virtio_driver_ok(&dev))
         return rng_fail("rng DRIVER_OK refused");
+    rng_data = (u8 *)(uintptr_t)alloc_page();
+    rng_buf = (u8 *)(uintptr_t)alloc_page();
+    if (!rng_data || !rng_buf)
+        return rng_fail("no memory for buffers");
     struct virtq *vq = &dev.vqs[0];
     printf("rng: device %u version %u at %#llx irq %u, requestq size %u\n", id, dev.version, dev.base, dev.irq,
            vq->size);
