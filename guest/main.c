@@ -38,6 +38,7 @@ int scenario_triplefault(void);
 int scenario_hostile(void);
 int scenario_gaps(void);
 int scenario_reboot(void);
+int scenario_rng(void);
 extern const char *fail_reason;
 const char *current_scenario = "boot";
 
@@ -45,7 +46,7 @@ static const struct scenario scenarios[] = {
     {"selftest", scenario_selftest}, {"demo", scenario_demo},       {"verify", scenario_verify},
     {"oom", scenario_oom},           {"stats", scenario_stats},     {"bench", scenario_bench},
     {"triplefault", scenario_triplefault}, {"hostile", scenario_hostile},
-    {"gaps", scenario_gaps},         {"reboot", scenario_reboot},
+    {"gaps", scenario_gaps},         {"reboot", scenario_reboot},   {"rng", scenario_rng},
 };
 
 static void boot_fail(const char *why)

@@ -48,6 +48,7 @@ enum virtio_mmio_reg {
 #define VIRTIO_INT_CONFIG 2u
 
 #define VIRTIO_F_VERSION_1 32
+#define VIRTIO_ID_RNG 4
 #define VIRTIO_ID_BALLOON 5
 
 /* Split virtqueue ("Split Virtqueues"). */

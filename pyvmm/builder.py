@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from .loader.elf import ElfImage
     from .loader.firmware import FirmwareImage
     from .loader.multiboot import Module, MultibootImage
+    from .virtio.device import VirtioDevice
     from .virtio.mmio import VirtioMmio
     from .vm import Machine
 
@@ -216,18 +217,40 @@ def attach_platform(vm: VmFd, pio: PioBus, control: RunControl,
 def attach_virtio(vm: VmFd, mmio: MmioBus, mem: GuestMemory, cfg: VmConfig, tracer: Tracer,
                   event_loop: EventLoop, res: Resources,
                   notify_eventfds: dict[str, NotifyEventfds] | None = None) -> list[VirtioMmio]:
-    """A virtio-mmio window and an interrupt line per device (the balloon, for now); each transport's
-    QueueNotify ioeventfds go into notify_eventfds by its name."""
-    transports: list[VirtioMmio] = []
-    if cfg.balloon is None:
-        return transports
-    from .virtio.balloon import BalloonOptions, VirtioBalloon
+    """A virtio-mmio window and an interrupt line per device: the balloon first (unless off), then
+    cfg.devices in order; each transport's QueueNotify ioeventfds go into notify_eventfds by its name."""
+    devices: list[tuple[str, VirtioDevice]] = []
+    if cfg.balloon is not None:
+        from .virtio.balloon import BalloonOptions, VirtioBalloon
+
+        opts = BalloonOptions() if cfg.balloon == "default" else cfg.balloon
+        balloon = VirtioBalloon(mem, opts, discard=mem.discard)
+        res.add(balloon.close)
+        devices.append(("balloon0", balloon))
+    counts: dict[str, int] = {}
+    from .virtio.device import VirtioDeviceBase
+
+    for spec in cfg.devices:
+        # A spec (RngOptions, UserDevice) makes its device; the Python API may give a device itself.
+        if isinstance(spec, VirtioDeviceBase):
+            device, stem = spec, type(spec).__name__.lower()
+        else:
+            device, stem = spec.make(), spec.name
+        close = getattr(device, "close", None)
+        if callable(close):
+            res.add(close)
+        counts[stem] = counts.get(stem, -1) + 1
+        devices.append((f"{stem}{counts[stem]}", device))
+    return [_attach_one(vm, mmio, mem, cfg, tracer, event_loop, res, notify_eventfds, index, name, device)
+            for index, (name, device) in enumerate(devices)]
+
+
+def _attach_one(vm: VmFd, mmio: MmioBus, mem: GuestMemory, cfg: VmConfig, tracer: Tracer, event_loop: EventLoop,
+                res: Resources, notify_eventfds: dict[str, NotifyEventfds] | None, index: int, name: str,
+                device: VirtioDevice) -> VirtioMmio:
     from .virtio.mmio import VirtioMmio
 
-    opts = BalloonOptions() if cfg.balloon == "default" else cfg.balloon
-    base, gsi = layout.virtio_mmio_slot(len(transports))
-    balloon = VirtioBalloon(mem, opts, discard=mem.discard)
-    res.add(balloon.close)
+    base, gsi = layout.virtio_mmio_slot(index)
     irq: IrqfdLine | KvmIrqLine
     if cfg.irqfd:
         # After the guest's EOI the kernel lowers the line; raise it again if the device still has
@@ -237,17 +260,16 @@ def attach_virtio(vm: VmFd, mmio: MmioBus, mem: GuestMemory, cfg: VmConfig, trac
         event_loop.add(irq.resample_fd, irq.on_resample)
     else:
         irq = KvmIrqLine(vm, gsi)
-    transport = VirtioMmio(balloon, mem, irq, version=cfg.virtio_version, name="balloon0", tracer=tracer,
+    transport = VirtioMmio(device, mem, irq, version=cfg.virtio_version, name=name, tracer=tracer,
                            base=base, irq_gsi=gsi)
     if isinstance(irq, IrqfdLine):
         irq.pending = lambda: transport.interrupt_status != 0
-    mmio.insert(transport, base, VirtioMmio.WINDOW_SIZE, "virtio-mmio balloon0")
-    transports.append(transport)
+    mmio.insert(transport, base, VirtioMmio.WINDOW_SIZE, f"virtio-mmio {name}")
     if cfg.ioeventfd:
         fds = _wire_ioeventfds(vm, transport, event_loop, res)
         if notify_eventfds is not None:
             notify_eventfds[transport.name] = fds
-    return transports
+    return transport
 
 
 def write_acpi(mem: GuestMemory, cfg: VmConfig, virtio: list[VirtioMmio]) -> int:

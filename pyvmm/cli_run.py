@@ -62,7 +62,8 @@ def add_run_parser(sub) -> argparse.ArgumentParser:
     d.add_argument("-device", dest="devices", action="append", default=[], metavar="DRIVER[,PROP=VALUE...]",
                    help="virtio-balloon-device[,deflate-on-oom=on,free-page-reporting=on,"
                         "guest-stats-polling-interval=2,...] (QEMU's property names and defaults); "
-                        "isa-debug-exit,iobase=0xf4 (always present)")
+                        "virtio-rng-device[,seed=N,max-bytes=B,period=MS]; python:FILE.py:CLASS[,key=value...] "
+                        "(a device of your own, docs/devices.md); isa-debug-exit,iobase=0xf4 (always present)")
     d.add_argument("--balloon", default="on", metavar="off|on|OPTS",
                    help="virtio balloon: off, on, or options such as "
                         "deflate-on-oom=on,stats-interval=2,free-page-reporting=on,must-tell-host=on")
@@ -182,6 +183,7 @@ def config_from_args(args):
         Q.apply_display(fe, args.display)
 
     balloon = _balloon_from_args(args.balloon, args.devices)
+    devices = Q.virtio_devices([Q.parse_device(d) for d in args.devices])
 
     trace = set(t.strip() for t in args.trace.split(",") if t.strip())
     if args.debug_items:
@@ -194,7 +196,7 @@ def config_from_args(args):
     firmware = None if args.no_firmware else (args.firmware or DEFAULT_FIRMWARE)
     return VmConfig(
         kernel=kernel, memory=memory, smp=smp, append=args.append, initrd=initrd,
-        firmware=firmware, balloon=balloon, virtio_version=args.virtio_version, trace=frozenset(trace),
+        firmware=firmware, balloon=balloon, devices=devices, virtio_version=args.virtio_version, trace=frozenset(trace),
         trace_file=args.trace_file, trace_text=trace_text, ioeventfd=not args.no_ioeventfd, irqfd=args.irqfd,
         console=fe.console, console_log=args.console_log, qmp=tuple(args.qmp), monitor=fe.monitor,
         hmp=tuple(fe.monitor_sockets),

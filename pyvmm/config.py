@@ -80,6 +80,9 @@ def host_memory() -> int:
         return 1 << 40
 
 
+MAX_VIRTIO_DEVICES = 3                   # GSIs 5, 6, 7: below them serial and i8042, above RTC
+
+
 @dataclass(frozen=True)
 class VmConfig:
     """Everything needed to build a machine; validate() gives one-line errors for bad values."""
@@ -91,6 +94,8 @@ class VmConfig:
     initrd: Path | None = None
     firmware: Path | None = DEFAULT_FIRMWARE   # None: enter the kernel directly (--no-firmware)
     balloon: Any = "default"             # BalloonOptions, None (off), or "default"
+    devices: tuple[Any, ...] = ()        # more virtio devices after the balloon, in order: RngOptions,
+                                         # UserDevice (a name stem and make()), or a VirtioDeviceBase
     virtio_version: int = 2
     trace: frozenset[str] = frozenset()
     trace_file: Path | None = None
@@ -152,6 +157,10 @@ class VmConfig:
             raise ConfigError(f"--smp {self.smp} is more than this host's KVM allows ({max_vcpus})")
         if self.virtio_version not in (1, 2):
             raise ConfigError("--virtio-version must be 1 (legacy) or 2 (modern)")
+        count = len(self.devices) + (self.balloon is not None)
+        if count > MAX_VIRTIO_DEVICES:
+            raise ConfigError(f"-device: {count} virtio devices; at most {MAX_VIRTIO_DEVICES} (one interrupt line "
+                              "each, GSI 5-7)")
         if self.console not in ("stdio", "none") and not (self.console.startswith("file:") and len(self.console) > 5):
             raise ConfigError(f"console {self.console!r}: choose stdio, none or file:PATH")
         if self.display not in ("terminal", "none"):

@@ -72,11 +72,14 @@ class DeviceSpec:
 
 
 # -device drivers pyvmm has, and what to say for those QEMU users often reach for.
-DEVICE_DRIVERS = ("virtio-balloon-device", "isa-debug-exit")
-_DEVICE_ALIASES = {"virtio-balloon": "virtio-balloon-device"}   # no PCI here: the name can mean only this
+DEVICE_DRIVERS = ("virtio-balloon-device", "virtio-rng-device", "isa-debug-exit", "python:FILE:CLASS")
+# No PCI here: the short names can mean only these.
+_DEVICE_ALIASES = {"virtio-balloon": "virtio-balloon-device", "virtio-rng": "virtio-rng-device"}
 _DEVICE_POINTERS = {
     "virtio-balloon-pci": "pyvmm has no PCI bus: its balloon is virtio-mmio, -device virtio-balloon-device",
     "virtio-balloon-ccw": "pyvmm has no CCW bus: its balloon is virtio-mmio, -device virtio-balloon-device",
+    "virtio-rng-pci": "pyvmm has no PCI bus: its entropy device is virtio-mmio, -device virtio-rng-device",
+    "virtio-rng-ccw": "pyvmm has no CCW bus: its entropy device is virtio-mmio, -device virtio-rng-device",
     "virtio-net": "pyvmm has no network devices",
     "virtio-blk": "pyvmm has no block devices: give the root file system with -initrd",
     "virtio-serial": "pyvmm's console is COM1 (-serial)",
@@ -99,6 +102,8 @@ def parse_device(text: str) -> DeviceSpec:
     if driver in ("help", "?"):
         raise ConfigError(f"-device: pyvmm's drivers are {', '.join(DEVICE_DRIVERS)} (docs/qemu.md)")
     driver = _DEVICE_ALIASES.get(driver, driver)
+    if driver.startswith("python:"):
+        return DeviceSpec(driver, props)        # checked by pyvmm.virtio.user when it is loaded
     if driver not in DEVICE_DRIVERS:
         family = next((k for k in _DEVICE_POINTERS if driver == k or driver.startswith(k + "-")), None)
         if family is not None:
@@ -117,6 +122,42 @@ def parse_device(text: str) -> DeviceSpec:
             raise ConfigError("-device isa-debug-exit: QEMU's default port is 0x501; pyvmm's is 0xf4: "
                               "give iobase=0xf4,iosize=0x04")
     return DeviceSpec(driver, props)
+
+
+def rng_options(spec: DeviceSpec):
+    """virtio-rng-device's properties -> RngOptions: QEMU's max-bytes and period (ms), pyvmm's seed."""
+    from .virtio.rng import RngOptions
+
+    values: dict[str, int] = {}
+    names = {"seed": "seed", "max-bytes": "max_bytes", "period": "period_ms"}
+    for key, value in spec.props.items():
+        if key == "id":
+            continue
+        if key == "rng":
+            raise ConfigError(f"-device virtio-rng-device,rng={value}: pyvmm has no -object rng-*; its "
+                              "bytes come from os.urandom (or seed=N)")
+        if key not in names:
+            raise ConfigError(f"-device virtio-rng-device: unknown property {key!r} (seed, max-bytes, period)")
+        values[names[key]] = _int(value, f"-device virtio-rng-device,{key}")
+    if values.get("period_ms", 1) == 0:
+        raise ConfigError("-device virtio-rng-device,period=0: the period is milliseconds, at least 1")
+    if values.get("max_bytes", 1) == 0:
+        raise ConfigError("-device virtio-rng-device,max-bytes=0: the device would never give a byte")
+    return RngOptions(**values)
+
+
+def virtio_devices(specs: list[DeviceSpec]) -> tuple:
+    """The -device entries that are virtio devices besides the balloon, in order: RngOptions and UserDevice
+    (each with a ``name`` stem and ``make()``)."""
+    out = []
+    for spec in specs:
+        if spec.driver == "virtio-rng-device":
+            out.append(rng_options(spec))
+        elif spec.driver.startswith("python:"):
+            from .virtio.user import parse_user_device
+
+            out.append(parse_user_device(spec.driver, spec.props))
+    return tuple(out)
 
 
 def balloon_options(spec: DeviceSpec):

@@ -98,6 +98,7 @@ class VirtioDeviceID(IntEnum):
     """The device types pyvmm knows (spec "Device Types")."""
 
     RESERVED = 0
+    RNG = 4                  # the spec's "Entropy Device"
     BALLOON = 5
 
 

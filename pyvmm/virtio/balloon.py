@@ -25,7 +25,7 @@ from .abi import (
     TransportFeature,
     VirtioDeviceID,
 )
-from .device import Transport
+from .device import VirtioDeviceBase
 from .pages import BalloonedPages
 from .queue import DescChain, SplitQueue
 from .stats import BalloonStats
@@ -134,22 +134,25 @@ class BalloonInfo:
     agree: bool = True            # host's ballooned set size == driver's actual
 
 
-class VirtioBalloon:
-    """The balloon device behind a transport; its control API is set_target(), info(), stats."""
+class VirtioBalloon(VirtioDeviceBase):
+    """The balloon device on the device API (its own pop loop, config layout and queue numbering);
+    its control API is set_target(), info(), stats."""
 
     device_id = int(VirtioDeviceID.BALLOON)
-    queue_max_size = QUEUE_SIZE
+    queues = tuple(q.value for q in BalloonQueue)
+    queue_sizes = (QUEUE_SIZE,) * len(BalloonQueue)
     feature_flags = BalloonFeature
+    config_layout = ((0, 4, "num_pages"), (4, 4, "actual"), (8, 4, "free_page_hint_cmd_id"), (12, 4, "poison_val"))
+    config_size = VIRTIO_BALLOON_CONFIG.size
 
     def __init__(self, mem: GuestMemory, options: BalloonOptions | None = None,
                  discard: Callable[[int, int], None] | None = None, *, host_page_size: int = PAGE) -> None:
+        super().__init__()
         self.mem = mem
         self.options = options or BalloonOptions()
         self.pages = BalloonedPages(mem, discard if discard is not None else mem.discard, host_page_size)
         self.ram_size = mem.ram_size
         self.ram_pages = self.ram_size >> VIRTIO_BALLOON_PFN_SHIFT
-        self.lock: threading.RLock = threading.RLock()   # replaced by the transport's at attach()
-        self._transport: Transport | None = None
         self._listeners: list[Listener] = []
         self._stats = BalloonStats(self.options.stats_interval, on_stats=lambda v: self._notify("STATS", v),
                                    guest_error=self._guest_error, trace=self._trace)
@@ -197,13 +200,6 @@ class VirtioBalloon:
     def queue_names(self, features: int) -> list[str]:
         return [q.value for q in BalloonQueue.for_features(features)]   # FREE_PAGE_HINT is not offered
 
-    def config_fields(self) -> list[tuple[int, int, str]]:
-        return [(0, 4, "num_pages"), (4, 4, "actual"), (8, 4, "free_page_hint_cmd_id"), (12, 4, "poison_val")]
-
-    def attach(self, transport: Transport) -> None:
-        self._transport = transport
-        self.lock = transport.lock
-
     def features_ok(self, features: int) -> bool:
         # Spec: a device MAY fail FEATURES_OK if MUST_TELL_HOST is refused; pyvmm accepts any subset,
         # since a page it discards early only reads as zero to a guest that already gave it away.
@@ -231,7 +227,7 @@ class VirtioBalloon:
                     self._actual_mask = 0
                     self._set_actual(int.from_bytes(self._actual_bytes, "little"))
             elif 12 <= rel < 16:
-                if self._transport is not None and self._transport.live:
+                if self.transport is not None and self.transport.live:
                     self._guest_error("poison_val written while DRIVER_OK is set")
                     return
                 b = bytearray(self.poison_val.to_bytes(4, "little"))
@@ -261,8 +257,8 @@ class VirtioBalloon:
             if budget <= 0 or (chain := q.pop()) is None:
                 break
             budget -= handle(q, chain)
-        if q.next_used != before and self._transport is not None:
-            self._transport.signal_used_queue(index)
+        if q.next_used != before:
+            self.signal_used(index)
 
     def reset(self) -> None:
         # The driver is gone (reboot or unload): every page is the guest's again.
@@ -288,8 +284,7 @@ class VirtioBalloon:
             target = max(0, min(int(target_bytes), self.ram_size))
             self.num_pages = (self.ram_size - target) >> VIRTIO_BALLOON_PFN_SHIFT
             self._trace("set_target", self.num_pages, lambda: f"= num_pages for a guest of {target} bytes")
-            if self._transport is not None:
-                self._transport.signal_config_change()
+            self.signal_config()
 
     @property
     def target(self) -> int:
@@ -444,7 +439,7 @@ class VirtioBalloon:
         return 0
 
     def _return_stats_buffer(self) -> bool:
-        t = self._transport
+        t = self.transport
         if t is None or not t.live or BalloonQueue.STATS not in self._active:
             return False
         index = self._active.index(BalloonQueue.STATS)
@@ -467,14 +462,14 @@ class VirtioBalloon:
 
     def _trace(self, what: str, value: int, meaning: Callable[[], str]) -> None:
         """A device trace line; ``meaning`` is only formatted when tracing is on."""
-        t = self._transport
+        t = self.transport
         if t is not None and t.tracing:
             t.trace_event(what, value, meaning())
 
     def _guest_error(self, what: str) -> None:
         self.guest_errors += 1
-        if self._transport is not None:
-            self._transport.guest_error(what)
+        if self.transport is not None:
+            self.transport.guest_error(what)
         else:
             logging.getLogger("pyvmm.guest").warning("balloon: guest error: %s", what)
 

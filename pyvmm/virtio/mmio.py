@@ -14,7 +14,9 @@ versions share and version 2's in registers.py, version 1's in legacy.py.
 
 from __future__ import annotations
 
+import os
 import threading
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -132,7 +134,9 @@ class VirtioMmio:
             transport_features &= ~_VERSION_1
         self.offered = device.device_features() | transport_features
         nqueues = len(device.queue_names(self.offered))
-        self.queues = [SplitQueue(mem, i, device.queue_max_size) for i in range(nqueues)]
+        size_of = getattr(device, "queue_size", None)      # per-queue sizes (VirtioDeviceBase)
+        self.queues = [SplitQueue(mem, i, size_of(i) if size_of else device.queue_max_size)
+                       for i in range(nqueues)]
         self.queue_align = [4096] * nqueues    # legacy QueueAlign, per queue
         self.guest_page_size = 4096            # legacy GuestPageSize: Linux writes it once at probe
         self.config_generation = 0
@@ -355,7 +359,7 @@ class VirtioMmio:
         if self.interrupt_status:
             self.interrupt_status = 0
             self.irq.set_level(False)
-        self.device.reset()
+        self.run_device(self.device.reset)
 
     def _bad_access(self, offset: int, size: int, direction: str) -> None:
         with self.lock:
@@ -363,13 +367,31 @@ class VirtioMmio:
                                                  self.rules.known(offset) if 0 <= offset < VIRTIO_MMIO_CONFIG
                                                  and not offset & 3 else False))
 
-    def _run_device(self, action: Callable[..., None], *args: object) -> None:
-        """Run device code that reads guest rings: a broken ring is the device's error, not the VMM's."""
+    def run_device(self, action: Callable[..., object], *args: object, default: object = None) -> object:
+        """Run device code: a broken ring is the guest's error, not the VMM's; any other exception is the
+        device's bug (a user device's, say), contained the same way: DEVICE_NEEDS_RESET and one line."""
         try:
-            action(*args)
+            return action(*args)
         except (VirtqueueError, GuestMemoryError) as e:
             where = f"{self.queue_name(args[0])}: " if args and isinstance(args[0], int) else ""
             self.guest_error(f"{where}{e}", fatal=True)
+        except Exception as e:
+            frames = traceback.extract_tb(e.__traceback__)
+            last = frames[-1] if frames else None
+            at = f" at {os.path.basename(last.filename)}:{last.lineno} in {last.name}" if last else ""
+            self.guest_error(f"device {type(self.device).__name__} raised {type(e).__name__}: {e}{at}; "
+                             "DEVICE_NEEDS_RESET", fatal=True)
+        return default
+
+    def serve_queue(self, index: int) -> None:
+        """Serve queue index now, as a notification would, without one (a device's timer: the rate limit
+        of virtio-rng); nothing unless the device is live and the queue enabled."""
+        with self.lock:
+            if not self.live or index >= len(self.active_queue_names) or not self.queues[index].ready:
+                return
+            if not self._process(index):
+                return
+        self._serve_rounds(index, MAX_NOTIFY_ROUNDS - 1)
 
     # --- notifications -------------------------------------------------------------------------------
 
@@ -409,7 +431,7 @@ class VirtioMmio:
         """process_queue(index) once; True if it took buffers and more are available."""
         q = self.queues[index]
         before = q.last_avail
-        self._run_device(self.device.process_queue, index)
+        self.run_device(self.device.process_queue, index)
         if not self.live or not q.ready or q.last_avail == before:
             return False
         try:
@@ -471,7 +493,7 @@ class VirtioMmio:
             # Spec "Reserved Feature Bits": "A driver MUST accept VIRTIO_F_VERSION_1 if it is offered".
             self.guest_error("FEATURES_OK refused: VIRTIO_F_VERSION_1 not accepted")
             return False
-        if not self.device.features_ok(self.driver_features):
+        if not self.run_device(self.device.features_ok, self.driver_features, default=False):
             self.guest_error(f"FEATURES_OK refused by the device for features {self.driver_features:#x}")
             return False
         return True
@@ -481,7 +503,7 @@ class VirtioMmio:
         names = self.active_queue_names
         if not self.activated:
             self.activated = True
-            self._run_device(self.device.activate, self.driver_features, self.queues[: len(names)])
+            self.run_device(self.device.activate, self.driver_features, self.queues[: len(names)])
         for q in self.queues[: len(names)]:
             if self.live and q.ready:
                 try:

@@ -224,6 +224,10 @@ class SplitQueue:
         except GuestMemoryError as e:  # only if guest RAM changed under a validated ring
             raise VirtqueueError(str(e)) from None
 
+    def unpop(self) -> None:
+        """Give the chain pop() returned last back to the available ring (the device cannot use it yet)."""
+        self.last_avail = (self.last_avail - 1) & 0xFFFF
+
     def _walk(self, head: int) -> DescChain:
         """Follow a descriptor chain from head, checking every field (spec "The Virtqueue Descriptor
         Table" and "Indirect Descriptors")."""

@@ -236,7 +236,8 @@ def read_config(t: VirtioMmio, rel: int, size: int) -> int:
     if not _config_access(t, rel, size, "read"):
         return 0
     with t.lock:
-        value = t.device.config_read(rel, size)
+        value = t.run_device(t.device.config_read, rel, size, default=0)
+        value = value if isinstance(value, int) else 0
         if t.tracing:
             t.trace_access("read", describe_config(t.config_fields, rel, size), value, VIRTIO_MMIO_CONFIG + rel, size)
         if t.hook is not None:
@@ -261,7 +262,7 @@ def write_config(t: VirtioMmio, rel: int, size: int, value: int) -> None:
             # Spec "Device Initialization" step 4: the config "MUST NOT be written" before it.
             t.guest_error("config write before FEATURES_OK")
             return
-        t.device.config_write(rel, size, value)
+        t.run_device(t.device.config_write, rel, size, value)
 
 
 def table(*parts: dict) -> tuple:

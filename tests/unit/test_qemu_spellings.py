@@ -124,7 +124,8 @@ def test_device_isa_debug_exit_at_pyvmms_port_is_accepted():
     (["-device", "virtio-net-device"], "-device virtio-net-device: pyvmm has no network devices"),
     (["-device", "virtio-balloon-pci"], "pyvmm has no PCI bus: its balloon is virtio-mmio"),
     (["-device", "e1000"], "-device e1000: pyvmm has no network devices"),
-    (["-device", "frob"], "-device frob: unknown driver; pyvmm has virtio-balloon-device, isa-debug-exit"),
+    (["-device", "frob"], "-device frob: unknown driver; pyvmm has virtio-balloon-device, virtio-rng-device, "
+     "isa-debug-exit, python:FILE:CLASS"),
     (["-device", "isa-debug-exit"], "QEMU's default port is 0x501; pyvmm's is 0xf4"),
     (["-device", "isa-debug-exit,iobase=0x501"], "pyvmm's debug-exit port is 0xf4"),
     (["-device", "virtio-balloon-device,frob=on"], "unknown property 'frob'"),
