@@ -12,7 +12,7 @@ from __future__ import annotations
 import bisect
 import mmap
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from .kvm import runlayout
@@ -34,6 +34,14 @@ class BusRange:
     size: int
     device: BusDevice
     name: str
+    # Accesses served, by offset >> hit_shift (a register of 4 bytes each in a window up to 4 KiB; a
+    # larger range in up to 1024 slices): the one count dispatch keeps per exit (`pyvmm top`).
+    hits: list[int] = field(default_factory=list, compare=False, repr=False)
+    hit_shift: int = 2
+
+    def hit_counts(self) -> dict[int, int]:
+        """Non-zero access counts by offset into the range (each slice's first offset)."""
+        return {i << self.hit_shift: n for i, n in enumerate(self.hits) if n}
 
     @property
     def end(self) -> int:
@@ -44,6 +52,7 @@ class _Ranges:
     """Non-overlapping ranges kept sorted by base, with a bisect lookup."""
 
     kind = "bus"
+    hit_shift = 2           # MMIO counts accesses per 4-byte register
 
     def __init__(self) -> None:
         self.ranges: list[BusRange] = []
@@ -57,7 +66,10 @@ class _Ranges:
             if base < r.end and r.base < base + size:
                 raise ValueError(f"{self.kind} bus: {name} at {base:#x}+{size:#x} overlaps {r.name}")
         i = bisect.bisect_left(self._bases, base)
-        r = BusRange(base, size, device, name)
+        shift = self.hit_shift
+        while (size - 1) >> shift >= 1024:
+            shift += 1
+        r = BusRange(base, size, device, name, [0] * (((size - 1) >> shift) + 1), shift)
         self.ranges.insert(i, r)
         self._bases.insert(i, base)
         return r
@@ -89,18 +101,24 @@ class PioBus(_Ranges):
     """The 64 KiB port space.  Ports are few: a dict from every port to (device, base) is the lookup."""
 
     kind = "pio"
+    hit_shift = 0           # ports are counted one by one
 
     def __init__(self) -> None:
         super().__init__()
-        self._ports: dict[int, tuple[BusDevice, int]] = {}
+        self._ports: dict[int, tuple[BusDevice, int, list[int]]] = {}
 
     def insert(self, device: BusDevice, base: int, size: int, name: str) -> BusRange:
         if base < 0 or base + size > 0x1_0000:
             raise ValueError(f"pio bus: {name} at {base:#x}+{size:#x} is outside the 64 KiB port space")
         r = super().insert(device, base, size, name)
         for port in range(base, base + size):
-            self._ports[port] = (device, base)
+            self._ports[port] = (device, base, r.hits)
         return r
+
+    def remove(self, r: BusRange) -> None:
+        super().remove(r)
+        for port in range(r.base, r.end):
+            self._ports.pop(port, None)
 
     def dispatch(self, run: Buffer) -> None:
         """Serve the KVM_EXIT_IO in ``run``: ``in``/``out`` of 1, 2 or 4 bytes, ``count`` times (rep ins/outs)."""
@@ -111,7 +129,8 @@ class PioBus(_Ranges):
             if direction == _IN:
                 run[off : off + size * count] = b"\xff" * (size * count)
             return
-        dev, base = entry
+        dev, base, hits = entry
+        hits[port - base] += 1
         if count == 1:                       # the common case: one in/out, no string I/O
             if direction == _OUT:
                 dev.write(port - base, size, run[off] if size == 1 else int.from_bytes(run[off : off + size], "little"))
@@ -172,6 +191,7 @@ class MmioBus(_Ranges):
                     run[_MMIO_DATA : _MMIO_DATA + length] = b"\xff" * length
                 self.on_unmapped(f"{'write to' if is_write else 'read of'} unmapped gpa {gpa:#x} ({length} bytes)")
                 return
+        r.hits[(gpa - r.base) >> r.hit_shift] += 1
         if is_write:
             r.device.write(gpa - r.base, length, int.from_bytes(data[:length], "little"))
         else:

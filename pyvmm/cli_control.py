@@ -240,6 +240,10 @@ def add_control_parsers(subparsers: Any) -> None:
     p.add_argument("--timeout", type=float, default=30.0, metavar="S", help="seconds to wait (default 30)")
     p.set_defaults(func=balloon_main)
 
+    from .top import add_top_parser
+
+    add_top_parser(subparsers)
+
     i = subparsers.add_parser("info", help="show a running VM's state through its QMP socket")
     what = i.add_subparsers(dest="what", metavar="WHAT", required=True)
     b = what.add_parser("balloon", help="balloon size and guest memory statistics")

@@ -481,6 +481,65 @@ class Machine:
                 out.append((gsi, name, int(getattr(line, "raised", 0))))
         return sorted(out)
 
+    def counters(self) -> dict:
+        """What `pyvmm top` shows, as counts since power-on (QMP x-pyvmm-query-counters): exits by
+        reason per vCPU, accesses by device and register (port-I/O by port, MMIO by 4-byte register),
+        interrupts per line, QueueNotify per queue of every virtio device, each balloon's target, actual
+        and host RSS, and each vCPU's state.  Read with the vCPUs held out of KVM_RUN for a moment when
+        they run, so exits and the accesses they made agree; every count is kept by the exit path as it
+        goes (one increment per exit), none is gathered for this call."""
+        from .virtio.abi import Reg
+
+        reg_names = {int(r): r.name for r in Reg}
+        running = self.control.state == "running" and not self.control.stop_requested
+        with self.quiesced() if running else contextlib.nullcontext():
+            vcpus = [{"cpu-index": v.index, "exits": sum(v.exit_counts), "by-reason": v.exits_by_reason()}
+                     for v in self.vcpus]
+            pio = [{"name": r.name, "base": r.base, "size": r.size, "accesses": sum(r.hits),
+                    "by-register": {f"{r.base + off:#x}": n for off, n in r.hit_counts().items()}}
+                   for r in self.pio_bus.ranges]
+            transports = {t.base: t for t in self.virtio_devices}
+            mmio = []
+            for r in self.mmio_bus.ranges:
+                t = transports.get(r.base)
+                if t is not None:
+                    by = {(reg_names.get(off) if off < 0x100 else f"config+{off - 0x100:#x}") or f"{off:#x}": n
+                          for off, n in r.hit_counts().items()}
+                else:
+                    by = {f"{r.base + off:#x}": n for off, n in r.hit_counts().items()}
+                mmio.append({"name": r.name, "base": r.base, "size": r.size, "accesses": sum(r.hits),
+                             "by-register": by})
+            unhandled = {"pio": self.pio_bus.unhandled, "mmio": self.mmio_bus.unhandled}
+            states: list[str] = []
+            for vcpu in self.vcpus:
+                mp: int | None = None
+                try:
+                    mp = vcpu.fd.get_mp_state() if running or self.control.state == "paused" else None
+                except Exception:   # a closed or stopped vCPU: the machine's state says enough
+                    pass
+                states.append(self.control.state if mp is None else
+                              {0: "running", 1: "waiting for INIT/SIPI", 2: "INIT received", 3: "halted",
+                               4: "SIPI received"}.get(mp, f"mp_state {mp}"))
+        for entry_, state in zip(vcpus, states, strict=True):
+            entry_["state"] = state
+        virtio = []
+        for t in self.virtio_devices:
+            from .monitor.commands import queue_names
+
+            names = queue_names(t)
+            entry: dict[str, Any] = {"name": t.name, "device-id": getattr(t.device, "device_id", 0),
+                                     "notifications": {names[i]: n for i, n in enumerate(t.notify_counts)}}
+            info = getattr(t.device, "info", None)
+            if getattr(t.device, "device_id", 0) == 5 and info is not None:
+                b = info()
+                entry["balloon"] = {"target": b.target, "actual": b.actual, "ram-size": b.ram_size,
+                                    "guest-ram-rss": b.guest_ram_rss, "ballooned-pages": b.ballooned_pages}
+            virtio.append(entry)
+        return {"time": time.monotonic(), "status": self.control.state, "vcpus": vcpus, "pio": pio,
+                "mmio": mmio, "unhandled": unhandled,
+                "irqs": [{"gsi": g, "device": d, "raised": n} for g, d, n in self.irq_counts()],
+                "virtio": virtio}
+
     def vcpu_state(self, cpu: int = 0) -> str:
         """What KVM says the vCPU does (its mp_state): "running", "halted", "waiting for INIT/SIPI"."""
         vcpu = self._vcpu(cpu)
