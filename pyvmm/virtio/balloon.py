@@ -307,6 +307,13 @@ class VirtioBalloon:
             self._stats.interval = float(seconds)
             self._schedule_stats()
 
+    def timeline(self, interval: float = 0.25) -> Any:
+        """Start sampling target, actual, host RSS and the guest's free memory every ``interval``
+        seconds: a pyvmm.timeline.BalloonTimeline (``.stop()``, ``.samples``, ``.plot(path)``)."""
+        from ..timeline import BalloonTimeline
+
+        return BalloonTimeline(self, interval)
+
     def request_stats(self) -> bool:
         """Give the held stats buffer back now, asking the driver for fresh stats; False if none held."""
         with self.lock:
