@@ -143,6 +143,9 @@ class Machine:
         # collected, or at the latest when the interpreter exits.  The finalizer holds the parts, never
         # the Machine itself, so it does not keep the Machine alive.
         self._finalizer = weakref.finalize(self, _release, control, vcpus, resources, "the Machine was dropped")
+        from .notebook import adopt
+
+        adopt(self)        # in a notebook: a re-run of this cell stops this machine first
         return self
 
     # --- parts by another name --------------------------------------------------------------------------
@@ -587,6 +590,68 @@ class Machine:
             out += [f"{ind}dev: post-port, id \"\"", f"{ind * 2}iobase = 0x80"]
         return "\n".join(out) + "\n"
 
+
+    # --- a notebook's views -------------------------------------------------------------------------------
+
+    def trace(self) -> Any:
+        """The trace records kept so far (pyvmm.notebook.TraceView: a list of dicts, a table in a
+        notebook); empty unless tracing is on (VmConfig(trace="virtio") or set_trace)."""
+        from .notebook import TraceView
+
+        return TraceView(list(self.tracer.records))
+
+    def virtqueue(self, queue: str | int, device: str | None = None) -> Any:
+        """One virtqueue now (pyvmm.virtio.queue.QueueSnapshot; in a notebook, its picture): by name
+        ("inflateq") or index, on the named device or the one device that has such a queue."""
+        from .monitor.commands import describe_queue, queue_names
+
+        found = []
+        for t in self.virtio_devices:
+            if device is not None and t.name != device:
+                continue
+            names = queue_names(t)
+            for i in range(len(t.queues)):
+                if queue in (i, names[i], str(i)):
+                    found.append((t, i))
+        if not found:
+            raise ValueError(f"no virtqueue {queue!r}" + (f" on {device}" if device else "") + " (devices: "
+                             + ", ".join(t.name for t in self.virtio_devices) + ")")
+        if len(found) > 1:
+            raise ValueError(f"virtqueue {queue!r} is on {', '.join(t.name for t, _ in found)}: give device=")
+        t, i = found[0]
+        name, snap = describe_queue(t, i)
+        return snap.labelled(t.name, name)
+
+    def plot_memory_map(self, path: str | None = None) -> Any:
+        """The guest-physical memory map (RAM, holes, MMIO windows, ROM) with ballooned pages shaded:
+        a matplotlib Figure, written to path (PNG or SVG) if given."""
+        from .plot import plot_memory_map
+
+        b = self.balloon
+        return plot_memory_map(self.memory_map(), path, ballooned=None if b is None else b.pages)
+
+    def _summary_rows(self) -> list[tuple[str, str]]:
+        from .units import format_size
+
+        rows = [("state", self.status()), ("kernel", str(self.config.kernel or "the bundled tiny guest")),
+                ("command line", self.cmdline), ("memory", format_size(self.ram_size)),
+                ("vCPUs", f"{len(self.vcpus)} ({sum(v.exits for v in self.vcpus):,} exits)")]
+        for t in self.virtio_devices:
+            rows.append((f"virtio {t.name}", f"{type(t.device).__name__} at {t.base:#x}, irq {t.irq_gsi}"))
+        b = self.balloon
+        if b is not None:
+            rows.append(("balloon", f"target {format_size(b.target)}, actual {format_size(b.actual_bytes)}"))
+        if self.stop_reason:
+            rows.append(("stopped", self.stop_reason))
+        return rows
+
+    def __repr__(self) -> str:
+        return f"<pyvmm Machine {self.status()}, {self.ram_size >> 20} MiB, {len(self.vcpus)} vCPU(s)>"
+
+    def _repr_html_(self) -> str:
+        from .notebook import table_html
+
+        return table_html(self._summary_rows(), "pyvmm Machine")
 
     # --- keyboard and screen (sendkey, send-key, screendump) ----------------------------------------------
 

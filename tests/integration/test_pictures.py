@@ -81,3 +81,29 @@ def test_virtqueue_picture_needs_a_known_suffix_and_queue(tmp_path):
         assert "--svg needs a file name" in run_hmp(m, "info virtqueue inflateq --svg")
         reply = run_hmp(m, f"info virtqueue balloon0 deflateq --svg {tmp_path}/nodir/q.svg")
         assert reply.count("\n") == 1 and "cannot write" in reply
+
+
+def test_notebook_views_of_a_machine(tmp_path):
+    """What a notebook shows: the trace as records and a table, a virtqueue as a picture, the memory map."""
+    with machine("scenario=demo dirty=16M", memory=128 * MiB, trace="virtio", trace_text=False) as m:
+        m.wait_for_console(r"balloon: version 2 features", timeout=60)
+        m.balloon.set_target(96 * MiB)
+        while m.balloon.info(rss=False).actual != 96 * MiB:
+            m.wait(0.1)
+        m.pause()
+        trace = m.trace()
+        q = m.virtqueue("inflateq")
+        mm = m.plot_memory_map(tmp_path / "mm.svg")
+        ballooned = m.balloon.pages.count
+        html = m._repr_html_()
+    notifies = trace.filter(reg="QueueNotify")
+    assert len(notifies) > 0 and all(r["dev"] == "balloon0" for r in notifies)
+    assert "<table>" in trace._repr_html_() and "QueueNotify" in trace._repr_html_()
+    assert (q.device, q.name, q.size) == ("balloon0", "inflateq", 128)
+    assert q._repr_html_().startswith("<svg")
+    assert "pyvmm Machine" in html and "balloon0" in html
+    assert ballooned == 32 * MiB >> 12
+    root = ET.parse(tmp_path / "mm.svg").getroot()
+    regions = {g.get("id") for g in root.iter(f"{SVG}g") if (g.get("id") or "").startswith("region-")}
+    assert {"region-0x0", "region-0xd0000000", "region-0xffff0000"} <= regions
+    assert mm.axes[0].get_title().endswith("(dark: ballooned pages)")
