@@ -107,3 +107,20 @@ def test_notebook_views_of_a_machine(tmp_path):
     regions = {g.get("id") for g in root.iter(f"{SVG}g") if (g.get("id") or "").startswith("region-")}
     assert {"region-0x0", "region-0xd0000000", "region-0xffff0000"} <= regions
     assert mm.axes[0].get_title().endswith("(dark: ballooned pages)")
+
+
+def test_cli_info_virtqueue_svg_over_qmp(tmp_path):
+    from tests.support.guest import tmp_socket
+
+    sock = tmp_socket("vq.qmp")
+    with machine("scenario=demo dirty=16M", memory=64 * MiB, qmp=(f"unix:{sock},server,wait=off",)) as m:
+        m.wait_for_console(r"balloon: version 2 features", timeout=60)
+        out = subprocess.run([sys.executable, "-m", "pyvmm", "info", "virtqueue", "--qmp", sock, "inflateq",
+                              "--svg", "q.svg"], cwd=str(tmp_path), capture_output=True, text=True, timeout=60)
+        bad = subprocess.run([sys.executable, "-m", "pyvmm", "info", "virtqueue", "--qmp", sock, "nosuchq"],
+                             cwd=str(tmp_path), capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "picture written to" in out.stdout
+    root = ET.parse(tmp_path / "q.svg").getroot()
+    assert "balloon0 inflateq (queue 0)" in _texts(root, "title")
+    assert bad.returncode == 1 and bad.stdout.count("\n") == 1 and "no virtio device has a queue" in bad.stdout
