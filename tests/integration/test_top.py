@@ -39,3 +39,10 @@ def test_top_once_json_during_an_inflate():
     assert balloon["balloon"]["actual"] >= 64 * MiB
     assert any(i["device"] == "balloon0" and i["raised"] > 0 for i in view["irqs"])
     assert cpu["state"] in ("running", "halted")
+
+
+def test_top_against_no_vm_is_one_line(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "pyvmm", "top", "--qmp", str(tmp_path / "none.sock"), "--once"],
+                         cwd=str(ROOT), capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0 and out.stderr.count("\n") == 1
+    assert "cannot connect to QMP" in out.stderr
