@@ -35,7 +35,7 @@ class BusRange:
     device: BusDevice
     name: str
     # Accesses served, by offset >> hit_shift (a register of 4 bytes each in a window up to 4 KiB; a
-    # larger range in up to 1024 slices): the one count dispatch keeps per exit (`pyvmm top`).
+    # larger range in up to 1024 slices), once the bus counts (count_accesses(): `pyvmm top`).
     hits: list[int] = field(default_factory=list, compare=False, repr=False)
     hit_shift: int = 2
 
@@ -58,6 +58,21 @@ class _Ranges:
         self.ranges: list[BusRange] = []
         self._bases: list[int] = []
         self.unhandled = 0          # accesses that found no device (reads float high, writes are dropped)
+
+    counting = False
+
+    def count_accesses(self) -> None:
+        """From now on count every access by device and port or register (BusRange.hits): `pyvmm top`
+        asks for it.  Until then dispatch does no counting at all; the vCPU loop picks the counting
+        dispatch up the next time it is held (Machine.counters() holds it to start counting)."""
+        self.counting = True
+        self.dispatch = self._dispatch_counted    # type: ignore[method-assign]
+
+    def _dispatch_counted(self, run: Buffer) -> None:
+        raise NotImplementedError
+
+    def dispatch(self, run: Buffer) -> None:
+        raise NotImplementedError
 
     def insert(self, device: BusDevice, base: int, size: int, name: str) -> BusRange:
         if size <= 0:
@@ -129,6 +144,32 @@ class PioBus(_Ranges):
             if direction == _IN:
                 run[off : off + size * count] = b"\xff" * (size * count)
             return
+        dev, base, _ = entry
+        if count == 1:                       # the common case: one in/out, no string I/O
+            if direction == _OUT:
+                dev.write(port - base, size, run[off] if size == 1 else int.from_bytes(run[off : off + size], "little"))
+            elif size == 1:
+                run[off] = dev.read(port - base, 1) & 0xFF
+            else:
+                run[off : off + size] = (dev.read(port - base, size) & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
+            return
+        mask = (1 << (8 * size)) - 1
+        for p in range(off, off + size * count, size):
+            if direction == _OUT:
+                dev.write(port - base, size, int.from_bytes(run[p : p + size], "little"))
+            else:
+                run[p : p + size] = (dev.read(port - base, size) & mask).to_bytes(size, "little")
+
+
+    def _dispatch_counted(self, run: Buffer) -> None:
+        """dispatch(), counting the access by port (once count_accesses() was called)."""
+        direction, size, port, count, off = _IO(run, _UNION)
+        entry = self._ports.get(port)
+        if entry is None:
+            self.unhandled += 1
+            if direction == _IN:
+                run[off : off + size * count] = b"\xff" * (size * count)
+            return
         dev, base, hits = entry
         hits[port - base] += 1
         if count == 1:                       # the common case: one in/out, no string I/O
@@ -179,6 +220,26 @@ class MmioBus(_Ranges):
 
     def dispatch(self, run: Buffer) -> None:
         """Serve the KVM_EXIT_MMIO in ``run``: a read or write of 1, 2, 4 or 8 bytes at a gpa."""
+        gpa, data, length, is_write = _MMIO(run, _UNION)
+        r = self._pages.get(gpa >> 12)
+        if r is None or not r.base <= gpa < r.base + r.size:
+            r = self.find(gpa)
+            if r is None:
+                # Nothing there: reads float high as on a PC bus, writes are dropped; both are guest
+                # errors worth a (rate-limited) line.
+                self.unhandled += 1
+                if not is_write:
+                    run[_MMIO_DATA : _MMIO_DATA + length] = b"\xff" * length
+                self.on_unmapped(f"{'write to' if is_write else 'read of'} unmapped gpa {gpa:#x} ({length} bytes)")
+                return
+        if is_write:
+            r.device.write(gpa - r.base, length, int.from_bytes(data[:length], "little"))
+        else:
+            value = r.device.read(gpa - r.base, length) & ((1 << (8 * length)) - 1)
+            run[_MMIO_DATA : _MMIO_DATA + length] = value.to_bytes(length, "little")
+
+    def _dispatch_counted(self, run: Buffer) -> None:
+        """dispatch(), counting the access by 4-byte register (once count_accesses() was called)."""
         gpa, data, length, is_write = _MMIO(run, _UNION)
         r = self._pages.get(gpa >> 12)
         if r is None or not r.base <= gpa < r.base + r.size:

@@ -1,8 +1,8 @@
 """`pyvmm top`: a running VM's counters over QMP (x-pyvmm-query-counters), as rates, live or once.
 
-Every figure comes from counts the VMM keeps anyway on its exit path (the vCPU loop's count per exit
-reason, the buses' count per register or port, the transports' count per QueueNotify, the interrupt
-lines' count): top reads them twice and divides by the time between.
+Every figure comes from counts the VMM keeps on its exit path (the vCPU loop's count per exit reason,
+the transports' count per QueueNotify, the interrupt lines' count, and, from top's first look on, the
+buses' count per register or port): top reads them twice and divides by the time between.
 """
 
 from __future__ import annotations
@@ -22,6 +22,9 @@ def rates(before: dict, after: dict) -> dict:
     def per_s(a: int, b: int) -> float:
         return round((a - b) / dt, 1)
 
+    def counted(a: int, b: int) -> dict:
+        return {"count": a, "in-interval": a - b, "per-s": per_s(a, b)}
+
     out: dict[str, Any] = {"interval": round(dt, 3), "status": after["status"], "vcpus": [], "devices": [],
                            "irqs": [], "virtio": []}
     old_cpus = {v["cpu-index"]: v for v in before["vcpus"]}
@@ -30,18 +33,16 @@ def rates(before: dict, after: dict) -> dict:
         out["vcpus"].append({
             "cpu-index": v["cpu-index"], "state": v["state"], "exits": v["exits"],
             "exits-per-s": per_s(v["exits"], o["exits"]),
-            "by-reason": {r: {"count": n, "per-s": per_s(n, o["by-reason"].get(r, 0))}
-                          for r, n in v["by-reason"].items()}})
+            "by-reason": {r: counted(n, o["by-reason"].get(r, 0)) for r, n in v["by-reason"].items()}})
     for kind in ("pio", "mmio"):
         old = {d["name"]: d for d in before[kind]}
         for d in after[kind]:
             o = old.get(d["name"], {"accesses": 0, "by-register": {}})
             out["devices"].append({
                 "bus": kind, "name": d["name"], "base": d["base"], "accesses": d["accesses"],
-                "per-s": per_s(d["accesses"], o["accesses"]),
-                "by-register": {r: {"count": n, "per-s": per_s(n, o["by-register"].get(r, 0))}
-                                for r, n in d["by-register"].items()}})
-    out["unhandled"] = after["unhandled"]
+                "in-interval": d["accesses"] - o["accesses"], "per-s": per_s(d["accesses"], o["accesses"]),
+                "by-register": {r: counted(n, o["by-register"].get(r, 0)) for r, n in d["by-register"].items()}})
+    out["unhandled"] = {k: counted(n, before["unhandled"].get(k, 0)) for k, n in after["unhandled"].items()}
     old_irq = {(i["gsi"], i["device"]): i["raised"] for i in before["irqs"]}
     for i in after["irqs"]:
         out["irqs"].append({**i, "per-s": per_s(i["raised"], old_irq.get((i["gsi"], i["device"]), 0))})
@@ -49,7 +50,7 @@ def rates(before: dict, after: dict) -> dict:
     for d in after["virtio"]:
         o = old_v.get(d["name"], {"notifications": {}})
         entry = {"name": d["name"], "notifications": {
-            q: {"count": n, "per-s": per_s(n, o["notifications"].get(q, 0))} for q, n in d["notifications"].items()}}
+            q: counted(n, o["notifications"].get(q, 0)) for q, n in d["notifications"].items()}}
         if "balloon" in d:
             entry["balloon"] = d["balloon"]
         out["virtio"].append(entry)

@@ -171,6 +171,8 @@ class Vcpu:
                         ctl.park(self)
                         if ctl.stop_requested:
                             return
+                        # A bus may have changed its dispatch while we were held (count_accesses).
+                        pio, mmio = self.pio.dispatch, self.mmio.dispatch
                     continue
                 raise KvmError("KVM_RUN", e.errno or 0) from None
             reason = reason_of(buf, reason_at)[0]

@@ -485,16 +485,21 @@ class Machine:
         return sorted(out)
 
     def counters(self) -> dict:
-        """What `pyvmm top` shows, as counts since power-on (QMP x-pyvmm-query-counters): exits by
-        reason per vCPU, accesses by device and register (port-I/O by port, MMIO by 4-byte register),
-        interrupts per line, QueueNotify per queue of every virtio device, each balloon's target, actual
-        and host RSS, and each vCPU's state.  Read with the vCPUs held out of KVM_RUN for a moment when
-        they run, so exits and the accesses they made agree; every count is kept by the exit path as it
-        goes (one increment per exit), none is gathered for this call."""
+        """What `pyvmm top` shows (QMP x-pyvmm-query-counters): exits by reason per vCPU, interrupts per
+        line and QueueNotify per queue of every virtio device since power-on; accesses by device and
+        register (port-I/O by port, MMIO by 4-byte register) since the first call (the buses count them
+        only once asked: "counting-started" is true on that call); each balloon's target, actual and
+        host RSS, and each vCPU's state.  Read with the vCPUs held out of KVM_RUN for a moment when
+        they run, so that between two calls the exits and the accesses they made agree."""
         from .virtio.abi import Reg
 
         reg_names = {int(r): r.name for r in Reg}
         running = self.control.state == "running" and not self.control.stop_requested
+        # The buses count accesses by device only from the first call on (before it, their dispatch
+        # does no counting at all); the vCPUs take the counting dispatch up while held here.
+        started = not (self.pio_bus.counting and self.mmio_bus.counting)
+        self.pio_bus.count_accesses()
+        self.mmio_bus.count_accesses()
         with self.quiesced() if running else contextlib.nullcontext():
             vcpus = [{"cpu-index": v.index, "exits": sum(v.exit_counts), "by-reason": v.exits_by_reason()}
                      for v in self.vcpus]
@@ -538,7 +543,8 @@ class Machine:
                 entry["balloon"] = {"target": b.target, "actual": b.actual, "ram-size": b.ram_size,
                                     "guest-ram-rss": b.guest_ram_rss, "ballooned-pages": b.ballooned_pages}
             virtio.append(entry)
-        return {"time": time.monotonic(), "status": self.control.state, "vcpus": vcpus, "pio": pio,
+        return {"time": time.monotonic(), "status": self.control.state, "counting-started": started,
+                "vcpus": vcpus, "pio": pio,
                 "mmio": mmio, "unhandled": unhandled,
                 "irqs": [{"gsi": g, "device": d, "raised": n} for g, d, n in self.irq_counts()],
                 "virtio": virtio}

@@ -50,7 +50,7 @@ def test_lab_notebook_runs(path, tmp_path):
 
     ensure_built()
     nb = nbformat.read(path, as_version=4)
-    run(nb, cwd=tmp_path, timeout=1200 if "linux" in path.stem else 300)
+    run(nb, cwd=tmp_path, timeout=3000 if "linux" in path.stem else 300)
     errors = [o for c in nb.cells for o in c.get("outputs", []) if o.output_type == "error"]
     assert not errors
 

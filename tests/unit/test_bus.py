@@ -114,6 +114,9 @@ def test_dispatch_counts_each_exit_by_port_and_register():
     """The counts `pyvmm top` reads: one per exit (a rep outsb is one exit), by port, by 4-byte register."""
     pio = PioBus()
     r = pio.insert(Rec(), 0x3F8, 8, "uart")
+    pio.dispatch(io_exit(0x3F8, 1, abi.KVM_EXIT_IO_OUT, b"x"))    # not counted: nobody asked yet
+    assert sum(r.hits) == 0 and not pio.counting
+    pio.count_accesses()
     for port in (0x3F8, 0x3F8, 0x3FD):
         pio.dispatch(io_exit(port, 1, abi.KVM_EXIT_IO_OUT, b"x"))
     pio.dispatch(io_exit(0x3F8, 1, abi.KVM_EXIT_IO_OUT, b"abc", count=3))
@@ -125,6 +128,7 @@ def test_dispatch_counts_each_exit_by_port_and_register():
     assert pio.unhandled == 2 and sum(r.hits) == 4
 
     mmio = MmioBus()
+    mmio.count_accesses()
     w = mmio.insert(Rec(), 0xD000_0000, 0x200, "virtio-mmio balloon0")
     big = mmio.insert(Rec(), 0xE000_0000, 1 << 20, "big")
     for gpa, n in ((0xD000_0050, 1), (0xD000_0052, 2), (0xD000_0070, 4)):
