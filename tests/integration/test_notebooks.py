@@ -41,18 +41,22 @@ def test_a_cell_run_again_stops_the_machine_it_left_running(tmp_path):
 
 
 LAB_NOTEBOOKS = sorted(LABS.glob("[0-9][0-9]-*.ipynb"))
+LINUX_LABS = [p for p in LAB_NOTEBOOKS if "linux" in p.stem]     # run in tests/e2e/test_lab_linux.py
 
 
-@pytest.mark.parametrize("path", [pytest.param(p, id=p.stem, marks=[pytest.mark.linux] if "linux" in p.stem else [])
-                                  for p in LAB_NOTEBOOKS])
-def test_lab_notebook_runs(path, tmp_path):
+def run_lab(path, tmp_path, timeout: int = 300):
     import nbformat
 
     ensure_built()
     nb = nbformat.read(path, as_version=4)
-    run(nb, cwd=tmp_path, timeout=3000 if "linux" in path.stem else 300)
-    errors = [o for c in nb.cells for o in c.get("outputs", []) if o.output_type == "error"]
-    assert not errors
+    run(nb, cwd=tmp_path, timeout=timeout)
+    assert not [o for c in nb.cells for o in c.get("outputs", []) if o.output_type == "error"]
+    return nb
+
+
+@pytest.mark.parametrize("path", [p for p in LAB_NOTEBOOKS if p not in LINUX_LABS], ids=lambda p: p.stem)
+def test_lab_notebook_runs(path, tmp_path):
+    run_lab(path, tmp_path)
 
 
 def test_every_lab_is_listed_with_its_time():
