@@ -136,6 +136,8 @@ def make_tracer(cfg: VmConfig, res: Resources) -> Tracer:
     from .termout import LineStream
 
     stream: TextIO | None = LineStream(2)  # type: ignore[assignment]
+    if callable(cfg.console) or cfg.console == "capture":
+        stream = sys.stderr       # beside the console, where the caller sees it (a notebook cell)
     if cfg.log_file is not None:
         stream = _open_log_file(cfg.log_file, res)
     if not cfg.trace_text:
@@ -637,6 +639,22 @@ def console_sink(cfg: VmConfig, res: Resources) -> Callable[[bytes], None] | Non
     log = None
     if cfg.console_log is not None:
         log = _open_for_writing(cfg.console_log, "--console-log", res)
+    if callable(cfg.console) or cfg.console == "capture":
+        from .notebook import capture_sink, text_sink
+
+        out_text = capture_sink() if cfg.console == "capture" else text_sink(cfg.console)
+        if log is None:
+            return out_text
+        fd_copy = log
+
+        def both_text(data: bytes) -> None:
+            try:
+                os.write(fd_copy, data)
+            except OSError:
+                pass
+            out_text(data)
+
+        return both_text
     if cfg.console == "none":
         if log is None:
             return None

@@ -13,7 +13,7 @@ import bisect
 import mmap
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from .kvm import runlayout
@@ -35,6 +35,14 @@ class BusRange:
     size: int
     device: BusDevice
     name: str
+    # Accesses served, by offset >> hit_shift (a register of 4 bytes each in a window up to 4 KiB; a
+    # larger range in up to 1024 slices), once the bus counts (count_accesses(): `pyvmm top`).
+    hits: list[int] = field(default_factory=list, compare=False, repr=False)
+    hit_shift: int = 2
+
+    def hit_counts(self) -> dict[int, int]:
+        """Non-zero access counts by offset into the range (each slice's first offset)."""
+        return {i << self.hit_shift: n for i, n in enumerate(self.hits) if n}
 
     @property
     def end(self) -> int:
@@ -45,11 +53,27 @@ class _Ranges:
     """Non-overlapping ranges kept sorted by base, with a bisect lookup."""
 
     kind = "bus"
+    hit_shift = 2           # MMIO counts accesses per 4-byte register
 
     def __init__(self) -> None:
         self.ranges: list[BusRange] = []
         self._bases: list[int] = []
         self.unhandled = 0          # accesses that found no device (reads float high, writes are dropped)
+
+    counting = False
+
+    def count_accesses(self) -> None:
+        """From now on count every access by device and port or register (BusRange.hits): `pyvmm top`
+        asks for it.  Until then dispatch does no counting at all; the vCPU loop picks the counting
+        dispatch up the next time it is held (Machine.counters() holds it to start counting)."""
+        self.counting = True
+        self.dispatch = self._dispatch_counted    # type: ignore[method-assign]
+
+    def _dispatch_counted(self, run: Buffer) -> None:
+        raise NotImplementedError
+
+    def dispatch(self, run: Buffer) -> None:
+        raise NotImplementedError
 
     def insert(self, device: BusDevice, base: int, size: int, name: str) -> BusRange:
         if size <= 0:
@@ -58,7 +82,10 @@ class _Ranges:
             if base < r.end and r.base < base + size:
                 raise ValueError(f"{self.kind} bus: {name} at {base:#x}+{size:#x} overlaps {r.name}")
         i = bisect.bisect_left(self._bases, base)
-        r = BusRange(base, size, device, name)
+        shift = self.hit_shift
+        while (size - 1) >> shift >= 1024:
+            shift += 1
+        r = BusRange(base, size, device, name, [0] * (((size - 1) >> shift) + 1), shift)
         self.ranges.insert(i, r)
         self._bases.insert(i, base)
         return r
@@ -95,18 +122,24 @@ class PioBus(_Ranges):
     """The 64 KiB port space.  Ports are few: a dict from every port to (device, base) is the lookup."""
 
     kind = "pio"
+    hit_shift = 0           # ports are counted one by one
 
     def __init__(self) -> None:
         super().__init__()
-        self._ports: dict[int, tuple[BusDevice, int]] = {}
+        self._ports: dict[int, tuple[BusDevice, int, list[int]]] = {}
 
     def insert(self, device: BusDevice, base: int, size: int, name: str) -> BusRange:
         if base < 0 or base + size > 0x1_0000:
             raise ValueError(f"pio bus: {name} at {base:#x}+{size:#x} is outside the 64 KiB port space")
         r = super().insert(device, base, size, name)
         for port in range(base, base + size):
-            self._ports[port] = (device, base)
+            self._ports[port] = (device, base, r.hits)
         return r
+
+    def remove(self, r: BusRange) -> None:
+        super().remove(r)
+        for port in range(r.base, r.end):
+            self._ports.pop(port, None)
 
     def dispatch(self, run: Buffer) -> None:
         """Serve the KVM_EXIT_IO in ``run``: ``in``/``out`` of 1, 2 or 4 bytes, ``count`` times (rep ins/outs)."""
@@ -117,7 +150,7 @@ class PioBus(_Ranges):
             if direction == _IN:
                 run[off : off + size * count] = b"\xff" * (size * count)
             return
-        dev, base = entry
+        dev, base, _ = entry
         if count == 1:                       # the common case: one in/out, no string I/O
             if direction == _OUT:
                 dev.write(port - base, size, run[off] if size == 1 else int.from_bytes(run[off : off + size], "little"))
@@ -132,6 +165,15 @@ class PioBus(_Ranges):
                 dev.write(port - base, size, int.from_bytes(run[p : p + size], "little"))
             else:
                 run[p : p + size] = (dev.read(port - base, size) & mask).to_bytes(size, "little")
+
+
+    def _dispatch_counted(self, run: Buffer) -> None:
+        """dispatch(), counting the access by port (once count_accesses() was called)."""
+        port = _IO(run, _UNION)[2]
+        entry = self._ports.get(port)
+        if entry is not None:
+            entry[2][port - entry[1]] += 1
+        PioBus.dispatch(self, run)
 
 
 class MmioBus(_Ranges):
@@ -186,3 +228,13 @@ class MmioBus(_Ranges):
         else:                                # KVM splits accesses into 1..8 bytes; 3, 5, 6, 7 are rare
             value = r.device.read(gpa - r.base, length) & ((1 << (8 * length)) - 1)
             run[_MMIO_DATA : _MMIO_DATA + length] = value.to_bytes(length, "little")
+
+    def _dispatch_counted(self, run: Buffer) -> None:
+        """dispatch(), counting the access by 4-byte register (once count_accesses() was called)."""
+        gpa = _MMIO(run, _UNION)[0]
+        r = self._pages.get(gpa >> 12)
+        if r is None or not r.base <= gpa < r.base + r.size:
+            r = self.find(gpa)
+        if r is not None:
+            r.hits[(gpa - r.base) >> r.hit_shift] += 1
+        MmioBus.dispatch(self, run)

@@ -229,6 +229,26 @@ def info_main(args: argparse.Namespace) -> int:
     return 0
 
 
+def virtqueue_main(args: argparse.Namespace) -> int:
+    """`pyvmm info virtqueue`: the monitor's `info virtqueue` over QMP; a picture file is written by the
+    VMM, so its path is made absolute here."""
+    import os
+    import shlex
+
+    words = ["info", "virtqueue", *args.queue]
+    for opt in ("svg", "png"):
+        path = getattr(args, opt)
+        if path is not None:
+            words += [f"--{opt}", os.path.abspath(path)]
+    if any(not w or any(c.isspace() for c in w) for w in words):
+        raise ConfigError(f"info virtqueue: {shlex.join(words[2:])}: names and paths must not contain spaces")
+    with QmpConnection(args.qmp, timeout=args.timeout) as q:
+        out = q.execute("human-monitor-command", {"command-line": " ".join(words)})
+    text = str(out).replace("\r\n", "\n")
+    sys.stdout.write(text)
+    return 1 if text.startswith("Error:") else 0
+
+
 def add_control_parsers(subparsers: Any) -> None:
     """Add the `balloon` and `info` verbs to the main CLI's subparsers (each sets args.func)."""
     qmp_help = "the VM's QMP socket: a path, unix:PATH or tcp:HOST:PORT (as given to pyvmm run --qmp)"
@@ -240,6 +260,10 @@ def add_control_parsers(subparsers: Any) -> None:
     p.add_argument("--timeout", type=float, default=30.0, metavar="S", help="seconds to wait (default 30)")
     p.set_defaults(func=balloon_main)
 
+    from .top import add_top_parser
+
+    add_top_parser(subparsers)
+
     i = subparsers.add_parser("info", help="show a running VM's state through its QMP socket")
     what = i.add_subparsers(dest="what", metavar="WHAT", required=True)
     b = what.add_parser("balloon", help="balloon size and guest memory statistics")
@@ -247,3 +271,11 @@ def add_control_parsers(subparsers: Any) -> None:
     b.add_argument("--json", action="store_true", help="print JSON for programs instead of a table")
     b.add_argument("--timeout", type=float, default=10.0, metavar="S", help="seconds to wait for answers")
     b.set_defaults(func=info_main)
+    v = what.add_parser("virtqueue", help="one virtqueue's rings and indices, or its picture (--svg/--png)")
+    v.add_argument("--qmp", required=True, metavar="ADDR", help=qmp_help)
+    v.add_argument("queue", nargs="+", metavar="[DEV] QUEUE",
+                   help="the queue by name or index (inflateq, 0), with the device first when several have it")
+    v.add_argument("--svg", metavar="FILE", help="draw the queue into FILE as SVG (needs pyvmm[plot])")
+    v.add_argument("--png", metavar="FILE", help="draw the queue into FILE as PNG")
+    v.add_argument("--timeout", type=float, default=10.0, metavar="S", help="seconds to wait for answers")
+    v.set_defaults(func=virtqueue_main)

@@ -124,6 +124,9 @@ def add_run_parser(sub) -> argparse.ArgumentParser:
     t.add_argument("-v", "--verbose", action="store_true", help="log guest errors and device events")
     p.add_argument("--demo", action="store_true",
                    help="drive the make-run demo: dirty memory, balloon to 64M and back, show a table")
+    p.add_argument("--plot", type=Path, metavar="FILE",
+                   help="with --demo: draw the balloon's timeline (target, actual, host RSS, guest free "
+                        "memory) to FILE, PNG or SVG by its suffix (needs pyvmm[plot], matplotlib)")
     return p
 
 
@@ -247,12 +250,22 @@ def _balloon_from_args(text: str, devices: list[str]):
 def cmd_run(args) -> int:
     if args.demo and not args.append:
         args.append = "scenario=demo dirty=192M"
+    plot = getattr(args, "plot", None)
+    if plot is not None:
+        if not args.demo:
+            raise ConfigError("--plot FILE draws the demo's balloon timeline: give --demo too")
+        if plot.suffix.lower() not in (".png", ".svg"):
+            raise ConfigError(f"--plot {plot}: the picture is written as .png or .svg")
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise ConfigError("--plot needs matplotlib: pip install 'pyvmm[plot]'") from None
     cfg = config_from_args(args)
     cfg.validate()
-    return run_machine(cfg, demo=args.demo, pidfile=args.pidfile)
+    return run_machine(cfg, demo=args.demo, pidfile=args.pidfile, plot=plot)
 
 
-def run_machine(cfg, *, demo: bool = False, pidfile: Path | None = None) -> int:
+def run_machine(cfg, *, demo: bool = False, pidfile: Path | None = None, plot: Path | None = None) -> int:
     """Build, start and wait for a VM as `pyvmm run` does; returns the process exit code."""
     import signal
 
@@ -273,7 +286,7 @@ def run_machine(cfg, *, demo: bool = False, pidfile: Path | None = None) -> int:
         if demo:
             from .demo import drive_demo
 
-            drive_demo(machine)
+            drive_demo(machine, plot=plot)
         code = machine.wait()
     finally:
         machine.close()         # the terminal's settings come back on every way out

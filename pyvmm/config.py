@@ -102,8 +102,9 @@ class VmConfig:
     trace_text: bool = True              # trace lines on stderr (or -D's file); off: only --trace-file's JSON
     ioeventfd: bool = True
     irqfd: bool = False
-    console: str = "stdio"               # "stdio" (interactive when a terminal), "none" (captured only),
-                                         # "file:PATH" (-serial file:PATH)
+    console: Any = "stdio"               # "stdio" (interactive when a terminal), "none" (kept only),
+                                         # "capture" (the caller's sys.stdout: a notebook cell), a
+                                         # callable given each piece of text, "file:PATH" (-serial file:)
     qmp: tuple[str, ...] = ()
     monitor: bool = True                 # Ctrl-A c human monitor on an interactive console
     console_log: Path | None = None      # --console-log FILE: a copy of every byte of the console
@@ -161,8 +162,13 @@ class VmConfig:
         if count > MAX_VIRTIO_DEVICES:
             raise ConfigError(f"-device: {count} virtio devices; at most {MAX_VIRTIO_DEVICES} (one interrupt line "
                               "each, GSI 5-7)")
-        if self.console not in ("stdio", "none") and not (self.console.startswith("file:") and len(self.console) > 5):
-            raise ConfigError(f"console {self.console!r}: choose stdio, none or file:PATH")
+        if callable(self.console):
+            pass
+        elif not isinstance(self.console, str) or (
+                self.console not in ("stdio", "none", "capture")
+                and not (self.console.startswith("file:") and len(self.console) > 5)):
+            raise ConfigError(f"console {self.console!r}: choose stdio, none, capture, file:PATH or a callable "
+                              "that takes the guest's text")
         if self.display not in ("terminal", "none"):
             raise ConfigError(f"display {self.display!r}: choose terminal or none")
         if self.vga not in (None, "none", "text"):

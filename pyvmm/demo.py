@@ -6,6 +6,7 @@ import sys
 import time
 
 from . import hoststat
+from .errors import PyvmmError
 from .termout import StatusLine, emit_line
 from .units import format_size
 
@@ -41,9 +42,11 @@ def move_balloon(machine, target: int, *, timeout: float = 300.0, label: str = "
     return elapsed, reached
 
 
-def drive_demo(machine, *, low: int = 64 * MiB) -> None:
-    """The scripted scenario of `make run`; stops the machine when done."""
+def drive_demo(machine, *, low: int = 64 * MiB, plot=None) -> None:
+    """The scripted scenario of `make run`; stops the machine when done.  With ``plot`` (a .png or
+    .svg path) the balloon's timeline over the whole scenario is drawn there."""
     rows = []
+    timeline = None
     try:
         if machine.balloon is None:
             sys.stderr.write("pyvmm: the demo needs the balloon (drop --balloon off)\n")
@@ -51,6 +54,9 @@ def drive_demo(machine, *, low: int = 64 * MiB) -> None:
             return
         machine.balloon.stats_interval = 1
         machine.wait_for_console(r"dirty: \d+ pages", timeout=300)
+        if plot is not None:
+            timeline = machine.balloon.timeline(interval=0.2)
+            time.sleep(0.5)      # a little of the steady state before the inflate
         ram = machine.ram_size
         rss0 = _rss(machine)
         t_in, ok_in = move_balloon(machine, low, label="inflate")
@@ -61,11 +67,25 @@ def drive_demo(machine, *, low: int = 64 * MiB) -> None:
         t_out, ok_out = move_balloon(machine, ram, label="deflate")
         rss_high = _rss(machine)
         rows.append(("deflate", low, ram, t_out, ok_out, rss_low, rss_high))
+        if timeline is not None:
+            time.sleep(0.6)
+            timeline.stop()
+            from .plot import plot_timeline
+
+            plot_timeline(timeline, plot, title=f"pyvmm demo: balloon {format_size(ram)} -> "
+                          f"{format_size(low)} -> {format_size(ram)}")
+            emit_line(f"pyvmm: balloon timeline ({len(timeline.samples)} samples) written to {plot}\n")
         _table(machine, rows, stats_low, low)
         machine.stop(0 if ok_in and ok_out else 1, "demo finished")
     except TimeoutError as e:
         sys.stderr.write(f"pyvmm: demo: {e}\n")
         machine.stop(1, "demo failed")
+    except PyvmmError as e:         # the picture could not be written
+        sys.stderr.write(f"pyvmm: demo: {e}\n")
+        machine.stop(1, "demo failed")
+    finally:
+        if timeline is not None:
+            timeline.stop()
 
 
 def _table(machine, rows, stats_low, low: int) -> None:

@@ -7,6 +7,7 @@ documented in docs/trace.md.
 
 from __future__ import annotations
 
+import collections
 import sys
 import threading
 import time
@@ -14,6 +15,7 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 # Categories that get a bool attribute of their own; emit() takes any other name as well.
+TRACE_KEEP = 100_000     # trace records kept in memory for Machine.trace()
 KNOWN_CATEGORIES = ("virtio", "boot")    # virtio: every virtio-mmio access, interrupt and balloon event
 
 _local = threading.local()
@@ -59,6 +61,9 @@ class Tracer:
         self._clock = clock or time.monotonic
         self._t0 = self._clock()
         self._lock = threading.Lock()
+        # The latest records, for the Python API (Machine.trace(), a notebook's table): kept only
+        # while tracing is on, as the text and JSON sinks are.
+        self.records: collections.deque[dict[str, Any]] = collections.deque(maxlen=TRACE_KEEP)
 
     @classmethod
     def off(cls) -> Tracer:
@@ -84,6 +89,7 @@ class Tracer:
 
     def _write(self, line: str, record: dict[str, Any]) -> None:
         with self._lock:
+            self.records.append(record)
             if self._stream is not None:
                 try:
                     self._stream.write(line + self._newline)

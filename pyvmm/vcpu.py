@@ -33,6 +33,7 @@ log = logging.getLogger("pyvmm.vcpu")
 
 KICK_SIGNAL = signal.SIGUSR1
 _current = threading.local()
+EXIT_REASONS = 256        # KVM_EXIT_* values in <linux/kvm.h> end in the 40s; room for every one to come
 
 
 def current_vcpu() -> Vcpu | None:
@@ -78,9 +79,26 @@ class Vcpu:
         self.memory = memory
         self.read_rom = read_rom or (lambda gpa, n: None)
         self.thread: threading.Thread | None = None
-        self.exits = 0
+        # Exits to user space by KVM_EXIT_* reason: the loop's one count per exit (`pyvmm top`, bench).
+        self.exit_counts = [0] * EXIT_REASONS
         self.paused = threading.Event()        # set by this thread while it is parked
         self.power_on: VcpuPowerOn | None = None   # the state a reset restores (set by the builder)
+
+    @property
+    def exits(self) -> int:
+        """Exits to user space since the vCPU started (KVM_RUN returns that were not an EINTR)."""
+        return sum(self.exit_counts)
+
+    def exits_by_reason(self) -> dict[str, int]:
+        """Non-zero exit counts by the KVM_EXIT_* name (without the prefix): {"IO": 5, "MMIO": 2}."""
+        out = {}
+        for reason, n in enumerate(self.exit_counts):
+            if n:
+                try:
+                    out[KvmExit(reason).name] = n
+                except ValueError:
+                    out[f"reason {reason}"] = n
+        return out
 
     # --- control from other threads -----------------------------------------------------------
 
@@ -137,6 +155,7 @@ class Vcpu:
         pio = self.pio.dispatch
         mmio = self.mmio.dispatch
         EXIT_IO, EXIT_MMIO = int(KvmExit.IO), int(KvmExit.MMIO)
+        counts = self.exit_counts
         if ctl.hold_requested:           # -S: held before the first instruction
             ctl.park(self)
             if ctl.stop_requested:
@@ -153,10 +172,12 @@ class Vcpu:
                         ctl.park(self)
                         if ctl.stop_requested:
                             return
+                        # A bus may have changed its dispatch while we were held (count_accesses).
+                        pio, mmio = self.pio.dispatch, self.mmio.dispatch
                     continue
                 raise KvmError("KVM_RUN", e.errno or 0) from None
-            self.exits += 1
             reason = buf[reason_at]
+            counts[reason] += 1          # the exit counter, by reason (KVM's reasons are all < EXIT_REASONS)
             if reason == EXIT_IO:
                 pio(buf)
             elif reason == EXIT_MMIO:

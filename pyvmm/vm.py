@@ -143,6 +143,9 @@ class Machine:
         # collected, or at the latest when the interpreter exits.  The finalizer holds the parts, never
         # the Machine itself, so it does not keep the Machine alive.
         self._finalizer = weakref.finalize(self, _release, control, vcpus, resources, "the Machine was dropped")
+        from .notebook import adopt
+
+        adopt(self)        # in a notebook: a re-run of this cell stops this machine first
         return self
 
     # --- parts by another name --------------------------------------------------------------------------
@@ -481,6 +484,71 @@ class Machine:
                 out.append((gsi, name, int(getattr(line, "raised", 0))))
         return sorted(out)
 
+    def counters(self) -> dict:
+        """What `pyvmm top` shows (QMP x-pyvmm-query-counters): exits by reason per vCPU, interrupts per
+        line and QueueNotify per queue of every virtio device since power-on; accesses by device and
+        register (port-I/O by port, MMIO by 4-byte register) since the first call (the buses count them
+        only once asked: "counting-started" is true on that call); each balloon's target, actual and
+        host RSS, and each vCPU's state.  Read with the vCPUs held out of KVM_RUN for a moment when
+        they run, so that between two calls the exits and the accesses they made agree."""
+        from .virtio.abi import Reg
+
+        reg_names = {int(r): r.name for r in Reg}
+        running = self.control.state == "running" and not self.control.stop_requested
+        # The buses count accesses by device only from the first call on (before it, their dispatch
+        # does no counting at all); the vCPUs take the counting dispatch up while held here.
+        started = not (self.pio_bus.counting and self.mmio_bus.counting)
+        self.pio_bus.count_accesses()
+        self.mmio_bus.count_accesses()
+        with self.quiesced() if running else contextlib.nullcontext():
+            vcpus = [{"cpu-index": v.index, "exits": sum(v.exit_counts), "by-reason": v.exits_by_reason()}
+                     for v in self.vcpus]
+            pio = [{"name": r.name, "base": r.base, "size": r.size, "accesses": sum(r.hits),
+                    "by-register": {f"{r.base + off:#x}": n for off, n in r.hit_counts().items()}}
+                   for r in self.pio_bus.ranges]
+            transports = {t.base: t for t in self.virtio_devices}
+            mmio = []
+            for r in self.mmio_bus.ranges:
+                t = transports.get(r.base)
+                if t is not None:
+                    by = {(reg_names.get(off) if off < 0x100 else f"config+{off - 0x100:#x}") or f"{off:#x}": n
+                          for off, n in r.hit_counts().items()}
+                else:
+                    by = {f"{r.base + off:#x}": n for off, n in r.hit_counts().items()}
+                mmio.append({"name": r.name, "base": r.base, "size": r.size, "accesses": sum(r.hits),
+                             "by-register": by})
+            unhandled = {"pio": self.pio_bus.unhandled, "mmio": self.mmio_bus.unhandled}
+            states: list[str] = []
+            for vcpu in self.vcpus:
+                mp: int | None = None
+                try:
+                    mp = vcpu.fd.get_mp_state() if running or self.control.state == "paused" else None
+                except Exception:   # a closed or stopped vCPU: the machine's state says enough
+                    pass
+                states.append(self.control.state if mp is None else
+                              {0: "running", 1: "waiting for INIT/SIPI", 2: "INIT received", 3: "halted",
+                               4: "SIPI received"}.get(mp, f"mp_state {mp}"))
+        for entry_, state in zip(vcpus, states, strict=True):
+            entry_["state"] = state
+        virtio = []
+        for t in self.virtio_devices:
+            from .monitor.commands import queue_names
+
+            names = queue_names(t)
+            entry: dict[str, Any] = {"name": t.name, "device-id": getattr(t.device, "device_id", 0),
+                                     "notifications": {names[i]: n for i, n in enumerate(t.notify_counts)}}
+            info = getattr(t.device, "info", None)
+            if getattr(t.device, "device_id", 0) == 5 and info is not None:
+                b = info()
+                entry["balloon"] = {"target": b.target, "actual": b.actual, "ram-size": b.ram_size,
+                                    "guest-ram-rss": b.guest_ram_rss, "ballooned-pages": b.ballooned_pages}
+            virtio.append(entry)
+        return {"time": time.monotonic(), "status": self.control.state, "counting-started": started,
+                "vcpus": vcpus, "pio": pio,
+                "mmio": mmio, "unhandled": unhandled,
+                "irqs": [{"gsi": g, "device": d, "raised": n} for g, d, n in self.irq_counts()],
+                "virtio": virtio}
+
     def vcpu_state(self, cpu: int = 0) -> str:
         """What KVM says the vCPU does (its mp_state): "running", "halted", "waiting for INIT/SIPI"."""
         vcpu = self._vcpu(cpu)
@@ -528,6 +596,68 @@ class Machine:
             out += [f"{ind}dev: post-port, id \"\"", f"{ind * 2}iobase = 0x80"]
         return "\n".join(out) + "\n"
 
+
+    # --- a notebook's views -------------------------------------------------------------------------------
+
+    def trace(self) -> Any:
+        """The trace records kept so far (pyvmm.notebook.TraceView: a list of dicts, a table in a
+        notebook); empty unless tracing is on (VmConfig(trace="virtio") or set_trace)."""
+        from .notebook import TraceView
+
+        return TraceView(list(self.tracer.records))
+
+    def virtqueue(self, queue: str | int, device: str | None = None) -> Any:
+        """One virtqueue now (pyvmm.virtio.queue.QueueSnapshot; in a notebook, its picture): by name
+        ("inflateq") or index, on the named device or the one device that has such a queue."""
+        from .monitor.commands import describe_queue, queue_names
+
+        found = []
+        for t in self.virtio_devices:
+            if device is not None and t.name != device:
+                continue
+            names = queue_names(t)
+            for i in range(len(t.queues)):
+                if queue in (i, names[i], str(i)):
+                    found.append((t, i))
+        if not found:
+            raise ValueError(f"no virtqueue {queue!r}" + (f" on {device}" if device else "") + " (devices: "
+                             + ", ".join(t.name for t in self.virtio_devices) + ")")
+        if len(found) > 1:
+            raise ValueError(f"virtqueue {queue!r} is on {', '.join(t.name for t, _ in found)}: give device=")
+        t, i = found[0]
+        name, snap = describe_queue(t, i)
+        return snap.labelled(t.name, name)
+
+    def plot_memory_map(self, path: str | None = None) -> Any:
+        """The guest-physical memory map (RAM, holes, MMIO windows, ROM) with ballooned pages shaded:
+        a matplotlib Figure, written to path (PNG or SVG) if given."""
+        from .plot import plot_memory_map
+
+        b = self.balloon
+        return plot_memory_map(self.memory_map(), path, ballooned=None if b is None else b.pages)
+
+    def _summary_rows(self) -> list[tuple[str, str]]:
+        from .units import format_size
+
+        rows = [("state", self.status()), ("kernel", str(self.config.kernel or "the bundled tiny guest")),
+                ("command line", self.cmdline), ("memory", format_size(self.ram_size)),
+                ("vCPUs", f"{len(self.vcpus)} ({sum(v.exits for v in self.vcpus):,} exits)")]
+        for t in self.virtio_devices:
+            rows.append((f"virtio {t.name}", f"{type(t.device).__name__} at {t.base:#x}, irq {t.irq_gsi}"))
+        b = self.balloon
+        if b is not None:
+            rows.append(("balloon", f"target {format_size(b.target)}, actual {format_size(b.actual_bytes)}"))
+        if self.stop_reason:
+            rows.append(("stopped", self.stop_reason))
+        return rows
+
+    def __repr__(self) -> str:
+        return f"<pyvmm Machine {self.status()}, {self.ram_size >> 20} MiB, {len(self.vcpus)} vCPU(s)>"
+
+    def _repr_html_(self) -> str:
+        from .notebook import table_html
+
+        return table_html(self._summary_rows(), "pyvmm Machine")
 
     # --- keyboard and screen (sendkey, send-key, screendump) ----------------------------------------------
 

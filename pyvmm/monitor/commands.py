@@ -459,6 +459,14 @@ def query_cpus_fast(machine: MachineControl) -> list[dict]:
     return list(cpus())
 
 
+def query_counters(machine: MachineControl) -> dict:
+    """x-pyvmm-query-counters: Machine.counters() (exits, accesses, interrupts, notifications)."""
+    counters = getattr(machine, "counters", None)
+    if counters is None:
+        raise CommandError("CommandNotFound", "this machine keeps no counters")
+    return counters()
+
+
 def query_name(machine: MachineControl) -> dict:
     name = getattr(getattr(machine, "config", None), "name", "")
     return {"name": name} if name else {}

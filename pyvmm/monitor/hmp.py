@@ -31,7 +31,8 @@ HELP = [
     ("info name", "the VM's name (-name)"),
     ("info cpus", "the vCPUs: index, host thread, the current one marked *"),
     ("info virtio", "virtio devices: transport, features negotiated, status, queues"),
-    ("info virtqueue <dev> <queue>", "one virtqueue: rings, indices, descriptors in flight"),
+    ("info virtqueue [<dev>] <queue> [--svg|--png FILE]",
+     "one virtqueue: rings, indices, descriptors in flight (a picture of them to FILE)"),
     ("info registers [cpu]", "a vCPU's registers"),
     ("info pic", "the 8259A pair and the IOAPIC (KVM's in-kernel irqchip)"),
     ("info lapic [cpu]", "a vCPU's local APIC: LVT entries, timer, ISR/IRR"),
@@ -344,10 +345,47 @@ def _find_queue(machine: MachineControl, dev_key: str, queue_key: str) -> tuple[
     raise CommandError("GenericError", f"{t.name} has no queue '{queue_key}' ({len(t.queues)} queues)")
 
 
+_VQ_USAGE = ("usage: info virtqueue [<dev>] <queue> [--svg FILE]  (e.g. info virtqueue balloon0 0, "
+             "info virtqueue inflateq --svg q.svg)")
+
+
+def _find_queue_anywhere(machine: MachineControl, queue_key: str) -> tuple[str, str, Any]:
+    """`info virtqueue <queue>`: the one device that has a queue of that name."""
+    found = [t for t in machine.virtio_devices if queue_key in C.queue_names(t)]
+    if len(found) == 1:
+        return _find_queue(machine, found[0].name, queue_key)
+    if not found:
+        raise CommandError("GenericError", f"no virtio device has a queue '{queue_key}'; {_VQ_USAGE}")
+    raise CommandError("GenericError", f"queue '{queue_key}' is on {', '.join(t.name for t in found)}: "
+                       "name the device (info virtqueue <dev> <queue>)")
+
+
 def _info_virtqueue(machine: MachineControl, args: list[str], cpu: int) -> str:
-    if len(args) != 2:
-        raise CommandError("GenericError", "usage: info virtqueue <dev> <queue>  (e.g. info virtqueue balloon0 0)")
-    dev, name, q = _find_queue(machine, args[0], args[1])
+    picture = None
+    for opt in ("--svg", "--png"):
+        if opt in args:
+            i = args.index(opt)
+            if i + 1 >= len(args):
+                raise CommandError("GenericError", f"{opt} needs a file name; {_VQ_USAGE}")
+            picture = args[i + 1]
+            if not picture.lower().endswith("." + opt[2:]):
+                picture += "." + opt[2:]
+            args = args[:i] + args[i + 2:]
+    if len(args) == 1:
+        dev, name, q = _find_queue_anywhere(machine, args[0])
+    elif len(args) == 2:
+        dev, name, q = _find_queue(machine, args[0], args[1])
+    else:
+        raise CommandError("GenericError", _VQ_USAGE)
+    if picture is not None:
+        from ..errors import PyvmmError
+        from ..plot import plot_virtqueue
+
+        try:
+            plot_virtqueue(q, picture, device=dev, name=name)
+        except PyvmmError as e:
+            raise CommandError("GenericError", str(e)) from None
+        return f"{dev} queue {q.index} ({name}): picture written to {picture}\n"
     out = [f"{dev} queue {q.index} ({name}): size {q.size} (max {q.max_size}), {'ready' if q.ready else 'not ready'}"]
     out.append(f"  desc table {q.desc_gpa:#x}  avail ring {q.avail_gpa:#x}  used ring {q.used_gpa:#x}")
     if not q.ready or q.size == 0:

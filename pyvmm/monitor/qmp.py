@@ -352,6 +352,8 @@ class QmpServer:
             "query-cpus-fast": (lambda c, a: C.query_cpus_fast(self.machine), {}),
             "query-name": (lambda c, a: C.query_name(self.machine), {}),
             "query-kvm": (lambda c, a: {"enabled": True, "present": True}, {}),
+            # pyvmm's own (x- as QEMU names what it does not promise): what `pyvmm top` shows
+            "x-pyvmm-query-counters": (lambda c, a: C.query_counters(self.machine), {}),
             "qom-list": (lambda c, a: C.qom_list(self.machine, a["path"]), {"path": ("str", True)}),
             "send-key": (
                 lambda c, a: C.send_key(self.machine, [C.resolve_key(k) for k in _key_list(a["keys"])],

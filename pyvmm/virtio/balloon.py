@@ -133,6 +133,32 @@ class BalloonInfo:
     guest_errors: int = 0
     agree: bool = True            # host's ballooned set size == driver's actual
 
+    def rows(self) -> list[tuple[str, str]]:
+        """(what, value) for a table: sizes in MiB, the stats by name."""
+        def mib(n: int | None) -> str:
+            return "?" if n is None else f"{n / (1 << 20):.1f} MiB"
+
+        out = [("target", mib(self.target)), ("actual", mib(self.actual)), ("RAM", mib(self.ram_size)),
+               ("pages wanted / reported / held", f"{self.num_pages} / {self.actual_pages} / {self.ballooned_pages}"),
+               ("host RSS of guest RAM", mib(self.guest_ram_rss)),
+               ("given back (discarded)", mib(self.discarded_bytes)),
+               ("features", ", ".join(self.features) or "-"), ("host and guest agree", str(self.agree))]
+        out += [(f"stats: {k}", mib(v) if "mem" in k or k in ("avail", "caches") else str(v))
+                for k, v in self.stats.items()]
+        if self.guest_errors or self.bad_pfns:
+            out.append(("guest errors / bad PFNs", f"{self.guest_errors} / {self.bad_pfns}"))
+        return out
+
+    def __str__(self) -> str:
+        rows = self.rows()
+        width = max(len(k) for k, _ in rows)
+        return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+    def _repr_html_(self) -> str:
+        from ..notebook import table_html
+
+        return table_html(self.rows(), "virtio balloon")
+
 
 class VirtioBalloon(VirtioDeviceBase):
     """The balloon device on the device API (its own pop loop, config layout and queue numbering);
@@ -302,6 +328,13 @@ class VirtioBalloon(VirtioDeviceBase):
             self._stats.interval = float(seconds)
             self._schedule_stats()
 
+    def timeline(self, interval: float = 0.25) -> Any:
+        """Start sampling target, actual, host RSS and the guest's free memory every ``interval``
+        seconds: a pyvmm.timeline.BalloonTimeline (``.stop()``, ``.samples``, ``.plot(path)``)."""
+        from ..timeline import BalloonTimeline
+
+        return BalloonTimeline(self, interval)
+
     def request_stats(self) -> bool:
         """Give the held stats buffer back now, asking the driver for fresh stats; False if none held."""
         with self.lock:
@@ -328,7 +361,10 @@ class VirtioBalloon(VirtioDeviceBase):
             )
         if rss and all(r.is_mmap for r in self.mem.regions):
             from ..hoststat import mapping_rss  # only info() needs it
-            snapshot = replace(snapshot, guest_ram_rss=mapping_rss(self.mem))
+            try:
+                snapshot = replace(snapshot, guest_ram_rss=mapping_rss(self.mem))
+            except ValueError:      # the machine was closed: its guest RAM is unmapped
+                pass
         return snapshot
 
     @property

@@ -138,6 +138,7 @@ class VirtioMmio:
         self.queues = [SplitQueue(mem, i, size_of(i) if size_of else device.queue_max_size)
                        for i in range(nqueues)]
         self.queue_align = [4096] * nqueues    # legacy QueueAlign, per queue
+        self.notify_counts = [0] * nqueues     # QueueNotify per queue (a register write or an ioeventfd)
         self.guest_page_size = 4096            # legacy GuestPageSize: Linux writes it once at probe
         self.config_generation = 0
         self.status = 0
@@ -208,6 +209,8 @@ class VirtioMmio:
             index = self._notify_index(value)
             if index is None:
                 return
+            if index < len(self.notify_counts):
+                self.notify_counts[index] += 1
             if self.hook is not None and self.hook(self, VirtioEvent("notify", _NOTIFY, value, queue=index,
                                                                      note=note)):
                 self._held.append(index)
@@ -445,6 +448,8 @@ class VirtioMmio:
         """QueueNotify through the register table (write() serves it itself, in rounds)."""
         index = self._notify_index(value)
         if index is not None:
+            if index < len(self.notify_counts):
+                self.notify_counts[index] += 1
             self._notify(index)
 
     def interrupt_ack(self, value: int) -> None:

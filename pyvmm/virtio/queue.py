@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, replace
+from typing import Any
 
 from ..errors import GuestMemoryError
 from ..memory import GuestMemory
@@ -100,6 +101,23 @@ class QueueSnapshot:
     used_ring: tuple[tuple[int, int], ...] = ()   # (id, len) per entry
     avail_event: int | None = None
     error: str = ""               # why the rings could not be read, if they could not
+    device: str = ""              # whose queue (for pictures and notebooks)
+    name: str = ""
+
+    def labelled(self, device: str, name: str) -> QueueSnapshot:
+        return replace(self, device=device, name=name)
+
+    def plot(self, path: str | None = None) -> Any:
+        """The picture of this queue (pyvmm.plot.plot_virtqueue): a matplotlib Figure, also written to
+        path (PNG or SVG by its suffix) if given."""
+        from ..plot import plot_virtqueue
+
+        return plot_virtqueue(self, path, device=self.device, name=self.name)
+
+    def _repr_html_(self) -> str:
+        from ..plot import figure_html
+
+        return figure_html(self.plot())
 
     @property
     def pending(self) -> int:

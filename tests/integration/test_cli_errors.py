@@ -124,6 +124,8 @@ def test_string_io(tmp_path):
     (["--initrd", "/dev/zero"], ["initrd /dev/zero: not a regular file"]),
     (["--firmware", "/dev/zero"], ["firmware /dev/zero: not a regular file"]),
     (["--trace", "exits"], ["unknown trace category"]),
+    (["--plot", "/tmp/b.png"], ["--plot FILE draws the demo's", "give --demo too"]),
+    (["--demo", "--plot", "/tmp/b.jpg"], ["--plot /tmp/b.jpg", ".png or .svg"]),
 ])
 def test_more_bad_input(hello, args, words):
     assert_one_line_error(pyvmm("run", str(hello), "-m", "16M", *args), *words)

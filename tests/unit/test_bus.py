@@ -108,3 +108,31 @@ def test_ranges_refuse_overlap_and_empty():
     with pytest.raises(ValueError, match="64 KiB"):
         PioBus().insert(Rec(), 0xFFFF, 2, "past the end")
     assert bus.find(0x1100).name == "a" and bus.find(0x1200) is None
+
+
+def test_dispatch_counts_each_exit_by_port_and_register():
+    """The counts `pyvmm top` reads: one per exit (a rep outsb is one exit), by port, by 4-byte register."""
+    pio = PioBus()
+    r = pio.insert(Rec(), 0x3F8, 8, "uart")
+    pio.dispatch(io_exit(0x3F8, 1, abi.KVM_EXIT_IO_OUT, b"x"))    # not counted: nobody asked yet
+    assert sum(r.hits) == 0 and not pio.counting
+    pio.count_accesses()
+    for port in (0x3F8, 0x3F8, 0x3FD):
+        pio.dispatch(io_exit(port, 1, abi.KVM_EXIT_IO_OUT, b"x"))
+    pio.dispatch(io_exit(0x3F8, 1, abi.KVM_EXIT_IO_OUT, b"abc", count=3))
+    pio.dispatch(io_exit(0x80, 1, abi.KVM_EXIT_IO_OUT, b"x"))
+    assert r.hit_counts() == {0: 3, 5: 1}
+    assert pio.unhandled == 1
+    pio.remove(r)
+    pio.dispatch(io_exit(0x3F8, 1, abi.KVM_EXIT_IO_OUT, b"x"))
+    assert pio.unhandled == 2 and sum(r.hits) == 4
+
+    mmio = MmioBus()
+    mmio.count_accesses()
+    w = mmio.insert(Rec(), 0xD000_0000, 0x200, "virtio-mmio balloon0")
+    big = mmio.insert(Rec(), 0xE000_0000, 1 << 20, "big")
+    for gpa, n in ((0xD000_0050, 1), (0xD000_0052, 2), (0xD000_0070, 4)):
+        mmio.dispatch(mmio_exit(gpa, n, True)[0])
+    mmio.dispatch(mmio_exit(0xE00F_FFFC, 4, False)[0])
+    assert w.hit_counts() == {0x50: 2, 0x70: 1}
+    assert len(big.hits) <= 1024 and big.hit_counts() == {(1 << 20) - (1 << big.hit_shift): 1}

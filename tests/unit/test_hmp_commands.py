@@ -140,7 +140,10 @@ def test_info_virtqueue_pending_entries_are_listed(m):
 
 
 @pytest.mark.parametrize("line, msg", [
-    ("info virtqueue", "usage: info virtqueue <dev> <queue>  (e.g. info virtqueue balloon0 0)"),
+    ("info virtqueue", "usage: info virtqueue [<dev>] <queue> [--svg FILE]  (e.g. info virtqueue balloon0 0, "
+                       "info virtqueue inflateq --svg q.svg)"),
+    ("info virtqueue a b c", "usage: info virtqueue [<dev>] <queue> [--svg FILE]  (e.g. info virtqueue "
+                             "balloon0 0, info virtqueue inflateq --svg q.svg)"),
     ("info virtqueue nope 0", "no virtio device 'nope' (devices: balloon0)"),
     ("info virtqueue balloon0 7", "balloon0 has no queue '7' (3 queues)"),
 ])
