@@ -41,8 +41,13 @@ def test_soak_inflate_deflate_cycles():
             overhead.append(process_rss() - guest)
             assert info.bad_pfns == 0 and info.guest_errors == 0
         elapsed = time.monotonic() - t0
-        # Host RSS of guest RAM at the low point returns to the same level every cycle (within 1 MiB).
-        assert max(low_rss) - min(low_rss) <= 1 * MiB, low_rss
+        # Host RSS of guest RAM at the low point never grows: a page the guest gets back stays discarded
+        # until the guest writes it, and this scenario writes nothing after its start. With a swing smaller
+        # than what the guest dirtied, each inflate takes other dirty pages, so the low point falls cycle
+        # by cycle until all of them were given back once; from then on (the second half) it is flat.
+        assert all(b <= a + MiB for a, b in zip(low_rss, low_rss[1:], strict=False)), low_rss
+        settled = low_rss[len(low_rss) // 2:]
+        assert max(settled) - min(settled) <= 1 * MiB, settled
         # The VMM's own memory beyond guest RAM does not grow from the second cycle on.
         if len(overhead) > 1:
             assert overhead[-1] - overhead[1] <= 4 * MiB, overhead
