@@ -277,5 +277,6 @@ def add_control_parsers(subparsers: Any) -> None:
                    help="the queue by name or index (inflateq, 0), with the device first when several have it")
     v.add_argument("--svg", metavar="FILE", help="draw the queue into FILE as SVG (needs pyvmm[plot])")
     v.add_argument("--png", metavar="FILE", help="draw the queue into FILE as PNG")
-    v.add_argument("--timeout", type=float, default=10.0, metavar="S", help="seconds to wait for answers")
+    v.add_argument("--timeout", type=float, default=30.0, metavar="S",
+                   help="seconds to wait for the answer (drawing a picture takes a few; default 30)")
     v.set_defaults(func=virtqueue_main)

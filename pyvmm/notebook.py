@@ -29,7 +29,9 @@ def text_sink(write: Callable[[str], Any], flush: Callable[[], Any] | None = Non
         if text:
             try:
                 write(text)
-                if flush is not None:
+                # A line at a time: a notebook's stream flushes through its I/O thread, and the vCPU
+                # thread (which writes the console byte by byte) must not wait for that per byte.
+                if flush is not None and "\n" in text:
                     flush()
             except Exception:   # a closed cell stream or a failing callback must not stop the guest
                 pass

@@ -116,7 +116,8 @@ def test_cli_info_virtqueue_svg_over_qmp(tmp_path):
     with machine("scenario=demo dirty=16M", memory=64 * MiB, qmp=(f"unix:{sock},server,wait=off",)) as m:
         m.wait_for_console(r"balloon: version 2 features", timeout=60)
         out = subprocess.run([sys.executable, "-m", "pyvmm", "info", "virtqueue", "--qmp", sock, "inflateq",
-                              "--svg", "q.svg"], cwd=str(tmp_path), capture_output=True, text=True, timeout=60)
+                              "--svg", "q.svg", "--timeout", "60"], cwd=str(tmp_path), capture_output=True,
+                             text=True, timeout=120)
         bad = subprocess.run([sys.executable, "-m", "pyvmm", "info", "virtqueue", "--qmp", sock, "nosuchq"],
                              cwd=str(tmp_path), capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
