@@ -3,7 +3,7 @@ reached through the syscall route of linux/patches/0003 on a kvm_pvm host.
 
 Every test here shares ONE boot (the module's `shell` fixture, several minutes on this host): the CLI
 runs in a pseudo-terminal driven by pexpect, so what is typed reaches the guest through pyvmm's 16550
-exactly as a user's keys do; QMP on a socket is there for the host side of the balloon.
+exactly as a user's keys do, and Ctrl-A c on the same terminal reaches pyvmm's monitor.
 """
 
 from __future__ import annotations
@@ -125,3 +125,53 @@ def test_shell_prompt_arithmetic_meminfo_and_virtio_devices(shell):
     assert 0 < info["MemFree"] < info["MemTotal"] and "MemAvailable" in info
     assert shell.run("ls /sys/bus/virtio/devices").split() == ["virtio0"]
     assert shell.run("cat /sys/bus/virtio/devices/virtio0/device") == "0x0005"   # the balloon
+
+
+def free_mib(text: str) -> tuple[int, int, int]:
+    """`free -m`'s Mem: line -> (total, used, free)."""
+    m = re.search(r"^Mem:\s+(\d+)\s+(\d+)\s+(\d+)", text, re.M)
+    return int(m[1]), int(m[2]), int(m[3])
+
+
+def monitor(shell, line: str, expect: str) -> str:
+    """One line typed at the (pyvmm) monitor; the text up to `expect` (a regex)."""
+    shell.type(line + "\r")
+    shell.child.expect(expect, timeout=300)
+    got = shell.child.before + shell.child.after
+    shell.child.expect_exact("(pyvmm) ")
+    return got
+
+
+def test_ctrl_a_c_monitor_balloon_and_free_in_the_guest(shell):
+    """The session docs/linux.md shows: `free -m`, Ctrl-A c, `balloon 224` at the monitor, back with
+    Ctrl-A c, `free -m` again, the features Linux's driver accepted, `info balloon`.  With
+    DEFLATE_ON_OOM Linux keeps ballooned pages in MemTotal (it may take them back), so the 32 MiB show
+    as used, not as a smaller total."""
+    total, used, free = free_mib(shell.run("free -m"))
+    shell.child.send("\x01c")
+    shell.child.expect_exact("(pyvmm) ")
+    monitor(shell, "info balloon", r"balloon: actual=256\r\n")
+    shell.type("balloon 224\r")
+    shell.child.expect_exact("(pyvmm) ")
+    deadline = time.monotonic() + 300
+    while "actual=224" not in monitor(shell, "info balloon", r"balloon: actual=\d+"):
+        assert time.monotonic() < deadline
+        time.sleep(2)
+    shell.child.send("\x01c")
+    total2, used2, free2 = free_mib(shell.run("free -m"))
+    assert total2 == total and used2 - used >= 30 and free - free2 >= 30, (total, used, free, used2, free2)
+    features = shell.run("cat /sys/bus/virtio/drivers/virtio_balloon/virtio*/features")
+    # One character per feature bit, bit 0 first: STATS_VQ (1), DEFLATE_ON_OOM (2), PAGE_REPORTING (5),
+    # VERSION_1 (32), the ones this device offers and Linux's driver takes.
+    assert re.fullmatch(r"[01]{64}", features), features
+    assert [features[b] for b in (1, 2, 5, 32)] == ["1"] * 4, features
+    shell.child.send("\x01c")
+    shell.child.expect_exact("(pyvmm) ")
+    monitor(shell, "info balloon", r"balloon: actual=224")
+    shell.type("balloon 256\r")
+    shell.child.expect_exact("(pyvmm) ")
+    while "actual=256" not in monitor(shell, "info balloon", r"balloon: actual=\d+"):
+        assert time.monotonic() < deadline + 300
+        time.sleep(2)
+    shell.child.send("\x01c")
+    assert shell.run("echo back in $((2+3))") == "back in 5"
