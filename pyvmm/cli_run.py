@@ -56,7 +56,8 @@ def add_run_parser(sub) -> argparse.ArgumentParser:
     fw.add_argument("--no-firmware", action="store_true",
                     help="enter the kernel's 32-bit PVH entry directly instead of from the reset vector")
     g.add_argument("--linux", action="store_true",
-                   help="boot the minimal Linux guest that `make linux-guest` built (vmlinux + initramfs)")
+                   help="boot the minimal Linux guest that `make linux-guest` built: vmlinux and the busybox initramfs "
+                        "(a shell on the console); -initrd .../initramfs.cpio.gz for the quiet /init that spins")
 
     d = p.add_argument_group("devices")
     d.add_argument("-device", dest="devices", action="append", default=[], metavar="DRIVER[,PROP=VALUE...]",
@@ -156,10 +157,10 @@ def config_from_args(args):
 
         cache = linux_cache()
         kernel = kernel or cache / "vmlinux"
-        initrd = initrd or cache / "initramfs.cpio.gz"
+        initrd = initrd or cache / "initramfs-shell.cpio"
         if not Path(kernel).exists() or not Path(initrd).exists():
-            raise ConfigError(f"the Linux guest is not built ({cache} has no vmlinux and initramfs.cpio.gz): "
-                              "run `make linux-guest` first (about 4 minutes)")
+            raise ConfigError(f"the Linux guest is not built ({cache} lacks {Path(kernel).name} or "
+                              f"{Path(initrd).name}): run `make linux-guest` first (about 4 minutes)")
         if not args.append:
             args.append = LINUX_DEFAULT_APPEND + (" " + LINUX_PVM_APPEND if is_kvm_pvm_host() else "")
     mem_text = args.memory.removeprefix("size=")
