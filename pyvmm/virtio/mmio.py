@@ -18,7 +18,6 @@ import os
 import threading
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from ..errors import GuestMemoryError
 from ..guestlog import GuestErrorLog
@@ -27,8 +26,10 @@ from ..memory import GuestMemory
 from ..trace import Tracer
 from .abi import VIRTIO_MMIO_CONFIG, InterruptBit, Reg, Status, TransportFeature
 from .device import VirtioDevice
+from .hooks import VirtioEvent, VirtioHook
 from .legacy import LEGACY
 from .names import describe_bad_access, describe_config, describe_register, interrupt_names, status_names
+from .notify import _NOTIFY, QueueNotifications, on_a_thread
 from .queue import SplitQueue, VirtqueueError
 from .registers import MODERN, read_config, write_config
 
@@ -44,39 +45,11 @@ _EVENT_IDX = int(TransportFeature.VIRTIO_F_EVENT_IDX)
 _INDIRECT = int(TransportFeature.VIRTIO_F_INDIRECT_DESC)
 _NOTIFICATION_DATA = int(TransportFeature.VIRTIO_F_NOTIFICATION_DATA)
 
-# A device bounds the work of one process_queue call; a notification is served in rounds of such calls
-# with the lock released in between (so the monitor waits one round at most), this many on the thread
-# that notified.  What is left after them is served on another thread, round by round, until the ring
-# is drained: with VIRTIO_F_EVENT_IDX the driver will not notify again for buffers it already made
-# available (spec "Driver notifications"), so waiting for its next notification could wait forever.
-MAX_NOTIFY_ROUNDS = 64
 _MASK_EVENTS = frozenset({"Interrupt", "GuestError"})   # events whose value is a register's bits
 
 
-@dataclass(frozen=True, slots=True)
-class VirtioEvent:
-    """What a transport hook sees: a driver's register or config access, or an event of the device.
-
-    ``kind`` is "read" / "write" (a register at ``offset``), "config-read" / "config-write" (``offset``
-    into the device configuration, ``size`` bytes), "notify" (QueueNotify of queue ``queue``, also
-    through ioeventfd), "irq" (InterruptStatus now ``value``, raised for ``queue`` or -1 for a config
-    change) or "used" (the device returned buffers on ``queue``; ``value`` is its used index).
-    """
-
-    kind: str
-    offset: int
-    value: int
-    size: int = 4
-    queue: int = -1
-    note: str = ""
-
-
-# The hook runs under the transport's lock; for a "notify" it returns True to hold the notification
-# (the device serves it when serve_held() is called), False to let the device serve it now.
-VirtioHook = Callable[["VirtioMmio", VirtioEvent], bool]
-
-class VirtioMmio:
-    """One virtio-mmio window with a virtio device behind it."""
+class VirtioMmio(QueueNotifications):
+    """One virtio-mmio window with a virtio device behind it (QueueNotify served as notify.py says)."""
 
     # The state the registers read and write (registers.py, legacy.py); set in __init__ and _reset.
     version: int
@@ -145,7 +118,7 @@ class VirtioMmio:
         self.interrupt_status = 0
         self.activated = False               # the device has its queues (DRIVER_OK, or legacy's first use)
         self._deferred: set[int] = set()     # queues whose remaining work is scheduled
-        self._defer = defer or _on_a_thread
+        self._defer = defer or on_a_thread
         self._reset_registers()
         self.config_fields = {off + i: (fname, off, size)
                               for off, size, fname in device.config_fields() for i in range(size)}
@@ -196,68 +169,6 @@ class VirtioMmio:
             if self.hook is not None:          # before the handler: the hook sees the old state
                 self.hook(self, VirtioEvent("write", offset, value))
             handler(self, value)
-
-    def queue_notify(self, index: int) -> None:
-        """A QueueNotify that did not go through write(): the ioeventfd thread's entry point."""
-        self._serve_notify(index, "[ioeventfd]")
-
-    def _serve_notify(self, value: int, note: str) -> None:
-        """A QueueNotify write, served in rounds of bounded device work with the lock released between."""
-        with self.lock:
-            if self._tracer.virtio:
-                self._trace_register("write", Reg.QueueNotify, value, note=note)
-            index = self._notify_index(value)
-            if index is None:
-                return
-            if index < len(self.notify_counts):
-                self.notify_counts[index] += 1
-            if self.hook is not None and self.hook(self, VirtioEvent("notify", _NOTIFY, value, queue=index,
-                                                                     note=note)):
-                self._held.append(index)
-                return
-            if not self._notify(index):
-                return
-        self._serve_rounds(index, MAX_NOTIFY_ROUNDS - 1)
-
-    @property
-    def held_notifies(self) -> tuple[int, ...]:
-        """The queues whose QueueNotify a hook holds back, in order."""
-        return tuple(self._held)
-
-    def serve_held(self) -> None:
-        """Serve the notifications a hook held back (a virtio breakpoint stopped the machine at one),
-        as an ioeventfd thread would have served them: once the vCPUs run again."""
-        with self.lock:
-            held, self._held = self._held, []
-        for index in dict.fromkeys(held):      # one notification per queue is as good as several
-            with self.lock:
-                more = self._notify(index)
-            if more:
-                self._serve_rounds(index, MAX_NOTIFY_ROUNDS - 1)
-
-    def _serve_rounds(self, index: int, rounds: int) -> None:
-        for _ in range(rounds):
-            with self.lock:
-                if not self._notify(index):
-                    return
-        self._continue_later(index)
-
-    def _continue_later(self, index: int) -> None:
-        """Buffers remain after this notification's rounds: serve them on another thread (as QEMU's and
-        Firecracker's devices go on until the ring is drained), once per queue at a time."""
-        with self.lock:
-            if index in self._deferred:
-                return
-            self._deferred.add(index)
-
-        def resume() -> None:
-            with self.lock:
-                self._deferred.discard(index)
-            self._serve_rounds(index, MAX_NOTIFY_ROUNDS)
-
-        if self._tracer.virtio:
-            self.trace_event("QueueNotify", index, f"more buffers than {MAX_NOTIFY_ROUNDS} rounds: continued")
-        self._defer(resume)
 
     # --- the Transport interface, for the device -----------------------------------------------------
 
@@ -386,71 +297,7 @@ class VirtioMmio:
                              "DEVICE_NEEDS_RESET", fatal=True)
         return default
 
-    def serve_queue(self, index: int) -> None:
-        """Serve queue index now, as a notification would, without one (a device's timer: the rate limit
-        of virtio-rng); nothing unless the device is live and the queue enabled."""
-        with self.lock:
-            if not self.live or index >= len(self.active_queue_names) or not self.queues[index].ready:
-                return
-            if not self._process(index):
-                return
-        self._serve_rounds(index, MAX_NOTIFY_ROUNDS - 1)
-
-    # --- notifications -------------------------------------------------------------------------------
-
-    def _notify_index(self, value: int) -> int | None:
-        """The queue index a QueueNotify value names, or None (and a guest error) if it names none.
-
-        Spec "MMIO Device Register Layout", QueueNotify: without VIRTIO_F_NOTIFICATION_DATA the value
-        is the queue index alone; only with it do bits 16..31 carry the next available offset.  So
-        0x10000 is not queue 0 with some noise, it is a value no driver may write.
-        """
-        if value > 0xFFFF and not self.driver_features & _NOTIFICATION_DATA:
-            self.guest_error(f"QueueNotify <- {value:#x}: bits above 15 set without "
-                             "VIRTIO_F_NOTIFICATION_DATA; no queue notified")
-            return None
-        return value & 0xFFFF
-
-    def _notify(self, index: int) -> bool:
-        """One round of the device's work on queue index; True if it made progress and buffers remain."""
-        if not self.activated and self.version == 1 and self.status & (_D | _FAILED | _NEEDS_RESET) == _D:
-            # Spec "Legacy Interface: Device Initialization": a transitional device must tolerate a
-            # driver that uses the device before DRIVER_OK (older Linux balloon drivers fill and kick
-            # the stats queue in init_vqs, before virtio_device_ready): the legacy device is activated
-            # by that first use.
-            self._activate()
-        if not self.live:
-            # Spec "Device Initialization": a modern device uses no buffer before DRIVER_OK; buffers a
-            # driver kicked before it are served at DRIVER_OK.
-            if self._tracer.virtio:
-                self.trace_event("QueueNotify", index, f"deferred: status is {status_names(self.status)}")
-            return False
-        if index >= len(self.active_queue_names) or not self.queues[index].ready:
-            self.guest_error(f"QueueNotify <- {index}: no such queue is enabled")
-            return False
-        return self._process(index)
-
-    def _process(self, index: int) -> bool:
-        """process_queue(index) once; True if it took buffers and more are available."""
-        q = self.queues[index]
-        before = q.last_avail
-        self.run_device(self.device.process_queue, index)
-        if not self.live or not q.ready or q.last_avail == before:
-            return False
-        try:
-            return q.has_available()
-        except GuestMemoryError:
-            return False
-
     # --- the status machine and interrupt acknowledgement ------------------------------------------
-
-    def notify_register(self, value: int) -> None:
-        """QueueNotify through the register table (write() serves it itself, in rounds)."""
-        index = self._notify_index(value)
-        if index is not None:
-            if index < len(self.notify_counts):
-                self.notify_counts[index] += 1
-            self._notify(index)
 
     def interrupt_ack(self, value: int) -> None:
         if value & ~(_USED | _CONFIG):
@@ -532,10 +379,3 @@ class VirtioMmio:
         label, shown, meaning = describe_register(self, direction, offset, value, note)
         self._tracer.access(self.name, direction, label, value, meaning, shown=shown, offset=offset, size=4)
 
-
-_NOTIFY = int(Reg.QueueNotify)
-
-
-def _on_a_thread(work: Callable[[], None]) -> None:
-    """The default way to continue a queue's work: a short-lived daemon thread."""
-    threading.Thread(target=work, name="virtio-continue", daemon=True).start()

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .abi import VIRTIO_MMIO_CONFIG, VIRTIO_MMIO_MAGIC_VALUE, Reg, Status, TransportFeature
+from .hooks import VirtioEvent
 from .names import describe_config, status_names
 
 if TYPE_CHECKING:
@@ -241,8 +242,6 @@ def read_config(t: VirtioMmio, rel: int, size: int) -> int:
         if t.tracing:
             t.trace_access("read", describe_config(t.config_fields, rel, size), value, VIRTIO_MMIO_CONFIG + rel, size)
         if t.hook is not None:
-            from .mmio import VirtioEvent  # (mmio imports this module)
-
             t.hook(t, VirtioEvent("config-read", rel, value, size))
     return value
 
@@ -255,8 +254,6 @@ def write_config(t: VirtioMmio, rel: int, size: int, value: int) -> None:
         if t.tracing:
             t.trace_access("write", describe_config(t.config_fields, rel, size), value, VIRTIO_MMIO_CONFIG + rel, size)
         if t.hook is not None:
-            from .mmio import VirtioEvent
-
             t.hook(t, VirtioEvent("config-write", rel, value, size))
         if t.version == 2 and not t.status & _FOK:
             # Spec "Device Initialization" step 4: the config "MUST NOT be written" before it.

@@ -16,9 +16,10 @@ import pytest
 
 from pyvmm.config import linux_cache
 from pyvmm.hoststat import mapping_rss
+from pyvmm.virtio.rng import RngOptions
 from pyvmm.vm import Machine
 from tests.support.guest import MiB, qmp_connect, qmp_disconnect, tmp_socket
-from tests.support.linux import ensure_linux_built, linux_append, linux_config, wait_driver_ok
+from tests.support.linux import DRIVER_OK, ensure_linux_built, linux_append, linux_config, wait_driver_ok
 
 pytestmark = [pytest.mark.kvm, pytest.mark.linux]
 
@@ -38,12 +39,13 @@ def guest_rss(m) -> int:
 
 @pytest.fixture(scope="module")
 def linux_vm(tmp_path_factory):
-    """One boot for the tests below: 2 vCPUs, devices found through ACPI alone (no virtio_mmio.device=),
-    RAM preallocated, the virtio trace to a file, QMP on a socket; yielded once its driver is at DRIVER_OK."""
+    """One boot for the tests below: 2 vCPUs, two devices (the balloon and virtio-rng) found through ACPI
+    alone (no virtio_mmio.device=), RAM preallocated, the virtio trace to a file, QMP on a socket; yielded
+    once the balloon's driver is at DRIVER_OK."""
     trace = tmp_path_factory.mktemp("linux") / "trace.jsonl"
     sock = tmp_socket("linux.qmp")
     cfg = linux_config(smp=2, trace=frozenset({"virtio"}), trace_file=trace, mem_prealloc=True,
-                       qmp=(f"unix:{sock},server,wait=off",))
+                       qmp=(f"unix:{sock},server,wait=off",), devices=(RngOptions(),))
     with Machine(cfg) as m:
         m.tracer._stream = None                      # the JSON file is enough here
         assert "virtio_mmio.device" not in m.cmdline
@@ -67,6 +69,30 @@ def test_two_vcpus_acpi_discovery_and_driver_ok(linux_vm):
     records = [json.loads(x) for x in trace.read_text().splitlines()]
     writes = [r for r in records if str(r.get("reg", "")).startswith("DriverFeatures[") and r.get("dir") == "write"]
     assert writes, "the trace shows the features Linux accepted"
+
+
+def test_linux_virtio_rng_binds_the_second_window_and_reads(linux_vm):
+    """The same boot: Linux finds the second LNRO0005 window (rng0, GSI 6), its own virtio_rng driver
+    reaches DRIVER_OK, and the hw_random core reads it: device-writable buffers filled, in the trace."""
+    m, trace, _ = linux_vm
+    from pyvmm.monitor.hmp import run_hmp
+
+    rng = next(t for t in m.virtio_devices if t.name == "rng0")
+    assert (rng.base, rng.irq_gsi) == (0xD000_1000, 6)
+    deadline = time.monotonic() + 600
+    while not (rng.status & DRIVER_OK and rng.device.buffers_served >= 1):
+        assert time.monotonic() < deadline, f"virtio_rng: status {rng.status:#x}\n{m.console_text()[-3000:]}"
+        assert m.status() != "shutdown", m.console_text()[-3000:]
+        time.sleep(0.5)
+    assert "rng0: virtio-rng at 0xd0001000 irq 6" in run_hmp(m, "info virtio")
+    records = [json.loads(x) for x in trace.read_text().splitlines()]
+    filled = [r for r in records if r.get("dev") == "rng0" and r.get("reg") == "entropy"]
+    assert filled and all(r["value"] > 0 for r in filled), "the trace shows virtio_rng's buffers filled"
+    assert any(r.get("dev") == "rng0" and r.get("reg") == "Status" and r.get("dir") == "write"
+               and r["value"] & DRIVER_OK for r in records)
+    # The balloon beside it is unaffected: still at DRIVER_OK, no guest errors on either device.
+    assert m.balloon_transport.status & DRIVER_OK
+    assert rng.guest_errors == 0 and m.balloon_transport.guest_errors == 0
 
 
 def test_linux_inflates_and_deflates_through_qmp(linux_vm):

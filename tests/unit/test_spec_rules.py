@@ -20,7 +20,7 @@ import time
 
 import pytest
 
-from pyvmm.virtio import mmio
+from pyvmm.virtio import notify
 from pyvmm.virtio.abi import BalloonFeature, Reg, Status, TransportFeature
 from pyvmm.virtio.balloon import BalloonOptions
 from tests.support.virtio_driver import DEFLATE_ON_OOM, PAGE_REPORTING, STATS_VQ, WRITE, Rig
@@ -41,7 +41,7 @@ def wait_until(cond, timeout: float = 10.0) -> bool:
 def test_event_idx_every_buffer_of_one_notification_is_used(monkeypatch):
     """More buffers than the bounded rounds of one notification take: with EVENT_IDX the driver does not
     notify again for them (its avail_event rule), so the device must go on until the ring is drained."""
-    monkeypatch.setattr(mmio, "MAX_NOTIFY_ROUNDS", 2)        # 2 rounds x 64 chains per notification
+    monkeypatch.setattr(notify, "MAX_NOTIFY_ROUNDS", 2)        # 2 rounds x 64 chains per notification
     r = Rig(ram=16 * MiB)
     features = r.driver.start(accept=0)
     assert features & EVENT_IDX
@@ -151,7 +151,7 @@ def test_a_32_bit_write_of_actual_sets_all_of_it_after_a_narrow_one(narrow_offse
 
 def test_notifications_race_the_continuation_without_losing_buffers(monkeypatch):
     """Notifications from another thread while the device works through a long ring: all used, once."""
-    monkeypatch.setattr(mmio, "MAX_NOTIFY_ROUNDS", 1)
+    monkeypatch.setattr(notify, "MAX_NOTIFY_ROUNDS", 1)
     r = Rig(ram=16 * MiB)
     r.driver.start(accept=0)
     q = r.driver.q["inflateq"]
