@@ -12,23 +12,22 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ..memory import GuestMemory
 from .abi import (
     VIRTIO_BALLOON_CONFIG,
     VIRTIO_BALLOON_PFN_SHIFT,
-    VIRTIO_BALLOON_STAT,
     BalloonFeature,
-    BalloonStat,
     TransportFeature,
     VirtioDeviceID,
 )
+from .balloon_info import BalloonInfo
 from .device import VirtioDeviceBase
-from .pages import BalloonedPages
+from .pages import BalloonedPages, describe_pfns
 from .queue import DescChain, SplitQueue
-from .stats import BalloonStats
+from .stats import BalloonStats, describe_stats
 
 log = logging.getLogger("pyvmm.balloon")
 
@@ -52,24 +51,6 @@ _REPORTING = int(BalloonFeature.VIRTIO_BALLOON_F_PAGE_REPORTING)
 _VERSION_1 = int(TransportFeature.VIRTIO_F_VERSION_1)
 
 Listener = Callable[[str, dict[str, Any]], None]
-
-
-def format_runs(pfns: list[int], limit: int = 8) -> str:
-    """``0x1c00-0x1cff 0x2000`` for PFNs as the driver listed them, consecutive ones as one run (a run
-    going down, as Linux allocates pages, is written from its first PFN: ``0x1f477-0x1f378``)."""
-    runs: list[tuple[int, int]] = []
-    for pfn in pfns:
-        if runs:
-            first, last = runs[-1]
-            step = 1 if first == last else (1 if last > first else -1)
-            if pfn == last + step or (first == last and pfn == last - 1):
-                runs[-1] = (first, pfn)
-                continue
-        runs.append((pfn, pfn))
-    text = " ".join(f"{a:#x}" if a == b else f"{a:#x}-{b:#x}" for a, b in runs[:limit])
-    if len(runs) > limit:
-        text += f" ... ({len(runs) - limit} more runs)"
-    return text or "(none)"
 
 
 class BalloonQueue(enum.Enum):
@@ -108,56 +89,6 @@ class BalloonOptions:
         return ((_MTH if self.must_tell_host else 0) | (_STATS if self.stats else 0)
                 | (_OOM if self.deflate_on_oom else 0) | (_REPORTING if self.free_page_reporting else 0)
                 | (_POISON if poison else 0))
-
-
-@dataclass(frozen=True)
-class BalloonInfo:
-    """A snapshot of the balloon for query-balloon / ``pyvmm balloon info``."""
-
-    ram_size: int
-    target: int                   # logical guest size the host asks for, bytes (QEMU's meaning)
-    actual: int                   # logical guest size the driver reports, bytes
-    num_pages: int                # config num_pages: 4 KiB pages the host wants ballooned
-    actual_pages: int             # config actual: pages the driver says it ballooned
-    ballooned_pages: int          # pages the host holds as ballooned (its own bitmap)
-    discarded_bytes: int          # bytes given back to the host through discard, cumulative
-    reported_bytes: int           # of which by free page reporting
-    guest_ram_rss: int | None     # bytes of guest RAM resident on the host (mmap-backed RAM only)
-    stats: dict[str, int] = field(default_factory=dict)
-    stats_age: float | None = None  # seconds since the last stats arrived
-    features: tuple[str, ...] = ()
-    bad_pfns: int = 0
-    duplicate_pfns: int = 0
-    never_inflated: int = 0
-    unrequested_deflate_pages: int = 0   # deflated below the target (deflate on OOM)
-    guest_errors: int = 0
-    agree: bool = True            # host's ballooned set size == driver's actual
-
-    def rows(self) -> list[tuple[str, str]]:
-        """(what, value) for a table: sizes in MiB, the stats by name."""
-        def mib(n: int | None) -> str:
-            return "?" if n is None else f"{n / (1 << 20):.1f} MiB"
-
-        out = [("target", mib(self.target)), ("actual", mib(self.actual)), ("RAM", mib(self.ram_size)),
-               ("pages wanted / reported / held", f"{self.num_pages} / {self.actual_pages} / {self.ballooned_pages}"),
-               ("host RSS of guest RAM", mib(self.guest_ram_rss)),
-               ("given back (discarded)", mib(self.discarded_bytes)),
-               ("features", ", ".join(self.features) or "-"), ("host and guest agree", str(self.agree))]
-        out += [(f"stats: {k}", mib(v) if "mem" in k or k in ("avail", "caches") else str(v))
-                for k, v in self.stats.items()]
-        if self.guest_errors or self.bad_pfns:
-            out.append(("guest errors / bad PFNs", f"{self.guest_errors} / {self.bad_pfns}"))
-        return out
-
-    def __str__(self) -> str:
-        rows = self.rows()
-        width = max(len(k) for k, _ in rows)
-        return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
-
-    def _repr_html_(self) -> str:
-        from ..notebook import table_html
-
-        return table_html(self.rows(), "virtio balloon")
 
 
 class VirtioBalloon(VirtioDeviceBase):
@@ -382,15 +313,8 @@ class VirtioBalloon(VirtioDeviceBase):
         """Inflate and deflate buffers as their PFNs in runs (spec "Device Operation": an array of le32
         page frame numbers), stats buffers as tag=value (spec "Memory Statistics")."""
         if queue in (BalloonQueue.INFLATE.value, BalloonQueue.DEFLATE.value):
-            n = len(data) // 4
-            pfns = memoryview(data)[: 4 * n].cast("I").tolist() if n else []
-            return f"{n} PFN{'s' if n != 1 else ''} (le32): {format_runs(pfns)}"
-        if queue == BalloonQueue.STATS.value:
-            size = VIRTIO_BALLOON_STAT.size
-            stats = [VIRTIO_BALLOON_STAT.unpack_from(data, i) for i in range(0, len(data) - size + 1, size)]
-            names = {int(s): s.short_name for s in BalloonStat}
-            return "stats: " + " ".join(f"{names.get(tag, tag)}={val}" for tag, val in stats)
-        return ""
+            return describe_pfns(data)
+        return describe_stats(data) if queue == BalloonQueue.STATS.value else ""
 
     # --- inflate / deflate ------------------------------------------------------------------------------
 

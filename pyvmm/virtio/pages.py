@@ -132,3 +132,28 @@ def _runs(sorted_pfns: list[int]) -> list[tuple[int, int]]:
         prev = pfn
     runs.append((start, prev - start + 1))
     return runs
+
+
+def format_runs(pfns: list[int], limit: int = 8) -> str:
+    """``0x1c00-0x1cff 0x2000`` for PFNs as the driver listed them, consecutive ones as one run (a run
+    going down, as Linux allocates pages, is written from its first PFN: ``0x1f477-0x1f378``)."""
+    runs: list[tuple[int, int]] = []
+    for pfn in pfns:
+        if runs:
+            first, last = runs[-1]
+            step = 1 if first == last else (1 if last > first else -1)
+            if pfn == last + step or (first == last and pfn == last - 1):
+                runs[-1] = (first, pfn)
+                continue
+        runs.append((pfn, pfn))
+    text = " ".join(f"{a:#x}" if a == b else f"{a:#x}-{b:#x}" for a, b in runs[:limit])
+    if len(runs) > limit:
+        text += f" ... ({len(runs) - limit} more runs)"
+    return text or "(none)"
+
+
+def describe_pfns(data: bytes) -> str:
+    """An inflate or deflate buffer as its PFNs in runs (spec "Device Operation": an array of le32)."""
+    n = len(data) // 4
+    pfns = memoryview(data)[: 4 * n].cast("I").tolist() if n else []
+    return f"{n} PFN{'s' if n != 1 else ''} (le32): {format_runs(pfns)}"

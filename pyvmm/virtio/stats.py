@@ -119,3 +119,11 @@ class BalloonStats:
     @property
     def polling(self) -> bool:
         return self._timer is not None
+
+
+def describe_stats(data: bytes) -> str:
+    """A stats buffer as tag=value (spec "Memory Statistics"), tags by their short names."""
+    size = VIRTIO_BALLOON_STAT.size
+    stats = [VIRTIO_BALLOON_STAT.unpack_from(data, i) for i in range(0, len(data) - size + 1, size)]
+    names = {int(s): s.short_name for s in BalloonStat}
+    return "stats: " + " ".join(f"{names.get(tag, tag)}={val}" for tag, val in stats)

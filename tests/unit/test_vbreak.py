@@ -203,7 +203,7 @@ def test_the_monitor_commands(rig, vb):
 
 
 def test_pfn_runs_up_and_down():
-    from pyvmm.virtio.balloon import format_runs
+    from pyvmm.virtio.pages import format_runs
 
     assert format_runs([1, 2, 3, 5, 9, 8, 7, 6, 10]) == "0x1-0x3 0x5 0x9-0x6 0xa"
     assert format_runs(list(range(0x1F477, 0x1F377, -1))) == "0x1f477-0x1f378"   # Linux allocates downwards
