@@ -643,18 +643,7 @@ def console_sink(cfg: VmConfig, res: Resources) -> Callable[[bytes], None] | Non
         from .notebook import capture_sink, text_sink
 
         out_text = capture_sink() if cfg.console == "capture" else text_sink(cfg.console)
-        if log is None:
-            return out_text
-        fd_copy = log
-
-        def both_text(data: bytes) -> None:
-            try:
-                os.write(fd_copy, data)
-            except OSError:
-                pass
-            out_text(data)
-
-        return both_text
+        return out_text if log is None else _tee(log, out_text)
     if cfg.console == "none":
         if log is None:
             return None
@@ -666,15 +655,17 @@ def console_sink(cfg: VmConfig, res: Resources) -> Callable[[bytes], None] | Non
         fd = _open_for_writing(cfg.console.removeprefix("file:"), "-serial file:", res)
     out = GuestOutput(fd)
     res.add(out.close)
-    if log is None:
-        return out
+    return out if log is None else _tee(log, out)
 
+
+def _tee(log_fd: int, sink: Callable[[bytes], None]) -> Callable[[bytes], None]:
+    """The guest's output to the console log (--console-log; a failing write is dropped) and to sink."""
     def both(data: bytes) -> None:
         try:
-            os.write(log, data)
+            os.write(log_fd, data)
         except OSError:
             pass
-        out(data)
+        sink(data)
 
     return both
 
