@@ -35,7 +35,10 @@ def linux_cache() -> Path:
 # instruction is not always intercepted, so the CPUID policy alone does not keep Linux off the
 # instructions the host's emulator lacks: the kernel is told as well (docs/linux.md, "CPUID").
 LINUX_DEFAULT_APPEND = "console=ttyS0"
-LINUX_PVM_APPEND = "noxsave clearcpuid=141,308,151,298,145,137 nofsgsbase"
+# On a kvm_pvm host: CPUID masks the nested host cannot honour (docs/linux.md), and timekeeping on the
+# jiffies clocksource, since emulated kvm-clock reads in every periodic tick can take the whole tick on a
+# loaded host and stall the boot (docs/linux.md, "A loaded host and the clocksource").
+LINUX_PVM_APPEND = "noxsave clearcpuid=141,308,151,298,145,137 nofsgsbase clocksource=refined-jiffies"
 
 _BOOL = {"on": True, "yes": True, "true": True, "1": True, "off": False, "no": False, "false": False, "0": False}
 _BALLOON_KEYS = {

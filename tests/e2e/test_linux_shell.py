@@ -24,10 +24,6 @@ from tests.support.linux import ensure_linux_built, linux_append
 pytestmark = [pytest.mark.kvm, pytest.mark.linux]
 
 RAM = 256 * MiB
-# Timekeeping on the jiffies clocksource, not kvm-clock: with kvm-clock every periodic tick's clock
-# reads ran so slowly under emulation on a loaded host that the boot stalled in tick handling
-# (docs/linux.md, "A loaded host and the clocksource").
-CLOCK = "clocksource=refined-jiffies"
 PROMPT = "[pyvmm-linux "
 BALLOON = "/machine/peripheral/balloon0"
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -88,7 +84,7 @@ def shell():
     ensure_linux_built()
     sock = tmp_socket("shell.qmp")
     env = dict(os.environ, PYTHONPATH=str(ROOT), TERM="dumb")
-    args = ["-m", "pyvmm", "run", "--linux", "-m", "256M", "-append", linux_append(CLOCK),
+    args = ["-m", "pyvmm", "run", "--linux", "-m", "256M", "-append", linux_append(),
             "-device", "virtio-balloon-device,deflate-on-oom=on,free-page-reporting=on",
             "-qmp", f"unix:{sock},server,wait=off"]
     child = pexpect.spawn(sys.executable, args, cwd=str(ROOT), env=env, timeout=60, dimensions=(50, 200),
