@@ -15,7 +15,7 @@ FRAGMENT="$HERE/guest.config"
 PATCHES=("$HERE"/patches/*.patch)
 INIT_SRC="$HERE/init.c"
 SHELL_INIT="$HERE/init.sh"
-MEMHOG_SRC="$HERE/memhog.c"
+USER_SRCS=("$HERE/memhog.c" "$HERE/sysrate.c")   # each one /bin/<name> of the shell initramfs
 BB_PKG="busybox-static"
 
 say() { echo "linux-guest: $*"; }
@@ -45,16 +45,23 @@ if [ -z "$VERSION" ]; then
     VERSION="$(pkg_version)" || die "Debian package $SRC_PKG not found by apt-cache"
 fi
 BB_VERSION="$(pkg_version "$BB_PKG")" || die "Debian package $BB_PKG not found by apt-cache"
-STAMP="$(cat "$FRAGMENT" "${PATCHES[@]}" "$INIT_SRC" "$SHELL_INIT" "$MEMHOG_SRC" | sha256sum | cut -c1-16)"
-STAMP="$STAMP-$SRC_PKG-$VERSION-$BB_PKG-$BB_VERSION"
-if [ -f "$CACHE/stamp" ] && [ "$(cat "$CACHE/stamp")" = "$STAMP" ] \
-   && [ -f "$CACHE/vmlinux" ] && [ -f "$CACHE/bzImage" ] && [ -f "$CACHE/initramfs.cpio.gz" ] \
-   && [ -f "$CACHE/initramfs-shell.cpio" ]; then
+# Two stamps, so that changing a user-space program does not rebuild the kernel: the kernel's inputs
+# (config fragment, patches, source version) and the initramfs's (its sources, busybox's version).
+KSTAMP="$(cat "$FRAGMENT" "${PATCHES[@]}" | sha256sum | cut -c1-16)-$SRC_PKG-$VERSION"
+USTAMP="$(cat "$INIT_SRC" "$SHELL_INIT" "${USER_SRCS[@]}" | sha256sum | cut -c1-16)-$BB_PKG-$BB_VERSION"
+STAMP="$KSTAMP+$USTAMP"
+kernel_fresh() {
+    [ -f "$CACHE/kernel.stamp" ] && [ "$(cat "$CACHE/kernel.stamp")" = "$KSTAMP" ] \
+        && [ -f "$CACHE/vmlinux" ] && [ -f "$CACHE/bzImage" ] && [ -f "$CACHE/src/Makefile" ]
+}
+if kernel_fresh && [ -f "$CACHE/stamp" ] && [ "$(cat "$CACHE/stamp")" = "$STAMP" ] \
+   && [ -f "$CACHE/initramfs.cpio.gz" ] && [ -f "$CACHE/initramfs-shell.cpio" ]; then
     say "up to date in $CACHE (stamp $STAMP)"
     exit 0
 fi
 say "building into $CACHE (stamp $STAMP)"
 START=$SECONDS
+SRC="$CACHE/src"
 
 # --- build tools ---------------------------------------------------------------------------------------
 STEP="build tools"
@@ -72,53 +79,65 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
         || die "apt-get install ${need_pkgs[*]} failed"
 fi
 
-# --- the source: apt-get download + dpkg-deb -x, never installed ---------------------------------------
-STEP="download source"
-DEB="$CACHE/${SRC_PKG}_${VERSION//:/%3a}_all.deb"
-if [ ! -f "$DEB" ]; then
-    rm -f "$CACHE/${SRC_PKG}"_*.deb
-    say "apt-get download $SRC_PKG ($VERSION)"
-    # The cache lives in root's home, which apt's sandbox user cannot enter: download as the caller.
-    (cd "$CACHE" && apt-get download -q -o APT::Sandbox::User="$(id -un)" "$SRC_PKG=$VERSION") \
-        || die "apt-get download $SRC_PKG failed"
+# --- the kernel: source, patches, config, build (skipped while its stamp matches) ------------------
+build_kernel() {
+    rm -f "$CACHE/kernel.stamp"
+    # --- the source: apt-get download + dpkg-deb -x, never installed ---------------------------------------
+    STEP="download source"
+    DEB="$CACHE/${SRC_PKG}_${VERSION//:/%3a}_all.deb"
+    if [ ! -f "$DEB" ]; then
+        rm -f "$CACHE/${SRC_PKG}"_*.deb
+        say "apt-get download $SRC_PKG ($VERSION)"
+        # The cache lives in root's home, which apt's sandbox user cannot enter: download as the caller.
+        (cd "$CACHE" && apt-get download -q -o APT::Sandbox::User="$(id -un)" "$SRC_PKG=$VERSION") \
+            || die "apt-get download $SRC_PKG failed"
+    fi
+    STEP="unpack source"
+    say "unpacking $(basename "$DEB")"
+    rm -rf "$CACHE/deb" "$CACHE/src"
+    dpkg-deb -x "$DEB" "$CACHE/deb"
+    mkdir -p "$CACHE/src"
+    tar -xaf "$CACHE/deb/usr/src/$SRC_PKG.tar.xz" -C "$CACHE/src" --strip-components=1
+    rm -rf "$CACHE/deb"
+
+    # --- our host-quirk patches ------------------------------------------------------------------------
+    STEP="apply patches"
+    for p in "${PATCHES[@]}"; do
+        say "patch $(basename "$p")"
+        patch -d "$SRC" -p1 --quiet --forward < "$p" || die "patch $(basename "$p") does not apply to $SRC_PKG $VERSION"
+    done
+
+    # --- configuration: tinyconfig + our fragment, every option checked ------------------------------------
+    STEP="configure"
+    say "make tinyconfig + guest.config"
+    make -C "$SRC" -s tinyconfig >/dev/null
+    "$SRC/scripts/kconfig/merge_config.sh" -m -O "$SRC" "$SRC/.config" "$FRAGMENT" >/dev/null
+    make -C "$SRC" -s olddefconfig >/dev/null
+    missing=()
+    while IFS= read -r line; do
+        case "$line" in
+            CONFIG_*=*) grep -qxF "$line" "$SRC/.config" || missing+=("$line") ;;
+            "# CONFIG_"*" is not set") grep -qxF "$line" "$SRC/.config" || missing+=("${line#\# }") ;;
+        esac
+    done < "$FRAGMENT"
+    [ ${#missing[@]} -eq 0 ] || die "kconfig dropped: ${missing[*]} (a dependency is missing from guest.config)"
+
+    # --- the kernel -----------------------------------------------------------------------------------------
+    STEP="build kernel"
+    say "make -j$JOBS vmlinux bzImage (a few minutes on 2 cores)"
+    T0=$SECONDS
+    make -C "$SRC" -s -j"$JOBS" vmlinux bzImage KBUILD_BUILD_USER=pyvmm KBUILD_BUILD_HOST=pyvmm
+    say "kernel built in $((SECONDS - T0)) s"
+    cp "$SRC/vmlinux" "$CACHE/vmlinux.tmp" && mv "$CACHE/vmlinux.tmp" "$CACHE/vmlinux"
+    cp "$SRC/arch/x86/boot/bzImage" "$CACHE/bzImage.tmp" && mv "$CACHE/bzImage.tmp" "$CACHE/bzImage"
+    cp "$SRC/.config" "$CACHE/config"
+    echo "$KSTAMP" > "$CACHE/kernel.stamp"
+}
+if kernel_fresh; then
+    say "kernel up to date (stamp $KSTAMP): building the initramfs only"
+else
+    build_kernel
 fi
-STEP="unpack source"
-say "unpacking $(basename "$DEB")"
-rm -rf "$CACHE/deb" "$CACHE/src"
-dpkg-deb -x "$DEB" "$CACHE/deb"
-mkdir -p "$CACHE/src"
-tar -xaf "$CACHE/deb/usr/src/$SRC_PKG.tar.xz" -C "$CACHE/src" --strip-components=1
-rm -rf "$CACHE/deb"
-SRC="$CACHE/src"
-
-# --- our host-quirk patches ------------------------------------------------------------------------
-STEP="apply patches"
-for p in "${PATCHES[@]}"; do
-    say "patch $(basename "$p")"
-    patch -d "$SRC" -p1 --quiet --forward < "$p" || die "patch $(basename "$p") does not apply to $SRC_PKG $VERSION"
-done
-
-# --- configuration: tinyconfig + our fragment, every option checked ------------------------------------
-STEP="configure"
-say "make tinyconfig + guest.config"
-make -C "$SRC" -s tinyconfig >/dev/null
-"$SRC/scripts/kconfig/merge_config.sh" -m -O "$SRC" "$SRC/.config" "$FRAGMENT" >/dev/null
-make -C "$SRC" -s olddefconfig >/dev/null
-missing=()
-while IFS= read -r line; do
-    case "$line" in
-        CONFIG_*=*) grep -qxF "$line" "$SRC/.config" || missing+=("$line") ;;
-        "# CONFIG_"*" is not set") grep -qxF "$line" "$SRC/.config" || missing+=("${line#\# }") ;;
-    esac
-done < "$FRAGMENT"
-[ ${#missing[@]} -eq 0 ] || die "kconfig dropped: ${missing[*]} (a dependency is missing from guest.config)"
-
-# --- the kernel -----------------------------------------------------------------------------------------
-STEP="build kernel"
-say "make -j$JOBS vmlinux bzImage (a few minutes on 2 cores)"
-T0=$SECONDS
-make -C "$SRC" -s -j"$JOBS" vmlinux bzImage KBUILD_BUILD_USER=pyvmm KBUILD_BUILD_HOST=pyvmm
-say "kernel built in $((SECONDS - T0)) s"
 
 # --- the initramfs: a static /init that never makes a system call --------------------------------------
 STEP="build initramfs"
@@ -147,17 +166,23 @@ if [ ! -f "$BB_DEB" ]; then
         || die "apt-get download $BB_PKG failed"
 fi
 STEP="build shell initramfs"
-say "shell initramfs: $(basename "$BB_DEB"), init.sh, memhog"
+say "shell initramfs: $(basename "$BB_DEB"), init.sh, ${USER_SRCS[*]##*/}"
 dpkg-deb -x "$BB_DEB" "$WORK/bb"
 BB="$WORK/bb/bin/busybox"
 [ -x "$BB" ] || die "$(basename "$BB_DEB") has no bin/busybox"
-gcc -Os -static -Wall -o "$WORK/memhog" "$MEMHOG_SRC"
+for src in "${USER_SRCS[@]}"; do
+    name="$(basename "$src" .c)"
+    gcc -Os -static -Wall -o "$WORK/$name" "$src" || die "gcc $(basename "$src") failed"
+done
 {
     for d in /bin /sbin /usr /usr/bin /usr/sbin /dev /proc /sys /tmp /root; do echo "dir $d 0755 0 0"; done
     echo "nod /dev/console 0600 0 0 c 5 1"
     echo "file /init $SHELL_INIT 0755 0 0"
     echo "file /bin/busybox $BB 0755 0 0"
-    echo "file /bin/memhog $WORK/memhog 0755 0 0"
+    for src in "${USER_SRCS[@]}"; do
+        name="$(basename "$src" .c)"
+        echo "file /bin/$name $WORK/$name 0755 0 0"
+    done
     # One symlink per applet, listed by the host-runnable static busybox itself.
     "$BB" --list-full | while read -r applet; do
         [ "$applet" = bin/busybox ] || echo "slink /$applet /bin/busybox 0777 0 0"
@@ -170,9 +195,6 @@ gcc -Os -static -Wall -o "$WORK/memhog" "$MEMHOG_SRC"
 # --- results, then the stamp (last, so an interrupted build never looks complete) ----------------------
 STEP="install results"
 rm -f "$CACHE/stamp"
-cp "$SRC/vmlinux" "$CACHE/vmlinux.tmp" && mv "$CACHE/vmlinux.tmp" "$CACHE/vmlinux"
-cp "$SRC/arch/x86/boot/bzImage" "$CACHE/bzImage.tmp" && mv "$CACHE/bzImage.tmp" "$CACHE/bzImage"
-cp "$SRC/.config" "$CACHE/config"
 mv "$WORK/initramfs.cpio.gz" "$CACHE/initramfs.cpio.gz"
 mv "$WORK/initramfs-shell.cpio" "$CACHE/initramfs-shell.cpio"
 rm -rf "$WORK"
