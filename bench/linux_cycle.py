@@ -1,0 +1,192 @@
+"""The balloon's cycle with a real workload: Linux with its busybox shell, /bin/memhog dirties most of
+guest RAM and frees it, then the host balloons the guest down and back; pyvmm and QEMU microvm on the
+same kernel, initramfs and command line, one after the other, driven alike (keys on the serial
+console, QMP for the balloon).
+
+    python bench/linux_cycle.py [--ram 1024] [--dirty 768] [--low 256] [--repeats 1]
+
+Not part of `make bench`: each VMM boots Linux to a shell prompt (minutes under emulation on a kvm_pvm
+host) and the guest's own page faults are emulated too, so one round of both takes about a quarter of
+an hour here, more than the whole `make bench` budget.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import time
+from pathlib import Path
+
+import common
+from common import Result, Unavailable
+
+import linux
+
+MIB = 1 << 20
+RAM_MIB, DIRTY_MIB, LOW_MIB = 1024, 768, 256
+PROMPT = "[pyvmm-linux "
+BOOT_TIMEOUT = 1800.0
+STEP_TIMEOUT = 1800.0
+POLL = 0.25
+
+
+def shell_files() -> tuple[Path, Path]:
+    from pyvmm.config import linux_cache
+
+    cache = linux_cache()
+    kernel, initrd = cache / "vmlinux", cache / "initramfs-shell.cpio"
+    for f in (kernel, initrd):
+        if not f.exists():
+            raise Unavailable(f"{f} is not built (run `make linux-guest`)")
+    return kernel, initrd
+
+
+def append() -> str:
+    """bench/linux.py's command line: pyvmm's Linux default, the kvm_pvm masks, acpi=off."""
+    return linux.linux_append()
+
+
+def pyvmm_cmd(ram_mib: int, sock: str) -> list[str]:
+    kernel, initrd = shell_files()
+    return [common.PYTHON, "-m", "pyvmm", "run", str(kernel), "-initrd", str(initrd), "-m", f"{ram_mib}M",
+            "-no-acpi", "-append", append(), "-device", "virtio-balloon-device", "-serial", "stdio",
+            "-qmp", f"unix:{sock},server,wait=off"]
+
+
+def qemu_cmd(ram_mib: int, sock: str) -> list[str]:
+    kernel, initrd = shell_files()
+    return [common.QEMU, "-M", "microvm,acpi=off", "-enable-kvm", "-cpu", "qemu64,+xsaveerptr",
+            "-m", f"{ram_mib}M", "-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio",
+            "-device", "virtio-balloon-device,id=balloon0", "-kernel", str(kernel), "-initrd", str(initrd),
+            "-append", append(), "-qmp", f"unix:{sock},server=on,wait=off"]
+
+
+class Guest:
+    """One VMM in a pty (pexpect), its shell, and a QMP client."""
+
+    def __init__(self, cmd: list[str], sock: str) -> None:
+        import pexpect
+
+        self.t0 = time.monotonic()
+        self.child = pexpect.spawn(cmd[0], cmd[1:], cwd=str(common.ROOT), encoding="utf-8",
+                                   codec_errors="replace", timeout=60, dimensions=(50, 200),
+                                   env=dict(os.environ, PYTHONPATH=str(common.ROOT), TERM="dumb"))
+        self.q = common.qmp_connect(sock, timeout=60)
+
+    def type(self, text: str) -> None:
+        for i in range(0, len(text), 8):      # the 16550 receive FIFO holds 16 bytes
+            self.child.send(text[i:i + 8])
+            time.sleep(0.02)
+
+    def command(self, line: str, until: str, timeout: float = STEP_TIMEOUT) -> float:
+        t = time.monotonic()
+        self.type(line + "\r")
+        self.child.expect(until, timeout=timeout)
+        self.child.expect_exact(PROMPT, timeout=60)
+        return time.monotonic() - t
+
+    def actual_mib(self) -> float:
+        return self.q.cmd_obj({"execute": "query-balloon"})["return"]["actual"] / MIB
+
+    def ram_rss_mib(self) -> float:
+        return common.smaps_rss(self.child.pid)["ram_rss"] / MIB
+
+    def balloon(self, mib: int) -> float:
+        t = time.monotonic()
+        self.q.cmd_obj({"execute": "balloon", "arguments": {"value": mib * MIB}})
+        while self.actual_mib() != mib:
+            if time.monotonic() - t > STEP_TIMEOUT:
+                raise TimeoutError(f"actual {self.actual_mib():.0f} MiB never reached {mib} MiB")
+            time.sleep(POLL)
+        return time.monotonic() - t
+
+    def close(self) -> None:
+        common.qmp_quit(self.q)
+        with contextlib.suppress(Exception):
+            self.child.close(force=True)
+
+
+def cycle(cmd_for, ram_mib: int, dirty_mib: int, low_mib: int) -> dict:
+    sock = common.qmp_socket_path(f"cycle-{cmd_for.__name__}")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(sock)
+    g = Guest(cmd_for(ram_mib, sock), sock)
+    try:
+        g.child.expect_exact(PROMPT, timeout=BOOT_TIMEOUT)
+        out: dict = {"boot": time.monotonic() - g.t0}
+        time.sleep(2)
+        out |= {"rss_boot": g.ram_rss_mib(), "actual_boot": g.actual_mib()}
+        out["dirty"] = g.command(f"memhog a {dirty_mib} f q", r"memhog: bye")
+        out |= {"rss_dirty": g.ram_rss_mib(), "actual_dirty": g.actual_mib()}
+        out["inflate"] = g.balloon(low_mib)
+        out |= {"rss_low": g.ram_rss_mib(), "actual_low": g.actual_mib()}
+        out["deflate"] = g.balloon(ram_mib)
+        out |= {"rss_back": g.ram_rss_mib(), "actual_back": g.actual_mib()}
+        g.command("echo alive-$((6*7))", r"alive-42")
+        return out
+    finally:
+        g.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(sock)
+
+
+def run(repeats: int = 1, ram_mib: int = RAM_MIB, dirty_mib: int = DIRTY_MIB, low_mib: int = LOW_MIB) -> Result:
+    if not 0 < low_mib < ram_mib or not 0 < dirty_mib < ram_mib:
+        raise ValueError(f"need 0 < --low {low_mib} < --ram {ram_mib} and 0 < --dirty {dirty_mib} < --ram")
+    common.need_kvm()
+    shell_files()
+    common.need_qmp()
+    res = Result("linux_cycle", f"Linux with a shell: memhog dirties {dirty_mib} MiB and frees it, balloon "
+                 f"{ram_mib} -> {low_mib} -> {ram_mib} MiB")
+    qemu_missing = common.have(common.need_qemu)
+    runners, failures = common.reference_runners(res, lambda: cycle(pyvmm_cmd, ram_mib, dirty_mib, low_mib),
+                                                 lambda: cycle(qemu_cmd, ram_mib, dirty_mib, low_mib),
+                                                 qemu_missing)
+    got = common.interleave(runners, repeats, f"linux cycle {ram_mib}/{dirty_mib}/{low_mib}")
+    rows = (("boot", "boot to the shell prompt", "s"), ("dirty", f"memhog a {dirty_mib} f q", "s"),
+            ("inflate", f"balloon {ram_mib} -> {low_mib} MiB, time to `actual`", "s"),
+            ("deflate", f"balloon {low_mib} -> {ram_mib} MiB, time to `actual`", "s"),
+            ("rss_boot", "guest-RAM RSS at the prompt", "MiB"), ("rss_dirty", "... after memhog", "MiB"),
+            ("rss_low", f"... ballooned to {low_mib} MiB", "MiB"), ("rss_back", f"... back at {ram_mib} MiB", "MiB"),
+            ("actual_boot", "`actual` at the prompt", "MiB"), ("actual_dirty", "... after memhog", "MiB"),
+            ("actual_low", "... after the inflate", "MiB"), ("actual_back", "... after the deflate", "MiB"))
+    for engine in runners:
+        for key, what, unit in rows:
+            res.add(f"{engine} {what}", unit, [r[key] for r in got.get(engine, []) if r])
+    if "QEMU" in runners:
+        for key in ("boot", "dirty", "inflate", "deflate"):
+            pairs = [(a[key], b[key]) for a, b in zip(got.get("pyvmm", []), got.get("QEMU", []), strict=False)
+                     if a and b]
+            res.ratio(f"pyvmm / QEMU, {key}", [a for a, _ in pairs], [b for _, b in pairs])
+    for name, why in failures.items():
+        res.notes.append(f"{name}: some runs failed ({why})")
+    res.notes.append(f"Both: `{append()}`, {ram_mib} MiB not preallocated, 1 vCPU, ACPI off, "
+                     "virtio-balloon-device with QEMU's default properties (no deflate-on-oom, no reporting); "
+                     "guest-RAM RSS from /proc/PID/smaps (the largest anonymous mapping) for both.")
+    return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--ram", type=int, default=RAM_MIB)
+    p.add_argument("--dirty", type=int, default=DIRTY_MIB)
+    p.add_argument("--low", type=int, default=LOW_MIB)
+    a = p.parse_args(argv)
+    t0 = time.monotonic()
+    try:
+        result = run(a.repeats, a.ram, a.dirty, a.low)
+    except Unavailable as e:
+        print(f"benchmark not run: {e}")
+        return 0
+    except ValueError as e:
+        print(f"linux_cycle: error: {e}")
+        return 2
+    result.seconds = time.monotonic() - t0
+    common.print_result(result)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
