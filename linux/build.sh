@@ -21,6 +21,20 @@ BB_PKG="busybox-static"
 say() { echo "linux-guest: $*"; }
 die() { trap - EXIT; echo "linux-guest: error: $*" >&2; exit 1; }
 
+# download_deb PKG VERSION ARCH: the .deb in the cache (fetched once; an older version's file removed),
+# its path left in DEB_PATH.  Packages are fetched with apt-get download and unpacked with dpkg-deb,
+# never installed.
+download_deb() {
+    DEB_PATH="$CACHE/${1}_${2//:/%3a}_$3.deb"
+    if [ ! -f "$DEB_PATH" ]; then
+        rm -f "$CACHE/${1}"_*.deb
+        say "apt-get download $1 ($2)"
+        # The cache lives in root's home, which apt's sandbox user cannot enter: download as the caller.
+        (cd "$CACHE" && apt-get download -q -o APT::Sandbox::User="$(id -un)" "$1=$2") \
+            || die "apt-get download $1 failed"
+    fi
+}
+
 # Any unexpected failure still ends with one line saying which step failed.
 STEP="start"
 trap 'rc=$?; [ $rc -ne 0 ] && echo "linux-guest: error: step \"$STEP\" failed (exit $rc); see output above" >&2' EXIT
@@ -82,16 +96,10 @@ fi
 # --- the kernel: source, patches, config, build (skipped while its stamp matches) ------------------
 build_kernel() {
     rm -f "$CACHE/kernel.stamp"
-    # --- the source: apt-get download + dpkg-deb -x, never installed ---------------------------------------
+    # --- the source: apt-get download + dpkg-deb -x, never installed -----------------------------------
     STEP="download source"
-    DEB="$CACHE/${SRC_PKG}_${VERSION//:/%3a}_all.deb"
-    if [ ! -f "$DEB" ]; then
-        rm -f "$CACHE/${SRC_PKG}"_*.deb
-        say "apt-get download $SRC_PKG ($VERSION)"
-        # The cache lives in root's home, which apt's sandbox user cannot enter: download as the caller.
-        (cd "$CACHE" && apt-get download -q -o APT::Sandbox::User="$(id -un)" "$SRC_PKG=$VERSION") \
-            || die "apt-get download $SRC_PKG failed"
-    fi
+    download_deb "$SRC_PKG" "$VERSION" all
+    DEB="$DEB_PATH"
     STEP="unpack source"
     say "unpacking $(basename "$DEB")"
     rm -rf "$CACHE/deb" "$CACHE/src"
@@ -158,13 +166,8 @@ EOF
 
 # --- the shell initramfs: Debian's busybox-static, a shell /init, the memory-pressure program ---------
 STEP="download busybox"
-BB_DEB="$CACHE/${BB_PKG}_${BB_VERSION//:/%3a}_amd64.deb"
-if [ ! -f "$BB_DEB" ]; then
-    rm -f "$CACHE/${BB_PKG}"_*.deb
-    say "apt-get download $BB_PKG ($BB_VERSION)"
-    (cd "$CACHE" && apt-get download -q -o APT::Sandbox::User="$(id -un)" "$BB_PKG=$BB_VERSION") \
-        || die "apt-get download $BB_PKG failed"
-fi
+download_deb "$BB_PKG" "$BB_VERSION" amd64
+BB_DEB="$DEB_PATH"
 STEP="build shell initramfs"
 say "shell initramfs: $(basename "$BB_DEB"), init.sh, ${USER_SRCS[*]##*/}"
 dpkg-deb -x "$BB_DEB" "$WORK/bb"
