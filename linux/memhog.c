@@ -4,6 +4,8 @@
  *   a N   map N MiB of anonymous memory and write every 4 KiB page (prints progress every 16 MiB)
  *   f     unmap everything allocated so far
  *   s     print how much is held
+ *   v     read every page back and count those that lost what 'a' wrote (a page reading zero is
+ *         memory the guest kernel or the host gave away under a live mapping)
  *   q     exit
  * Every page is written with a non-zero byte, so the host really has to back it.  Built with
  * gcc -static; the tests drive it through the shell on ttyS0 (tests/e2e/test_linux_shell.py).
@@ -63,6 +65,18 @@ static int run(const char *line)
 	case 's':
 		printf("memhog: holding %lu MiB\n", held);
 		break;
+	case 'v': {
+		unsigned long wrong = 0, zero = 0;
+
+		for (int i = 0; i < nchunks; i++)
+			for (unsigned long off = 0; off < chunks[i].mib * MIB; off += 4096)
+				if (chunks[i].p[off] != (char)(1 + (off >> 12))) {
+					wrong++;
+					zero += chunks[i].p[off] == 0;
+				}
+		printf("memhog: verified %lu MiB: %lu pages wrong, %lu of them zero\n", held, wrong, zero);
+		break;
+	}
 	case 'q':
 		printf("memhog: bye\n");
 		fflush(stdout);
@@ -71,7 +85,7 @@ static int run(const char *line)
 	case '\n':
 		break;
 	default:
-		printf("memhog: error: unknown command '%c' (a N, f, s, q)\n", line[0]);
+		printf("memhog: error: unknown command '%c' (a N, f, s, v, q)\n", line[0]);
 	}
 	fflush(stdout);
 	return 0;
