@@ -181,8 +181,9 @@ def performance_section(info: dict, results: list[Result]) -> str:
     import linux
 
     by_name = {r.name: {row.name: row for row in r.rows} for r in results}
-    lines = [(f"Measured by `make bench` on {info['cpu']} ({info['cores']} cores), /dev/kvm from "
-             f"`{info['kvm_module']}` (nested: every VM exit costs the floor shown below), Python "
+    lines = [(f"Measured by `make bench` on {info['cpu']} ({info['cores']} cores), host kernel {info['kernel']}, "
+             f"/dev/kvm from `{info['kvm_module']}` (nested: every VM exit costs the floor shown below; guest "
+             "emulation speed differs a lot between host kernels, so every row holds for this kernel only), Python "
              f"{info['python']}, {info['qemu'].replace('QEMU emulator version', 'QEMU')}, load average "
              f"{info['loadavg_start']}. Medians of interleaved runs (min-max of the per-round ratio in "
              "brackets: the ratio is taken round by round, so it need not equal the ratio of the two medians); "
