@@ -41,6 +41,15 @@ trap 'rc=$?; [ $rc -ne 0 ] && echo "linux-guest: error: step \"$STEP\" failed (e
 
 mkdir -p "$CACHE"
 
+# One build at a time per cache: test workers, a lab and `make linux-guest` may start this together, and a
+# second build would unpack the source over the first one's tree.  A waiter then finds the stamps fresh.
+STEP="lock"
+exec 9>"$CACHE/.build.lock"
+if ! flock -n 9; then
+    say "another build holds $CACHE/.build.lock: waiting for it"
+    flock 9
+fi
+
 # --- the stamp: our inputs and the source package version ------------------------------------------------
 STEP="stamp"
 pkg_version() {
