@@ -9,6 +9,8 @@ Each boot also probes the open defect of docs/linux.md (user processes that read
 `seq 1 1000 | sort -n -r | head -1` right after boot and again after the cycle, and after the cycle
 memhog allocates RECHECK_MIB again and reads every page back (`v`), so the table says, for each VMM,
 whether the crash needs the balloon's discards and whether it is pyvmm's or this host's.
+`--probe-only` boots, runs the pipeline three times with no balloon activity, and stops. Every figure
+is printed as it is taken, so a run stopped half-way still shows what it measured.
 
 Not part of `make bench`: each VMM boots Linux to a shell prompt (minutes under emulation on a kvm_pvm
 host) and the guest's own page faults are emulated too, so one round of both takes about a quarter of
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -128,26 +131,38 @@ class Guest:
             self.child.close(force=True)
 
 
-def cycle(cmd_for, ram_mib: int, dirty_mib: int, low_mib: int) -> dict:
+def cycle(cmd_for, ram_mib: int, dirty_mib: int, low_mib: int, probe_only: bool = False) -> dict:
     sock = common.qmp_socket_path(f"cycle-{cmd_for.__name__}")
     with contextlib.suppress(FileNotFoundError):
         os.unlink(sock)
     g = Guest(cmd_for(ram_mib, sock), sock)
+    out: dict = {}
+
+    def step(**got: float) -> None:
+        # Each figure as it is taken, so a run stopped half-way still leaves what it measured.
+        out.update(got)
+        shown = ", ".join(f"{k} {v:.1f}" for k, v in got.items())
+        print(f"  {cmd_for.__name__}: {shown}", file=sys.stderr, flush=True)
+
     try:
         g.child.expect_exact(PROMPT, timeout=BOOT_TIMEOUT)
-        out: dict = {"boot": time.monotonic() - g.t0}
+        step(boot=time.monotonic() - g.t0)
         time.sleep(2)
-        out |= {"rss_boot": g.ram_rss_mib(), "actual_boot": g.actual_mib(), "pipe_boot": g.pipeline_ok()}
-        out["dirty"] = g.command(f"memhog a {dirty_mib} f q", r"memhog: bye")
-        out |= {"rss_dirty": g.ram_rss_mib(), "actual_dirty": g.actual_mib()}
-        out["inflate"] = g.balloon(low_mib)
-        out |= {"rss_low": g.ram_rss_mib(), "actual_low": g.actual_mib()}
-        out["deflate"] = g.balloon(ram_mib)
-        out |= {"rss_back": g.ram_rss_mib(), "actual_back": g.actual_mib()}
-        out["pipe_after"] = g.pipeline_ok()
+        step(rss_boot=g.ram_rss_mib(), actual_boot=g.actual_mib(), pipe_boot=g.pipeline_ok())
+        if probe_only:    # the pipeline twice more, no balloon activity at all
+            step(pipe_boot_2=g.pipeline_ok())
+            step(pipe_boot_3=g.pipeline_ok())
+            return out
+        step(dirty=g.command(f"memhog a {dirty_mib} f q", r"memhog: bye"))
+        step(rss_dirty=g.ram_rss_mib(), actual_dirty=g.actual_mib())
+        step(inflate=g.balloon(low_mib))
+        step(rss_low=g.ram_rss_mib(), actual_low=g.actual_mib())
+        step(deflate=g.balloon(ram_mib))
+        step(rss_back=g.ram_rss_mib(), actual_back=g.actual_mib())
+        step(pipe_after=g.pipeline_ok())
         lines, _ = g.output(f"memhog a {RECHECK_MIB} v f q")
         wrong = [ln for ln in lines if "pages wrong" in ln]
-        out["wrong_after"] = float(wrong[0].split(": ")[2].split()[0]) if wrong else float("nan")
+        step(wrong_after=float(wrong[0].split(": ")[2].split()[0]) if wrong else float("nan"))
         g.command("echo alive-$((6*7))", r"alive-42")
         return out
     finally:
@@ -156,7 +171,8 @@ def cycle(cmd_for, ram_mib: int, dirty_mib: int, low_mib: int) -> dict:
             os.unlink(sock)
 
 
-def run(repeats: int = 1, ram_mib: int = RAM_MIB, dirty_mib: int = DIRTY_MIB, low_mib: int = LOW_MIB) -> Result:
+def run(repeats: int = 1, ram_mib: int = RAM_MIB, dirty_mib: int = DIRTY_MIB, low_mib: int = LOW_MIB,
+        probe_only: bool = False) -> Result:
     if not 0 < low_mib < ram_mib or not 0 < dirty_mib < ram_mib:
         raise ValueError(f"need 0 < --low {low_mib} < --ram {ram_mib} and 0 < --dirty {dirty_mib} < --ram")
     common.need_kvm()
@@ -165,8 +181,8 @@ def run(repeats: int = 1, ram_mib: int = RAM_MIB, dirty_mib: int = DIRTY_MIB, lo
     res = Result("linux_cycle", f"Linux with a shell: memhog dirties {dirty_mib} MiB and frees it, balloon "
                  f"{ram_mib} -> {low_mib} -> {ram_mib} MiB")
     qemu_missing = common.have(common.need_qemu)
-    runners, failures = common.reference_runners(res, lambda: cycle(pyvmm_cmd, ram_mib, dirty_mib, low_mib),
-                                                 lambda: cycle(qemu_cmd, ram_mib, dirty_mib, low_mib),
+    runners, failures = common.reference_runners(res, lambda: cycle(pyvmm_cmd, ram_mib, dirty_mib, low_mib, probe_only),
+                                                 lambda: cycle(qemu_cmd, ram_mib, dirty_mib, low_mib, probe_only),
                                                  qemu_missing)
     got = common.interleave(runners, repeats, f"linux cycle {ram_mib}/{dirty_mib}/{low_mib}")
     rows = (("boot", "boot to the shell prompt", "s"), ("dirty", f"memhog a {dirty_mib} f q", "s"),
@@ -177,15 +193,18 @@ def run(repeats: int = 1, ram_mib: int = RAM_MIB, dirty_mib: int = DIRTY_MIB, lo
             ("actual_boot", "`actual` at the prompt", "MiB"), ("actual_dirty", "... after memhog", "MiB"),
             ("actual_low", "... after the inflate", "MiB"), ("actual_back", "... after the deflate", "MiB"),
             ("pipe_boot", f"`{PIPELINE}` right after boot: 1 = prints 1000", "ok"),
+            ("pipe_boot_2", "... again (--probe-only)", "ok"), ("pipe_boot_3", "... a third time (--probe-only)", "ok"),
             ("pipe_after", "... the same after the cycle", "ok"),
             ("wrong_after", f"memhog a {RECHECK_MIB} after the cycle: pages not reading back what it wrote", "pages"))
     for engine in runners:
         for key, what, unit in rows:
-            res.add(f"{engine} {what}", unit, [r[key] for r in got.get(engine, []) if r])
+            values = [r[key] for r in got.get(engine, []) if r and key in r]
+            if values:
+                res.add(f"{engine} {what}", unit, values)
     if "QEMU" in runners:
         for key in ("boot", "dirty", "inflate", "deflate"):
             pairs = [(a[key], b[key]) for a, b in zip(got.get("pyvmm", []), got.get("QEMU", []), strict=False)
-                     if a and b]
+                     if a and b and key in a and key in b]
             res.ratio(f"pyvmm / QEMU, {key}", [a for a, _ in pairs], [b for _, b in pairs])
     for name, why in failures.items():
         res.notes.append(f"{name}: some runs failed ({why})")
@@ -201,10 +220,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ram", type=int, default=RAM_MIB)
     p.add_argument("--dirty", type=int, default=DIRTY_MIB)
     p.add_argument("--low", type=int, default=LOW_MIB)
+    p.add_argument("--probe-only", action="store_true",
+                   help="boot, run the probe pipeline three times with no balloon activity, stop")
     a = p.parse_args(argv)
     t0 = time.monotonic()
     try:
-        result = run(a.repeats, a.ram, a.dirty, a.low)
+        result = run(a.repeats, a.ram, a.dirty, a.low, a.probe_only)
     except Unavailable as e:
         print(f"benchmark not run: {e}")
         return 0
