@@ -32,6 +32,15 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(no_qemu)      # under CI a missing QEMU makes these tests fail, not skip
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Each phase's report on its item (item.rep_setup, rep_call, rep_teardown), for fixtures that
+    clean up differently after a failure (tests/e2e/test_linux_shell.py)."""
+    rep = yield
+    setattr(item, f"rep_{rep.when}", rep)
+    return rep
+
+
 @pytest.fixture(scope="module")
 def built() -> Path:
     """The boot ROM as `make build` (which `make test` runs first) leaves it."""

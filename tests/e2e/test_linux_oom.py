@@ -33,8 +33,8 @@ def test_without_deflate_on_oom_the_oom_killer_acts_and_pyvmm_keeps_running(shel
     assert status and status[1] == "137", out   # 128 + SIGKILL
     assert "memhog: holding 128 MiB" not in out, out
     # The kernel's own report, printed on the same console (ttyS0) while memhog ran.
-    kill = re.search(r"Out of memory: Killed process \d+ \(memhog\)", out)
-    assert kill, out
+    kill = re.search(r"Out of memory: Killed process \d+ \(memhog\)", "\n".join(shell.kernel))
+    assert kill, (out, shell.kernel)
     assert shell.qmp_exec("query-balloon")["actual"] == 96 * MiB
     assert shell.drain_events() == []
     assert shell.qmp_exec("query-status")["status"] == "running"

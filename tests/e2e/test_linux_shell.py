@@ -28,6 +28,16 @@ def shell():
         yield sh
 
 
+@pytest.fixture(autouse=True)
+def _back_at_the_prompt(request, shell):
+    """A test that fails half-way (memhog still holding memory, the balloon down) must not take the
+    tests after it with it: they share this boot."""
+    yield
+    rep = getattr(request.node, "rep_call", None)
+    if rep is not None and rep.failed:
+        shell.recover(RAM // MiB)
+
+
 def test_shell_prompt_arithmetic_meminfo_and_virtio_devices(shell):
     """`pyvmm run --linux` reaches busybox's prompt; what is typed runs; /proc and /sys are mounted."""
     assert shell.run("echo $((6*7))") == "42"
@@ -159,11 +169,12 @@ def test_a_few_dozen_system_calls_through_busybox(shell):
     failed, crashed = [], []
     for what, command, want in SYSCALLS:
         out = shell.run(command)
-        if "segfault at" in out:
+        segv = [k for k in shell.kernel if "segfault at" in k]
+        if segv:
             # A user process of this guest occasionally dies reading a zero where its own data should be
             # (seen about once per hundred processes on this kvm_pvm host, cause not found yet; issue
             # 18's note). Such a run is counted and shown, and the command runs once more.
-            crashed.append(f"{what}: {out.splitlines()[0]}")
+            crashed.append(f"{what}: {segv[0]}")
             out = shell.run(command)
         if not re.fullmatch(want, out):
             failed.append(f"{what}: `{command}` printed {out!r}, expected /{want}/")
@@ -232,7 +243,7 @@ def test_free_page_reporting_gives_freed_memory_back_to_the_host(shell):
     shell.type("memhog\r")
     shell.expect(r"memhog: ready")
     shell.type(f"a {size // MiB}\r")
-    shell.expect(rf"memhog: holding {size // MiB} MiB")
+    shell.expect(rf"memhog: holding {size // MiB} MiB", timeout=900)   # each page's fault is emulated
     time.sleep(3)   # reporting runs 2 s after pages go free: let what was free before settle first
     held = shell.qom("guest-ram-rss")
     discarded0 = shell.qom("discarded-bytes")
@@ -264,7 +275,7 @@ def test_deflate_on_oom_lets_the_program_survive(shell):
     assert "memhog: holding 128 MiB" in out and "memhog: bye" in out, out
     actual = shell.qmp_exec("query-balloon")["actual"]
     events = shell.drain_events()
-    kills = len(re.findall(r"Killed process \d+", out))   # the kernel reports OOM kills on this console
+    kills = len(re.findall(r"Killed process \d+", "\n".join(shell.kernel)))   # the kernel's, on this console
     print(f"\ndeflate on OOM: inflate 256 -> 96 MiB in {took:.1f} s; after memhog took 128 MiB "
           f"actual = {actual / MiB:.0f} MiB, {len(events)} BALLOON_CHANGE events, OOM kills: {kills}")
     assert actual > 96 * MiB
@@ -273,12 +284,13 @@ def test_deflate_on_oom_lets_the_program_survive(shell):
     shell.balloon_to(256)
 
 
-# raises=AssertionError: only the wrong answer is the known defect; a boot that fails, or a shell that
-# stops answering, is an error of its own and must not count as this expected failure.
-@pytest.mark.xfail(strict=True, raises=AssertionError,
+# Not strict: the crash is frequent but not certain (4 of 5 boots), and a boot where the pipeline
+# comes out right shows as XPASS.  raises=AssertionError: only the wrong answer is the known defect; a
+# boot that fails, or a shell that stops answering, is an error of its own.
+@pytest.mark.xfail(strict=False, raises=AssertionError,
                    reason="open defect (issue 18): at the end of this module (after inflates, reporting and a "
                    "deflate on OOM) a pipeline fed by `seq 1 1000` has a stage segfault (sort, or busybox "
-                   "re-exec'd as exe), 4 of 4 boots; right after a plain boot it passes "
+                   "re-exec'd as exe) in 4 of 5 boots; right after a plain boot it passes "
                    "(bench/linux_cycle.py --probe-only)")
 def test_sort_in_a_pipeline(shell):
     assert shell.run("seq 1 1000 | sort -n -r | head -1") == "1000"

@@ -32,7 +32,7 @@ def linux_config(**kw) -> VmConfig:
     return VmConfig(**kw)
 
 
-def wait_driver_ok(m, timeout: float = 600.0) -> None:
+def wait_driver_ok(m, timeout: float = 1500.0) -> None:
     """Until Linux's virtio_balloon has set DRIVER_OK on our transport."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

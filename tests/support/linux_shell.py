@@ -24,6 +24,9 @@ from tests.support.linux import ensure_linux_built, linux_append
 PROMPT = "[pyvmm-linux "
 BALLOON = "/machine/peripheral/balloon0"
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+# A kernel message on the console ("[ 1043.345657] random: crng init done"): printk writes to ttyS0
+# whenever it likes, at the start of a line or in the middle of a command's output.
+KERNEL_LINE = re.compile(r"\[ *\d+\.\d{6}\] [^\n]*\n?")
 
 
 class Shell:
@@ -38,6 +41,7 @@ class Shell:
         self.events = EventListener(("BALLOON_CHANGE",))
         self.qmp.register_listener(self.events)
         self._n = itertools.count(1000)
+        self.kernel: list[str] = []     # the kernel's messages printed during the last run()
 
     def type(self, text: str) -> None:
         """Type like a person (in small bursts): the 16550's receive FIFO holds 16 bytes."""
@@ -47,14 +51,16 @@ class Shell:
 
     def run(self, command: str, timeout: float = 300) -> str:
         """Run one shell command line; return its output, found between two markers the shell computes
-        (so the echo of what was typed, however the line editor redraws it, never matches them)."""
+        (so the echo of what was typed, however the line editor redraws it, never matches them).  The
+        kernel's messages printed meanwhile are taken out of it and kept in ``self.kernel``."""
         n = next(self._n)
         self.type(f"echo @@$(({n}+0))@@; {command}; echo @@$(({n}+1))@@\r")
         self.child.expect_exact(f"@@{n}@@", timeout=60)
         self.child.expect_exact(f"@@{n + 1}@@", timeout=timeout)
         out = ANSI.sub("", self.child.before.replace("\r\n", "\n"))
         self.child.expect_exact(PROMPT, timeout=60)
-        return out.strip("\n")
+        self.kernel = [m[0].rstrip("\n") for m in KERNEL_LINE.finditer(out)]
+        return KERNEL_LINE.sub("", out).strip("\n")
 
     def expect(self, pattern: str, timeout: float = 300) -> str:
         """Wait for a regex on the console; the text before it and the match."""
@@ -75,6 +81,16 @@ class Shell:
             assert time.monotonic() - t0 < timeout, f"actual={self.qmp_exec('query-balloon')} never reached {mib} MiB"
             time.sleep(0.5)
         return time.monotonic() - t0
+
+    def recover(self, ram_mib: int) -> None:
+        """After a failed test: whatever it left running in the foreground (memhog, say) is stopped with
+        Ctrl-C, the shell answers again, and the balloon is back at ram_mib, so that one failure does not
+        fail the tests that share this boot after it."""
+        self.child.sendcontrol("c")
+        self.run("echo recovered", timeout=600)
+        if self.qom("target") != ram_mib * MiB or self.qmp_exec("query-balloon")["actual"] != ram_mib * MiB:
+            self.balloon_to(ram_mib)
+        self.drain_events()
 
     def drain_events(self) -> list:
         got = []
