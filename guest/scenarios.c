@@ -98,6 +98,18 @@ int scenario_demo(void)
 
 static bool verify_inflated;
 
+/* A second view of guest-physical memory: PML4 slot 1 shares the identity map's PDPT, so ALIAS + pa
+   is pa again through other page-table entries (and on the host through other shadow or EPT entries),
+   as Linux reaches a page through its direct map and through its owner's mapping.  A host that gives a
+   page back must forget every mapping of it, not only the one the guest last used. */
+#define ALIAS (1ULL << 39)
+extern u64 pml4[];
+
+static volatile u64 *alias_of(u64 pfn)
+{
+    return (volatile u64 *)(uintptr_t)(ALIAS + (pfn << PAGE_SHIFT));
+}
+
 static bool verify_done(void)
 {
     if (balloon.work_pending)
@@ -110,6 +122,13 @@ static bool verify_done(void)
 int scenario_verify(void)
 {
     dirty_memory();
+    pml4[1] = pml4[0];
+    __asm__ __volatile__("mov %%cr3, %%rax; mov %%rax, %%cr3" ::: "rax", "memory");
+    u64 seen = 0, alias_bad = 0; /* read every dirtied page through the alias too, before the balloon */
+    for (u64 pfn = mark_next(MARK_DIRTIED, 0); pfn < max_pfn; pfn = mark_next(MARK_DIRTIED, pfn + 1), seen++)
+        if (alias_of(pfn)[0] != (DIRTY_PATTERN ^ pfn) && alias_bad++ < 5)
+            printf("verify: alias of page %#llx differs before the balloon\n", pfn << PAGE_SHIFT);
+    printf("verify: %llu dirtied pages read through the alias at %#llx\n", seen, ALIAS);
     balloon_start();
     follow_target(verify_done);
     printf("verify: balloon inflated and deflated (%llu pages in, %llu out); checking pages\n",
@@ -127,6 +146,13 @@ int scenario_verify(void)
             if (bad++ < 5)
                 printf("verify: page %#llx does not hold what was written\n", pfn << PAGE_SHIFT);
         }
+        /* The same page through the alias: what was just written, and a write there seen here. */
+        volatile u64 *alias = alias_of(pfn);
+        alias[1] = VERIFY_TAIL ^ VERIFY_HEAD ^ pfn;
+        if (alias[0] != (VERIFY_HEAD ^ pfn) || page[1] != (VERIFY_TAIL ^ VERIFY_HEAD ^ pfn)) {
+            if (alias_bad++ < 5)
+                printf("verify: page %#llx and its alias differ after the deflate\n", pfn << PAGE_SHIFT);
+        }
         returned++;
     }
     /* Pages the balloon never took must still hold the dirty pattern: the host discarded only
@@ -138,12 +164,13 @@ int scenario_verify(void)
         if (*(volatile u64 *)(uintptr_t)(pfn << PAGE_SHIFT) != (DIRTY_PATTERN ^ pfn) && kept_bad++ < 5)
             printf("verify: page %#llx lost its contents but was never ballooned\n", pfn << PAGE_SHIFT);
     }
-    printf("verify: %llu returned pages checked, %llu never-ballooned dirty pages intact\n", returned,
-           kept - kept_bad);
+    printf("verify: %llu returned pages checked, %llu never-ballooned dirty pages intact, %llu alias "
+           "mismatches\n", returned, kept - kept_bad, alias_bad);
     if (returned == 0)
         return printf("verify: FAIL no pages came back\n"), fail("no pages came back");
-    if (bad || kept_bad) {
-        printf("verify: FAIL %llu bad returned pages, %llu corrupted kept pages\n", bad, kept_bad);
+    if (bad || kept_bad || alias_bad) {
+        printf("verify: FAIL %llu bad returned pages, %llu corrupted kept pages, %llu alias mismatches\n", bad,
+               kept_bad, alias_bad);
         return fail("page contents");
     }
     printf("verify: PASS %llu pages\n", returned);

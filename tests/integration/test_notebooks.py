@@ -38,7 +38,8 @@ def test_a_cell_run_again_stops_the_machine_it_left_running(tmp_path):
         c.execute_cell(nb.cells[1], 1)                      # the same cell again
         assert "the machine it started before is stopped" in text_of(nb.cells[1])
         c.execute_cell(nb.cells[2], 2)
-    assert text_of(nb.cells[2]).strip() == "[True, False] ['shutdown', 'running']"
+    # The second machine still runs, so a guest line of its own may land in this cell's output too.
+    assert "[True, False] ['shutdown', 'running']" in text_of(nb.cells[2]).splitlines()
 
 
 LAB_NOTEBOOKS = sorted(LABS.glob("[0-9][0-9]-*.ipynb"))
