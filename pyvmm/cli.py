@@ -160,7 +160,11 @@ def entry() -> None:
     the interpreter's own teardown (module finalisation, garbage collection of everything) saves
     tens of milliseconds of every short run, which the boot benchmark counts.
     """
-    code = main()
+    try:
+        code = main()
+    except KeyboardInterrupt:   # Ctrl-C before main() could catch it (imports, argument parsing)
+        sys.stderr.write("pyvmm: interrupted\n")
+        code = 130
     try:
         sys.stdout.flush()
         sys.stderr.flush()

@@ -280,7 +280,8 @@ def run_machine(cfg, *, demo: bool = False, pidfile: Path | None = None, plot: P
         if pidfile is not None:
             _write_pidfile(pidfile)
             pid_written = True
-        signal.signal(signal.SIGTERM, lambda s, f: machine.stop(143, "terminated (SIGTERM)"))
+        stop_on = _SignalStop(machine)
+        stop_on.catch(signal.SIGTERM)
         machine.start(terminal=interactive)
         if _is_linux(machine) and cfg.console == "stdio" and sys.stderr.isatty():
             _boot_status(machine, raw=interactive)
@@ -288,6 +289,7 @@ def run_machine(cfg, *, demo: bool = False, pidfile: Path | None = None, plot: P
             from .demo import drive_demo
 
             drive_demo(machine, plot=plot)
+        stop_on.catch(signal.SIGINT)    # from here Ctrl-C stops the machine without a KeyboardInterrupt
         code = machine.wait()
     finally:
         machine.close()         # the terminal's settings come back on every way out
@@ -301,6 +303,42 @@ def run_machine(cfg, *, demo: bool = False, pidfile: Path | None = None, plot: P
     if machine.stop_reason and not machine.crash_report and not machine.stop_reason.startswith("the guest exited"):
         sys.stderr.write(f"pyvmm: {machine.stop_reason}\n")
     return 0 if code is None else code
+
+
+class _SignalStop:
+    """SIGTERM and SIGINT stop the machine from a thread of their own, told through a pipe.
+
+    A Python signal handler runs between two bytecodes of the main thread, which may at that moment
+    hold the very lock that machine.stop() takes (inside Machine.wait's Event.wait): stopping from
+    the handler, or raising KeyboardInterrupt there, can leave the process waiting on itself. The
+    handler only writes the signal's number; the watcher thread does the stop."""
+
+    def __init__(self, machine) -> None:
+        import signal
+        import threading
+
+        self._reasons = {int(signal.SIGINT): (130, "interrupted (Ctrl-C)"),
+                         int(signal.SIGTERM): (143, "terminated (SIGTERM)")}
+        self._r, self._w = os.pipe()
+        os.set_blocking(self._w, False)
+        self._machine = machine
+        threading.Thread(target=self._watch, name="signals", daemon=True).start()
+
+    def catch(self, signum: int) -> None:
+        import signal
+
+        signal.signal(signum, self._handler)
+
+    def _handler(self, signum: int, frame: object) -> None:
+        try:
+            os.write(self._w, bytes([signum]))
+        except OSError:      # a full pipe already holds a stop request
+            pass
+
+    def _watch(self) -> None:
+        while got := os.read(self._r, 1):
+            code, why = self._reasons[got[0]]
+            self._machine.stop(code, why, event_reason="host-signal")
 
 
 def _is_linux(machine) -> bool:

@@ -33,6 +33,15 @@ def test_signal_stops_the_vm(sig, code, word):
     assert word in err.decode() and b"Traceback" not in err
 
 
+def test_ctrl_c_while_the_command_line_starts_is_one_line():
+    """Ctrl-C before main() has a handler for it (modules loading, arguments parsed): no traceback."""
+    code = ("import pyvmm.cli as c\n"
+            "def interrupted():\n    raise KeyboardInterrupt\n"
+            "c.main = interrupted\nc.entry()\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert (p.returncode, p.stderr) == (130, "pyvmm: interrupted\n")
+
+
 @pytest.mark.parametrize("monitor", ["", "--no-monitor"], ids=["monitor", "no-monitor"])
 def test_terminal_restored_after_the_vm_stops(monitor):
     """In a real pseudo-terminal: raw mode while the guest runs, the same settings afterwards."""
