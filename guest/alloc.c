@@ -72,7 +72,7 @@ static bool map_high(u64 max_addr)
             pd[i] = (gib * ONE_GIB + i * 0x200000ULL) | 0x83;
         pdpt[gib] = (u64)(uintptr_t)pd | 0x3;
     }
-    __asm__ __volatile__("mov %%cr3, %%rax; mov %%rax, %%cr3" ::: "rax", "memory");
+    flush_tlb();
     return true;
 }
 

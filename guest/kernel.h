@@ -69,6 +69,11 @@ static inline u64 read_cr3(void)
     __asm__ __volatile__("mov %%cr3, %0" : "=r"(v));
     return v;
 }
+/* CR3 written with itself: every non-global TLB entry dropped, after a page-table edit. */
+static inline void flush_tlb(void)
+{
+    __asm__ __volatile__("mov %%cr3, %%rax; mov %%rax, %%cr3" ::: "rax", "memory");
+}
 
 /* lib: printf.c, uart.c */
 typedef __builtin_va_list va_list;

@@ -146,9 +146,6 @@ def main(argv: list[str] | None = None) -> int:
             raise
         sys.stderr.write(f"pyvmm: {limit}\n")
         return limit.exit_code
-    except KeyboardInterrupt:
-        sys.stderr.write("pyvmm: interrupted\n")
-        return 130
     except BrokenPipeError:
         return 0
 
@@ -162,7 +159,7 @@ def entry() -> None:
     """
     try:
         code = main()
-    except KeyboardInterrupt:   # Ctrl-C before main() could catch it (imports, argument parsing)
+    except KeyboardInterrupt:   # Ctrl-C anywhere in main(): imports, argument parsing, a verb
         sys.stderr.write("pyvmm: interrupted\n")
         code = 130
     try:

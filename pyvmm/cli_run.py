@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -268,8 +269,6 @@ def cmd_run(args) -> int:
 
 def run_machine(cfg, *, demo: bool = False, pidfile: Path | None = None, plot: Path | None = None) -> int:
     """Build, start and wait for a VM as `pyvmm run` does; returns the process exit code."""
-    import signal
-
     from .vm import Machine
 
     interactive = cfg.console == "stdio" and sys.stdin.isatty() and not demo
@@ -311,10 +310,11 @@ class _SignalStop:
     A Python signal handler runs between two bytecodes of the main thread, which may at that moment
     hold the very lock that machine.stop() takes (inside Machine.wait's Event.wait): stopping from
     the handler, or raising KeyboardInterrupt there, can leave the process waiting on itself. The
-    handler only writes the signal's number; the watcher thread does the stop."""
+    handler only writes the signal's number; the watcher thread does the stop. The handlers are set
+    whatever the process inherited: a job started in the background of a shell inherits SIGINT
+    ignored, and Python keeps that, so without its own handler such a pyvmm had no Ctrl-C."""
 
     def __init__(self, machine) -> None:
-        import signal
         import threading
 
         self._reasons = {int(signal.SIGINT): (130, "interrupted (Ctrl-C)"),
@@ -325,8 +325,6 @@ class _SignalStop:
         threading.Thread(target=self._watch, name="signals", daemon=True).start()
 
     def catch(self, signum: int) -> None:
-        import signal
-
         signal.signal(signum, self._handler)
 
     def _handler(self, signum: int, frame: object) -> None:
