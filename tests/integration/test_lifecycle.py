@@ -22,13 +22,17 @@ def test_signal_stops_the_vm(sig, code, word):
     ensure_built()
     p = subprocess.Popen([sys.executable, "-m", "pyvmm", "run", str(GUEST), "--append", "scenario=demo dirty=8M"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, cwd=ROOT)
-    deadline = time.monotonic() + 60
-    line = b""
-    while b"balloon: version" not in line and time.monotonic() < deadline:
-        line = p.stdout.readline()
-    assert b"balloon: version" in line
-    p.send_signal(sig)
-    out, err = p.communicate(timeout=20)
+    try:
+        deadline = time.monotonic() + 60
+        line = b""
+        while b"balloon: version" not in line and time.monotonic() < deadline:
+            line = p.stdout.readline()
+        assert b"balloon: version" in line
+        p.send_signal(sig)
+        out, err = p.communicate(timeout=20)
+    finally:
+        p.kill()  # a VMM that outlived the signal must not outlive the test (no-op once it has exited)
+        p.wait()
     assert p.returncode == code, err
     assert word in err.decode() and b"Traceback" not in err
 
