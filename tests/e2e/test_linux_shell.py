@@ -20,6 +20,7 @@ pytestmark = [pytest.mark.kvm, pytest.mark.linux]
 
 RAM = 256 * MiB
 DEVICE = "virtio-balloon-device,deflate-on-oom=on,free-page-reporting=on"
+REPORTING_SETTLED = 30.0   # seconds without a fall of the RSS after which reporting is taken as done
 
 
 @pytest.fixture(scope="module")
@@ -235,8 +236,10 @@ def test_guest_stats_agree_with_proc_meminfo_and_vmstat(shell):
 def test_free_page_reporting_gives_freed_memory_back_to_the_host(shell):
     """memhog holds 128 MiB, then frees it: Linux reports the free pages and the host RSS of guest RAM
     (mincore) falls, with no balloon target change.  Linux reports only free blocks of at least
-    pageblock order (2 MiB), so what ends up in smaller free blocks stays resident: measured here
-    108 of 128 MiB (84%) within 3 minutes, short of the 90% issue 18 asked for; 80% is asserted."""
+    pageblock order (2 MiB), a budget of them per pass, a pass 2 s after the last: the RSS falls in
+    steps, so the test waits until 90% is back (issue 18's figure) or the RSS has not fallen for
+    REPORTING_SETTLED seconds, and prints what came back.  80% is asserted: what stays in free
+    blocks below 2 MiB is Linux's to keep, not the device's."""
     size = 128 * MiB
     target, actual = shell.qom("target"), shell.qom("actual")
     shell.drain_events()
@@ -249,17 +252,21 @@ def test_free_page_reporting_gives_freed_memory_back_to_the_host(shell):
     discarded0 = shell.qom("discarded-bytes")
     shell.type("f\r")
     shell.expect(rf"memhog: freed {size // MiB} MiB")
-    t0 = time.monotonic()
+    t0 = last_fall = time.monotonic()
     rss = held
-    while held - rss < 0.8 * size and time.monotonic() - t0 < 180:
+    while held - rss < 0.9 * size and time.monotonic() - last_fall < REPORTING_SETTLED \
+            and time.monotonic() - t0 < 300:
         time.sleep(1)
-        rss = shell.qom("guest-ram-rss")
-    took = time.monotonic() - t0
+        now = shell.qom("guest-ram-rss")
+        if now < rss:
+            rss, last_fall = now, time.monotonic()
+    took = last_fall - t0
     shell.type("q\r")
     shell.expect(r"memhog: bye")
     shell.child.expect_exact(PROMPT)
     print(f"\nfree page reporting: host RSS of guest RAM {held / MiB:.1f} -> {rss / MiB:.1f} MiB "
-          f"({(held - rss) / MiB:.1f} of {size // MiB} MiB freed in the guest) in {took:.1f} s; "
+          f"({(held - rss) / MiB:.1f} of {size // MiB} MiB freed in the guest, {(held - rss) / size:.0%}), "
+          f"the last fall {took:.1f} s after the free; "
           f"device discarded {(shell.qom('discarded-bytes') - discarded0) / MiB:.1f} MiB")
     assert held - rss >= 0.8 * size, (held, rss)
     assert (shell.qom("target"), shell.qom("actual")) == (target, actual)
