@@ -12,9 +12,12 @@ whether the crash needs the balloon's discards and whether it is pyvmm's or this
 `--probe-only` boots, runs the pipeline three times with no balloon activity, and stops. Every figure
 is printed as it is taken, so a run stopped half-way still shows what it measured.
 
-Not part of `make bench`: each VMM boots Linux to a shell prompt (minutes under emulation on a kvm_pvm
-host) and the guest's own page faults are emulated too, so one round of both takes about a quarter of
-an hour here, more than the whole `make bench` budget.
+Not part of `make bench`: each VMM boots Linux to a shell prompt (204 s under QEMU and 435 s under
+pyvmm in the one sequential run on record, on a loaded kvm_pvm host) and the guest's own page faults
+are emulated too: in that run `memhog a 768` had touched 608 MiB under QEMU and 512 MiB under pyvmm
+when the half-hour step timeout ended it. One round of both is well over an hour here, far beyond the
+whole `make bench` budget. Running both VMMs at once was tried on this 2-core host and is worse: both
+boots took longer (499 s and 694 s) and neither guest finished the first pipeline in 30 minutes.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ RAM_MIB, DIRTY_MIB, LOW_MIB = 1024, 768, 256
 PROMPT = "[pyvmm-linux "
 BOOT_TIMEOUT = 1800.0
 STEP_TIMEOUT = 1800.0
+PROGRESS_TIMEOUT = 600.0   # memhog prints a line every 16 MiB; this long without one is a hung guest
 POLL = 0.25
 PIPELINE = "seq 1 1000 | sort -n -r | head -1"
 RECHECK_MIB = 64
@@ -96,6 +100,19 @@ class Guest:
         self.child.expect_exact(PROMPT, timeout=60)
         return time.monotonic() - t
 
+    def dirty(self, mib: int, say) -> float:
+        """`memhog a MIB f q`, to its end however long that takes (half an hour and more here: every
+        first touch of a page is a guest page fault, and guest kernel code is emulated), as long as a
+        progress line comes every PROGRESS_TIMEOUT; says how far it is every 128 MiB."""
+        t = time.monotonic()
+        self.type(f"memhog a {mib} f q\r")
+        while self.child.expect([r"memhog: touched (\d+)/", r"memhog: bye"], timeout=PROGRESS_TIMEOUT) == 0:
+            done = int(self.child.match.group(1))
+            if done % 128 == 0:
+                say(f"touched {done}/{mib} MiB at {time.monotonic() - t:.0f} s")
+        self.child.expect_exact(PROMPT, timeout=60)
+        return time.monotonic() - t
+
     def output(self, line: str, timeout: float = STEP_TIMEOUT) -> tuple[list[str], int]:
         """The lines a shell command printed (the echoed command left out) and its exit status."""
         self.type(f"{line}; echo cycle-rc=$?\r")
@@ -142,7 +159,10 @@ def cycle(cmd_for, ram_mib: int, dirty_mib: int, low_mib: int, probe_only: bool 
         # Each figure as it is taken, so a run stopped half-way still leaves what it measured.
         out.update(got)
         shown = ", ".join(f"{k} {v:.1f}" for k, v in got.items())
-        print(f"  {cmd_for.__name__}: {shown}", file=sys.stderr, flush=True)
+        say(shown)
+
+    def say(text: str) -> None:
+        print(f"  {cmd_for.__name__} {time.monotonic() - g.t0:7.0f} s: {text}", file=sys.stderr, flush=True)
 
     try:
         g.child.expect_exact(PROMPT, timeout=BOOT_TIMEOUT)
@@ -153,7 +173,7 @@ def cycle(cmd_for, ram_mib: int, dirty_mib: int, low_mib: int, probe_only: bool 
             step(pipe_boot_2=g.pipeline_ok())
             step(pipe_boot_3=g.pipeline_ok())
             return out
-        step(dirty=g.command(f"memhog a {dirty_mib} f q", r"memhog: bye"))
+        step(dirty=g.dirty(dirty_mib, say))
         step(rss_dirty=g.ram_rss_mib(), actual_dirty=g.actual_mib())
         step(inflate=g.balloon(low_mib))
         step(rss_low=g.ram_rss_mib(), actual_low=g.actual_mib())
