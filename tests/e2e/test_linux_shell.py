@@ -274,16 +274,19 @@ def test_free_page_reporting_gives_freed_memory_back_to_the_host(shell):
 
 
 def test_deflate_on_oom_lets_the_program_survive(shell):
-    """Ballooned down to 96 MiB, memhog asks for 128 MiB: with DEFLATE_ON_OOM Linux's OOM notifier takes
-    pages back from the balloon (`actual` rises, BALLOON_CHANGE events) and memhog gets all it asked for."""
+    """Ballooned down to 96 MiB, memhog asks for all 96: more than is left beside the kernel and the
+    shell, so with DEFLATE_ON_OOM Linux's OOM notifier takes pages back from the balloon, 1 MiB per
+    call (`actual` rises, BALLOON_CHANGE events) and memhog gets all it asked for.  Each of those calls
+    is a whole OOM pass of emulated kernel code here, so the shortfall is kept small: asking 128 MiB
+    took 54 of them (actual 96 -> 150 MiB) and most of the test's 6 to 12 minutes."""
     took = shell.balloon_to(96)
     shell.drain_events()
-    out = shell.run("memhog a 128 s q", timeout=900)
-    assert "memhog: holding 128 MiB" in out and "memhog: bye" in out, out
+    out = shell.run("memhog a 96 s q", timeout=900)
+    assert "memhog: holding 96 MiB" in out and "memhog: bye" in out, out
     actual = shell.qmp_exec("query-balloon")["actual"]
     events = shell.drain_events()
     kills = len(re.findall(r"Killed process \d+", "\n".join(shell.kernel)))   # the kernel's, on this console
-    print(f"\ndeflate on OOM: inflate 256 -> 96 MiB in {took:.1f} s; after memhog took 128 MiB "
+    print(f"\ndeflate on OOM: inflate 256 -> 96 MiB in {took:.1f} s; after memhog took 96 MiB "
           f"actual = {actual / MiB:.0f} MiB, {len(events)} BALLOON_CHANGE events, OOM kills: {kills}")
     assert actual > 96 * MiB
     assert events and events[-1]["data"]["actual"] == actual
