@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 import re
+import sys
 import threading
 import time
 import weakref
@@ -143,9 +144,10 @@ class Machine:
         # collected, or at the latest when the interpreter exits.  The finalizer holds the parts, never
         # the Machine itself, so it does not keep the Machine alive.
         self._finalizer = weakref.finalize(self, _release, control, vcpus, resources, "the Machine was dropped")
-        from .notebook import adopt
+        if "IPython" in sys.modules:     # a notebook (or IPython): a re-run of this cell stops this machine
+            from .notebook import adopt  # (only there: the CLI does not pay notebook's imports)
 
-        adopt(self)        # in a notebook: a re-run of this cell stops this machine first
+            adopt(self)
         return self
 
     # --- parts by another name --------------------------------------------------------------------------
@@ -707,7 +709,5 @@ def _weak_reset(machine: Machine) -> Callable[[str], None]:
     return reset
 
 def _stderr_lines(text: str) -> None:
-    import sys
-
     sys.stderr.write("".join(f"pyvmm: {line}\n" for line in text.splitlines()))
     sys.stderr.flush()
