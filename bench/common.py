@@ -250,13 +250,14 @@ class RunOutcome:
         return " | ".join(text[-lines:]) if text else "(no output)"
 
 
-def timed_run(cmd: list[str], timeout: float = RUN_TIMEOUT, env: dict | None = None) -> RunOutcome:
+def timed_run(cmd: list[str], timeout: float = RUN_TIMEOUT, env: dict | None = None,
+              cwd: Path = ROOT) -> RunOutcome:
     """Run a command with stdin closed and output captured; the wall time includes fork, exec and exit."""
     full_env = dict(os.environ, **(env or {}))
     launched = time.monotonic()
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            cwd=ROOT, env=full_env)
+                            cwd=cwd, env=full_env)
     try:
         out, err = proc.communicate(timeout=timeout)
         code: int | None = proc.returncode
