@@ -12,12 +12,14 @@ whether the crash needs the balloon's discards and whether it is pyvmm's or this
 `--probe-only` boots, runs the pipeline three times with no balloon activity, and stops. Every figure
 is printed as it is taken, so a run stopped half-way still shows what it measured.
 
-Not part of `make bench`: each VMM boots Linux to a shell prompt (204 s under QEMU and 435 s under
-pyvmm in the one sequential run on record, on a loaded kvm_pvm host) and the guest's own page faults
-are emulated too: in that run `memhog a 768` had touched 608 MiB under QEMU and 512 MiB under pyvmm
-when the half-hour step timeout ended it. One round of both is well over an hour here, far beyond the
-whole `make bench` budget. Running both VMMs at once was tried on this 2-core host and is worse: both
-boots took longer (499 s and 694 s) and neither guest finished the first pipeline in 30 minutes.
+Not part of `make bench`: each VMM boots Linux to a shell prompt and every first touch of a page by
+memhog is a guest page fault handled by emulated kernel code. On the host kernel of
+results/linux_cycle.md (6.18.44-fc-v1300, idle machine) one round of both took 28.5 minutes: boot 36 s
+(pyvmm) and 34 s (QEMU), `memhog a 768 f q` 609 s and 597 s, inflate to 256 MiB 84 s and 79 s,
+deflate 77 s and 71 s; on an earlier, slower host kernel `memhog a 768` had not finished in the
+half-hour step timeout. Either way far beyond `make bench`'s 10 minutes. Running both VMMs at once was
+tried on that slower kernel, on this 2-core host, and was worse: both boots took longer and neither
+guest finished the first pipeline in 30 minutes.
 """
 
 from __future__ import annotations
