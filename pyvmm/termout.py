@@ -6,7 +6,9 @@ status line drawn on a terminal is overwritten by a guest line, and a pipe that 
 line in the middle of a guest line.  Everything here goes through one lock:
 
 * ``GuestOutput`` writes the console.  To a terminal bytes go out as they come (a shell prompt has no
-  newline), except while a status line is shown: then whole lines go above it.  To a pipe or file
+  newline), except while a status line is shown: then whole lines go above it.  A status line drawn
+  over an unfinished guest line erases it from the screen, so that part is held again and goes out
+  whole above the status line with the rest of its line, or back in place when the status line ends.  To a pipe or file
   only whole lines go out, so nothing lands in the middle of one; a partial line goes out once it has
   waited PARTIAL_WAIT seconds (a prompt), or when the VM stops.
 * ``StatusLine`` is one live line at the bottom of a terminal (rewritten in place, cleared when
@@ -23,11 +25,13 @@ from __future__ import annotations
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable
 
 PARTIAL_WAIT = 0.3           # seconds a piped partial line waits for its newline before going out
 _lock = threading.RLock()
 _status: StatusLine | None = None   # the status line on the terminal now, if any
+_terminals: weakref.WeakSet[GuestOutput] = weakref.WeakSet()   # guest outputs to a terminal
 
 
 def _is_tty(fd: int) -> bool:
@@ -63,10 +67,13 @@ class GuestOutput:
         self.tty = _is_tty(fd)
         self._partial = bytearray()
         self._partial_since = 0.0
+        self._on_screen = bytearray()   # to a terminal: the unfinished line written out so far
         self._flusher: threading.Thread | None = None
         self._closed = False
         # When the terminal is in raw mode a status line must end its own lines with CR LF.
         self.raw_terminal = raw_terminal or (lambda: False)
+        if self.tty:
+            _terminals.add(self)
 
     def __call__(self, data: bytes) -> None:
         self.write(data)
@@ -82,7 +89,7 @@ class GuestOutput:
             if self.tty and not over_status:
                 if self._partial:
                     data, self._partial = bytes(self._partial) + data, bytearray()
-                _write(self.fd, data)
+                self._to_screen(data)
                 return
             self._partial += data
             cut = self._partial.rfind(b"\n") + 1
@@ -91,6 +98,7 @@ class GuestOutput:
                 del self._partial[:cut]
                 if over_status and status is not None:
                     status.above(lines)
+                    self._on_screen.clear()      # its start, if still shown, is ended by these lines
                 else:
                     _write(self.fd, lines)
             if self._partial:
@@ -108,10 +116,36 @@ class GuestOutput:
             status = _status
             if status is not None and status.tty and _same_file(self.fd, status.fd):
                 status.above(bytes(self._partial) + b"\n")   # it cannot stay beside the status line
+                self._on_screen.clear()
+            elif self.tty:
+                self._to_screen(bytes(self._partial))
             else:
                 _write(self.fd, bytes(self._partial))
             self._partial.clear()
         self._partial_since = 0.0
+
+    def _to_screen(self, data: bytes) -> None:
+        _write(self.fd, data)
+        nl = data.rfind(b"\n")
+        if nl >= 0:
+            self._on_screen[:] = data[nl + 1 :]
+        else:
+            self._on_screen += data
+        if len(self._on_screen) > 4096:        # a guest that never ends its line: keep its tail
+            del self._on_screen[:-4096]
+
+    def _covered(self) -> None:
+        """A status line is drawn over this terminal's last line: what of an unfinished guest line
+        was there is gone from the screen, and is held again to go out whole."""
+        if self._on_screen:
+            self._partial[:0] = self._on_screen
+            self._on_screen.clear()
+            self._partial_since = self._partial_since or time.monotonic()
+
+    def _uncovered(self) -> None:
+        """The status line is gone: an unfinished line held meanwhile (a prompt) goes back in place."""
+        if self._partial and not self._closed:
+            self._flush_partial()
 
     def _start_flusher(self) -> None:
         if self._flusher is None or not self._flusher.is_alive():
@@ -188,6 +222,8 @@ class StatusLine:
             self.text = text
             if self.tty:
                 if _status is self:
+                    if not self._shown:
+                        self._each_output(GuestOutput._covered)
                     _write(self.fd, self._draw())
                     self._shown = True
             elif self.every and time.monotonic() - self._last_piped >= self.every:
@@ -201,8 +237,14 @@ class StatusLine:
                 lines = lines.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
             _write(self.fd, (b"\r\x1b[K" if self._shown else b"") + lines + (self._draw() if self._shown else b""))
 
-    def stop(self) -> None:
-        """Clear the line and let output flow again."""
+    def _each_output(self, step: Callable[[GuestOutput], None]) -> None:
+        for out in list(_terminals):
+            if _same_file(out.fd, self.fd):
+                step(out)
+
+    def stop(self, final: bytes = b"") -> None:
+        """Clear the line (writing ``final`` in its place) and let output flow again: a guest line
+        held unfinished meanwhile goes back on the screen."""
         global _status
         with _lock:
             if _status is self:
@@ -210,12 +252,14 @@ class StatusLine:
                 if self._shown:
                     _write(self.fd, b"\r\x1b[K")
                     self._shown = False
+                _write(self.fd, final)
+                self._each_output(GuestOutput._uncovered)
+            else:
+                _write(self.fd, final)
 
     def done(self, text: str) -> None:
         """The final state, as a line that stays."""
-        with _lock:
-            self.stop()
-            _write(self.fd, text.encode("utf-8", "replace") + (b"\r\n" if self.raw else b"\n"))
+        self.stop(text.encode("utf-8", "replace") + (b"\r\n" if self.raw else b"\n"))
 
 
 def emit_line(text: str, fd: int = 2) -> None:

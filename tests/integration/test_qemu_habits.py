@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import socket
 import subprocess
 import sys
@@ -18,6 +17,7 @@ import pytest
 
 from pyvmm.cli_control import QmpConnection
 from tests.support.guest import BANNER, ROOT, ensure_built, pyvmm_cli
+from tests.support.terminal import render_terminal
 
 pytestmark = pytest.mark.kvm
 
@@ -200,7 +200,7 @@ def test_guest_lines_stay_whole_beside_the_progress_line(tmp_path):
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 0
-    screen = _render(child.before.decode(errors="replace"))
+    screen = render_terminal(child.before.decode(errors="replace"))
     _assert_whole(log_tty.read_text(), screen)
     piped = subprocess.run([sys.executable, "-m", "pyvmm", "run", "--demo", "--console-log", str(log_pipe)],
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT,
@@ -208,30 +208,6 @@ def test_guest_lines_stay_whole_beside_the_progress_line(tmp_path):
     assert piped.returncode == 0
     _assert_whole(log_pipe.read_text(), piped.stdout.decode(errors="replace").splitlines())
     assert "balloon inflate: reached 64.0 MiB" in piped.stdout.decode()
-
-
-def _render(stream: str) -> list[str]:
-    """The lines a terminal shows for this output: CR returns to the column 0, ESC[K erases the rest."""
-    lines, cur, col = [], [], 0
-    for part in re.split(r"(\r\n|\n|\r|\x1b\[K|\x1b\[\d*[A-Za-z])", stream):
-        if part in ("\r\n", "\n"):
-            lines.append("".join(cur))
-            cur, col = [], 0
-        elif part == "\r":
-            col = 0
-        elif part == "\x1b[K":
-            del cur[col:]
-        elif part.startswith("\x1b["):
-            continue
-        else:
-            for ch in part:
-                if col < len(cur):
-                    cur[col] = ch
-                else:
-                    cur.append(ch)
-                col += 1
-    lines.append("".join(cur))
-    return lines
 
 
 def _assert_whole(guest: str, seen: list[str]) -> None:
