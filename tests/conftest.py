@@ -41,6 +41,32 @@ def pytest_runtest_makereport(item, call):
     return rep
 
 
+@pytest.fixture
+def figure(record_property):
+    """figure(text): a figure the test measured (a time, a share, a count), printed and kept on the
+    test's report, so that pytest_terminal_summary below lists it in every run's output, CI's
+    included (pytest shows a passing test's prints only with -s or -rP)."""
+    def say(text: str) -> None:
+        print(f"\n{text}")
+        record_property("figure", text)
+    return say
+
+
+def pytest_terminal_summary(terminalreporter):
+    """One section with every figure the tests recorded (the call phase's report carries it, also
+    from an xdist worker), whatever became of the test."""
+    seen = []
+    for reports in terminalreporter.stats.values():
+        for rep in reports:
+            if getattr(rep, "when", None) != "call":
+                continue
+            seen += [(rep.nodeid, rep.outcome, v) for k, v in getattr(rep, "user_properties", ()) if k == "figure"]
+    if seen:
+        terminalreporter.write_sep("=", "figures measured by the tests")
+        for nodeid, outcome, text in sorted(seen):
+            terminalreporter.write_line(f"{nodeid} ({outcome}): {text}")
+
+
 @pytest.fixture(scope="module")
 def built() -> Path:
     """The boot ROM as `make build` (which `make test` runs first) leaves it."""

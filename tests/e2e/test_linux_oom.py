@@ -21,7 +21,7 @@ def shell():
         yield sh
 
 
-def test_without_deflate_on_oom_the_oom_killer_acts_and_pyvmm_keeps_running(shell):
+def test_without_deflate_on_oom_the_oom_killer_acts_and_pyvmm_keeps_running(shell, figure):
     """Ballooned down to 96 MiB, memhog asks for 128 MiB: the balloon keeps its pages (`actual` stays at
     96 MiB, no BALLOON_CHANGE), Linux's OOM killer kills memhog, the shell and the VMM carry on."""
     features = shell.run("cat /sys/bus/virtio/drivers/virtio_balloon/virtio*/features")
@@ -40,7 +40,7 @@ def test_without_deflate_on_oom_the_oom_killer_acts_and_pyvmm_keeps_running(shel
     assert shell.qmp_exec("query-status")["status"] == "running"
     assert shell.run("echo still $((40+2))") == "still 42"
     touched = max(map(int, re.findall(r"touched (\d+)/128 MiB", out)), default=0)
-    print(f"\nwithout deflate-on-oom: inflate 256 -> 96 MiB in {took:.1f} s; memhog killed (exit 137) after "
+    figure(f"without deflate-on-oom: inflate 256 -> 96 MiB in {took:.1f} s; memhog killed (exit 137) after "
           f"touching {touched} MiB; actual stays 96 MiB; kernel: {kill[0]}")
     assert touched < 128
     shell.balloon_to(256)

@@ -165,7 +165,7 @@ SYSCALLS: list[tuple[str, str, str]] = [
 ]
 
 
-def test_a_few_dozen_system_calls_through_busybox(shell):
+def test_a_few_dozen_system_calls_through_busybox(shell, figure):
     """File, process, memory and time system calls, each seen to do its job (not merely return)."""
     failed, crashed = [], []
     for what, command, want in SYSCALLS:
@@ -179,22 +179,22 @@ def test_a_few_dozen_system_calls_through_busybox(shell):
             out = shell.run(command)
         if not re.fullmatch(want, out):
             failed.append(f"{what}: `{command}` printed {out!r}, expected /{want}/")
-    print(f"\n{len(SYSCALLS)} system-call checks; user-space crashes retried: {len(crashed)} {crashed}")
+    figure(f"{len(SYSCALLS)} system-call checks; user-space crashes retried: {len(crashed)} {crashed}")
     assert not failed, "\n".join(failed)
     assert len(crashed) <= 2, crashed
     assert len(SYSCALLS) >= 40
 
 
-def test_system_call_rate(shell):
+def test_system_call_rate(shell, figure):
     """The cost of the route: getppid() in a loop (linux/sysrate.c); the figure goes to the note."""
     out = shell.run("sysrate 20000")
     m = re.fullmatch(r"sysrate: 20000 getppid calls in (\d+) us: (\d+) per second, (\d+) ns each", out)
     assert m, out
-    print(f"\nsystem calls in the guest: {m[2]} per second ({m[3]} ns each)")
+    figure(f"system calls in the guest: {m[2]} per second ({m[3]} ns each)")
     assert int(m[2]) > 0
 
 
-def test_guest_stats_agree_with_proc_meminfo_and_vmstat(shell):
+def test_guest_stats_agree_with_proc_meminfo_and_vmstat(shell, figure):
     """Linux's stats (every 2 s here) against /proc/meminfo and /proc/vmstat read just before and just
     after the stats sample: each stat lies between the two reads, give or take the reader's own pages."""
     text1 = shell.run("cat /proc/meminfo /proc/vmstat")
@@ -228,12 +228,12 @@ def test_guest_stats_agree_with_proc_meminfo_and_vmstat(shell):
         report.append(f"{name} {stats[name]} (reads {a}, {b})")
         if not lo <= stats[name] <= hi:
             wrong.append(f"{name}={stats[name]} outside [{lo}, {hi}]")
-    print("\nguest stats vs /proc: " + "; ".join(report))
+    figure("guest stats vs /proc: " + "; ".join(report))
     assert not wrong, wrong
     assert v2["pgfault"] > v1["pgfault"]   # the counters are live, not a copy taken once
 
 
-def test_free_page_reporting_gives_freed_memory_back_to_the_host(shell):
+def test_free_page_reporting_gives_freed_memory_back_to_the_host(shell, figure):
     """memhog holds 128 MiB, then frees it: Linux reports the free pages and the host RSS of guest RAM
     (mincore) falls, with no balloon target change.  Linux reports only free blocks of at least
     pageblock order (2 MiB), a budget of them per pass, a pass 2 s after the last: the RSS falls in
@@ -264,7 +264,7 @@ def test_free_page_reporting_gives_freed_memory_back_to_the_host(shell):
     shell.type("q\r")
     shell.expect(r"memhog: bye")
     shell.child.expect_exact(PROMPT)
-    print(f"\nfree page reporting: host RSS of guest RAM {held / MiB:.1f} -> {rss / MiB:.1f} MiB "
+    figure(f"free page reporting: host RSS of guest RAM {held / MiB:.1f} -> {rss / MiB:.1f} MiB "
           f"({(held - rss) / MiB:.1f} of {size // MiB} MiB freed in the guest, {(held - rss) / size:.0%}), "
           f"the last fall {took:.1f} s after the free; "
           f"device discarded {(shell.qom('discarded-bytes') - discarded0) / MiB:.1f} MiB")
@@ -273,7 +273,7 @@ def test_free_page_reporting_gives_freed_memory_back_to_the_host(shell):
     assert shell.drain_events() == []
 
 
-def test_deflate_on_oom_lets_the_program_survive(shell):
+def test_deflate_on_oom_lets_the_program_survive(shell, figure):
     """Ballooned down to 96 MiB, memhog asks for all 96: more than is left beside the kernel and the
     shell, so with DEFLATE_ON_OOM Linux's OOM notifier takes pages back from the balloon, 1 MiB per
     call (`actual` rises, BALLOON_CHANGE events) and memhog gets all it asked for.  Each of those calls
@@ -286,7 +286,7 @@ def test_deflate_on_oom_lets_the_program_survive(shell):
     actual = shell.qmp_exec("query-balloon")["actual"]
     events = shell.drain_events()
     kills = len(re.findall(r"Killed process \d+", "\n".join(shell.kernel)))   # the kernel's, on this console
-    print(f"\ndeflate on OOM: inflate 256 -> 96 MiB in {took:.1f} s; after memhog took 96 MiB "
+    figure(f"deflate on OOM: inflate 256 -> 96 MiB in {took:.1f} s; after memhog took 96 MiB "
           f"actual = {actual / MiB:.0f} MiB, {len(events)} BALLOON_CHANGE events, OOM kills: {kills}")
     assert actual > 96 * MiB
     assert events and events[-1]["data"]["actual"] == actual
