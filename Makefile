@@ -48,7 +48,8 @@ PYTEST := $(PY) -m pytest -q -ra -n 2 --dist loadscope --durations=25
 test: build host-deps
 	$(PYTEST)
 
-# Everything but the Linux guests (the stock Debian kernel alone takes about 12 minutes here).
+# Everything but the Linux guests (they take most of `make test`: the stock Debian kernel alone 4 to 12
+# minutes here, by host kernel).
 test-quick: build host-deps
 	$(PYTEST) -m "not linux"
 

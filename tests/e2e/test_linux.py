@@ -1,7 +1,7 @@
 """Linux's own virtio_balloon driver against pyvmm, and against QEMU's device in the same run.
 
 The minimal kernel is built from Debian's linux-source-6.1 by `make linux-guest` (the first test run on a
-machine builds it, about 4 minutes; later runs reuse ~/.cache/pyvmm/linux).  Guest code is emulated on
+machine builds it, under 3 minutes on 2 cores; later runs reuse ~/.cache/pyvmm/linux).  Guest code is emulated on
 this host (every guest page costs about a millisecond), so the balloon moves in small steps, and the
 tests that can share a boot share one (the module's linux_vm).
 """
