@@ -103,8 +103,9 @@ class Guest:
         return time.monotonic() - t
 
     def dirty(self, mib: int, say) -> float:
-        """`memhog a MIB f q`, to its end however long that takes (half an hour and more here: every
-        first touch of a page is a guest page fault, and guest kernel code is emulated), as long as a
+        """`memhog a MIB f q`, to its end however long that takes (ten minutes for 768 MiB here, more
+        on a slower host kernel: every first touch of a page is a guest page fault, handled by emulated
+        kernel code), as long as a
         progress line comes every PROGRESS_TIMEOUT; says how far it is every 128 MiB."""
         t = time.monotonic()
         self.type(f"memhog a {mib} f q\r")

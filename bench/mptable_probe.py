@@ -32,10 +32,7 @@ from common import Unavailable
 
 import linux
 
-MIB = 1 << 20
-EBDA = 0x9_FC00              # pyvmm's e820 keeps it reserved (pyvmm.arch.x86.layout.EBDA_START)
 LAPIC = 0xFEE0_0000
-DRIVER_OK = 4
 
 
 def _checksum(data: bytes | bytearray) -> int:
@@ -56,11 +53,12 @@ def minimal_mp_table(base: int) -> bytes:
 
 
 def boot(with_table: bool) -> dict:
+    from pyvmm.arch.x86.layout import EBDA_START as EBDA  # reserved in pyvmm's e820
     from pyvmm.config import VmConfig
     from pyvmm.vm import Machine
 
     kernel, initrd = linux.linux_files()
-    cfg = VmConfig(kernel=kernel, initrd=initrd, memory=512 * MIB, append=linux.linux_append(), acpi=False,
+    cfg = VmConfig(kernel=kernel, initrd=initrd, memory=512 * linux.MIB, append=linux.linux_append(), acpi=False,
                    mem_prealloc=True, console="none")
     with Machine(cfg) as m:
         if with_table:
@@ -69,7 +67,7 @@ def boot(with_table: bool) -> dict:
         m.start()
         m.wait_for_console(linux.PROBE_LINE, linux.BOOT_TIMEOUT)
         probe = time.perf_counter() - t0
-        while not m.balloon_transport.status & DRIVER_OK:
+        while not m.balloon_transport.status & linux.DRIVER_OK:
             if time.perf_counter() - t0 > linux.BOOT_TIMEOUT:
                 raise RuntimeError("the driver never reached DRIVER_OK")
             time.sleep(0.05)

@@ -23,9 +23,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+import boot
 import common
 
-BOOT_APPEND = "scenario=selftest"
 BOOT_RUNS = 3   # per tree and per round; the round's ratio uses each side's median
 
 # Run inside each tree: its own pyvmm, its own bench/exits.py; prints {loop key: ns per exit}.
@@ -55,19 +55,16 @@ def measure(tree: Path, out_dir: Path) -> dict[str, float]:
     return got
 
 
-def boot_wall(tree: Path) -> float:
-    """One `pyvmm run` of the tiny guest's self-test from TREE (its own pyvmm, guest and firmware)."""
-    cmd = common.pyvmm_cmd(tree / "guest" / "build" / "guest.elf", BOOT_APPEND, balloon="on")
-    out = common.timed_run(cmd, env={"PYTHONPATH": str(tree)}, cwd=tree)
-    if not common.guest_passed(out, "selftest", "pyvmm"):
-        raise RuntimeError(f"{tree}: pyvmm run: exit status {out.code}: {out.tail()}")
-    return out.wall
-
-
-def qemu_wall() -> float:
-    out = common.timed_run(common.qemu_cmd(common.GUEST_ELF, BOOT_APPEND))
-    if not common.guest_passed(out, "selftest", "qemu"):
-        raise RuntimeError(f"QEMU microvm: exit status {out.code}: {out.tail()}")
+def boot_wall(tree: Path | None) -> float:
+    """One run of bench/boot.py's tiny-guest self-test: `pyvmm run` from TREE (its own pyvmm, guest and
+    firmware), or QEMU microvm on this checkout's guest when TREE is None."""
+    if tree is None:
+        engine, out = "qemu", common.timed_run(common.qemu_cmd(common.GUEST_ELF, boot.APPEND))
+    else:
+        cmd = common.pyvmm_cmd(tree / "guest" / "build" / "guest.elf", boot.APPEND, balloon="on")
+        engine, out = "pyvmm", common.timed_run(cmd, env={"PYTHONPATH": str(tree)}, cwd=tree)
+    if not common.guest_passed(out, boot.SCENARIO, engine):
+        raise RuntimeError(f"{tree or 'QEMU microvm'}: exit status {out.code}: {out.tail()}")
     return out.wall
 
 
@@ -123,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
                 for _ in range(BOOT_RUNS):
                     for name, tree in order:
                         walls[name].append(boot_wall(tree))
-                    walls["QEMU"].append(qemu_wall())
+                    walls["QEMU"].append(boot_wall(None))
                 q = statistics.median(walls["QEMU"])
                 for name in trees:
                     ratios[name].setdefault("boot", []).append(statistics.median(walls[name]) / q)

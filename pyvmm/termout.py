@@ -8,9 +8,9 @@ line in the middle of a guest line.  Everything here goes through one lock:
 * ``GuestOutput`` writes the console.  To a terminal bytes go out as they come (a shell prompt has no
   newline), except while a status line is shown: then whole lines go above it.  A status line drawn
   over an unfinished guest line erases it from the screen, so that part is held again and goes out
-  whole above the status line with the rest of its line, or back in place when the status line ends.  To a pipe or file
-  only whole lines go out, so nothing lands in the middle of one; a partial line goes out once it has
-  waited PARTIAL_WAIT seconds (a prompt), or when the VM stops.
+  whole above the status line with the rest of its line, or back in place when the status line ends.
+  To a pipe or file only whole lines go out, so nothing lands in the middle of one; a partial line
+  goes out once it has waited PARTIAL_WAIT seconds (a prompt), or when the VM stops.
 * ``StatusLine`` is one live line at the bottom of a terminal (rewritten in place, cleared when
   done); piped, it is a plain line at most every ``every`` seconds.
 * ``emit_line`` writes one of pyvmm's own lines (logging, the trace) where it does not cut either.
@@ -247,15 +247,15 @@ class StatusLine:
         held unfinished meanwhile goes back on the screen."""
         global _status
         with _lock:
-            if _status is self:
+            mine = _status is self
+            if mine:
                 _status = None
                 if self._shown:
                     _write(self.fd, b"\r\x1b[K")
                     self._shown = False
-                _write(self.fd, final)
+            _write(self.fd, final)
+            if mine:
                 self._each_output(GuestOutput._uncovered)
-            else:
-                _write(self.fd, final)
 
     def done(self, text: str) -> None:
         """The final state, as a line that stays."""
