@@ -93,6 +93,7 @@ def build_vm(cfg: VmConfig) -> Machine:
         notify_eventfds: dict[str, NotifyEventfds] = {}
         virtio = attach_virtio(vmfd, mmio, memory, cfg, tracer, event_loop, res, notify_eventfds)
         rsdp = write_acpi(memory, cfg, virtio)
+        write_mp_table(memory, cfg, virtio)
         kernel = load_kernel(memory, cfg, virtio, rsdp)
         kernel.load(memory)
         vga = attach_vga(pio, memory, cfg, kernel)
@@ -285,6 +286,15 @@ def write_acpi(mem: GuestMemory, cfg: VmConfig, virtio: list[VirtioMmio]) -> int
     blob, rsdp = build_acpi_tables(layout.ACPI_START, cfg.smp, windows)
     mem.write(layout.ACPI_START, blob)
     return rsdp
+
+
+def write_mp_table(mem: GuestMemory, cfg: VmConfig, virtio: list[VirtioMmio]) -> None:
+    """The MP table, with ACPI on or off, as Firecracker and kvmtool write it: it ends Linux's scan of the
+    BIOS area early, and with ACPI off it is how Linux finds every vCPU and the IOAPIC."""
+    from .arch.x86.mptable import build_mp_table
+
+    for gpa, piece in build_mp_table(cfg.smp, [t.irq_gsi for t in virtio]):
+        mem.write(gpa, piece)
 
 
 @dataclass

@@ -131,17 +131,26 @@ def test_linux_inflates_and_deflates_through_qmp(linux_vm):
     assert "stat-free-memory" in info_stats
 
 
-def test_bzimage_with_command_line_devices():
-    """The bzImage through the 64-bit boot protocol, ACPI off: Linux finds the balloon from the
-    virtio_mmio.device= parameter pyvmm appends, and its driver reaches DRIVER_OK."""
-    cfg = linux_config(kernel=linux_cache() / "bzImage", acpi=False, append=linux_append("acpi=off"))
+def test_bzimage_with_command_line_devices_and_the_mp_table():
+    """The bzImage through the 64-bit boot protocol, ACPI off, 2 vCPUs: Linux finds the balloon from the
+    virtio_mmio.device= parameter pyvmm appends and its driver reaches DRIVER_OK; it finds both vCPUs and
+    the IOAPIC in pyvmm's MP table alone, and routes the balloon's line through the IOAPIC, level-triggered."""
+    cfg = linux_config(kernel=linux_cache() / "bzImage", acpi=False, append=linux_append("acpi=off"), smp=2)
     with Machine(cfg) as m:
         assert "virtio_mmio.device=0x200@0xd0000000:5" in m.cmdline
         m.start()
         m.wait_for_console(r"virtio-mmio: Registering device virtio-mmio\.0", 1500)
         wait_driver_ok(m)
-        out = m.console_text()
+        out = m.wait_for_console(r"smpboot: Total of 2 processors activated", 300).string
+        from pyvmm.monitor.hmp import run_hmp
+
+        pin5 = next(line for line in run_hmp(m, "info pic").splitlines() if line.strip().startswith("pin 5 "))
     assert "Linux version 6.1" in out
+    assert "found SMP MP-table at [mem 0x0009fc00-0x0009fc0f]" in out
+    assert "IOAPIC[0]: apic_id 0, version 17, address 0xfec00000, GSI 0-23" in out
+    assert "APIC: Switch to symmetric I/O mode setup" in out
+    # The table's level/active-high entry for the balloon's IRQ, as Linux programmed KVM's IOAPIC pin.
+    assert "active-hi level" in pin5 and "masked" not in pin5, pin5
 
 
 @pytest.mark.qemu
