@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import os
 import re
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,6 +31,10 @@ INIT_LINE = r"Run /init as init process"
 FIRST_LINE = r"Linux version \d"
 DRIVER_OK = 4               # device status bit (virtio spec: "Device Status Field")
 QEMU_BALLOON = "/machine/peripheral/balloon0"
+# Kernels of another config: NAME -> the fragment `linux/build.sh --variant NAME` adds to guest.config.
+# Measured for boot only (the balloon rows are the driver's, the same code in both).
+ROOT = Path(__file__).resolve().parent.parent
+VARIANTS = {"nopci": ROOT / "bench" / "linux-nopci.config"}
 
 
 def target_timeout(pages: int) -> float:
@@ -37,13 +42,23 @@ def target_timeout(pages: int) -> float:
     return 120.0 + 0.005 * pages
 
 
-def linux_files() -> tuple[Path, Path]:
-    """The minimal kernel and initramfs `make linux-guest` caches (Unavailable if not built)."""
+def linux_files(variant: str | None = None) -> tuple[Path, Path]:
+    """The minimal kernel and initramfs `make linux-guest` caches (Unavailable if not built), or a
+    variant's, built here by `linux/build.sh --variant` when missing (about 2.5 minutes once)."""
     try:
         from pyvmm.config import linux_cache
     except ImportError as e:
         raise Unavailable(f"pyvmm.config cannot be imported ({e})") from None
     cache = linux_cache()
+    if variant is not None:
+        script = ROOT / "linux" / "build.sh"
+        print(f"  linux --variant {variant}: linux/build.sh (builds once, then up to date)", file=sys.stderr,
+              flush=True)
+        done = subprocess.run(["bash", str(script), "--variant", variant, str(VARIANTS[variant])],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if done.returncode:
+            raise Unavailable(f"the {variant} kernel did not build: {done.stderr.strip().splitlines()[-1:]}")
+        cache = cache.with_name(f"{cache.name}-{variant}")
     kernel, initrd = cache / "vmlinux", cache / "initramfs.cpio.gz"
     for f in (kernel, initrd):
         if not f.exists():
@@ -94,13 +109,14 @@ def _guest_clock(match: re.Match) -> float:
     return float(match.group(1))
 
 
-def pyvmm_cycle(ram: int, low: int) -> dict:
-    """One pyvmm run in this process through the Python API, balloon driven over its QMP socket."""
+def pyvmm_cycle(ram: int, low: int, files: tuple[Path, Path], steps: bool = True) -> dict:
+    """One pyvmm run in this process through the Python API, balloon driven over its QMP socket (boot
+    only without steps)."""
     from pyvmm.config import VmConfig
     from pyvmm.hoststat import mapping_rss
     from pyvmm.vm import Machine
 
-    kernel, initrd = linux_files()
+    kernel, initrd = files
     sock = common.qmp_socket_path("linux-pyvmm")
     if os.path.exists(sock):
         os.unlink(sock)
@@ -124,6 +140,8 @@ def pyvmm_cycle(ram: int, low: int) -> dict:
         out["driver_ok"] = time.perf_counter() - t0
         m.wait_for_console(INIT_LINE, BOOT_TIMEOUT)
         out["init"] = time.perf_counter() - t0
+        if not steps:
+            return out
         q = common.qmp_connect(sock)
         out |= _balloon_steps(q, ram, low, lambda: sum(mapping_rss(r) for r in m.memory.regions))
         return out
@@ -138,17 +156,17 @@ def pyvmm_cycle(ram: int, low: int) -> dict:
             os.unlink(sock)
 
 
-def qemu_cmd(ram: int, sock: str) -> list[str]:
+def qemu_cmd(ram: int, sock: str, files: tuple[Path, Path]) -> list[str]:
     """QEMU microvm with the same kernel, initramfs and command line; its CPU model masks what this host
     cannot run, as pyvmm's CPUID policy does."""
-    kernel, initrd = linux_files()
+    kernel, initrd = files
     return [common.QEMU, "-M", "microvm,acpi=off", "-enable-kvm", "-cpu", "qemu64,+xsaveerptr",
             "-m", f"{ram >> 20}M", "-mem-prealloc", "-nodefaults", "-no-user-config", "-nographic",
             "-serial", "stdio", "-device", "virtio-balloon-device,id=balloon0", "-kernel", str(kernel),
             "-initrd", str(initrd), "-append", linux_append(), "-qmp", f"unix:{sock},server=on,wait=off"]
 
 
-def qemu_cycle(ram: int, low: int) -> dict:
+def qemu_cycle(ram: int, low: int, files: tuple[Path, Path], steps: bool = True) -> dict:
     """The same cycle under QEMU microvm; DRIVER_OK read with QMP `x-query-virtio-status`."""
     sock = common.qmp_socket_path("linux-qemu")
     if os.path.exists(sock):
@@ -156,7 +174,7 @@ def qemu_cycle(ram: int, low: int) -> dict:
     q = vm = None
     try:
         t0 = time.perf_counter()
-        vm = common.Background(qemu_cmd(ram, sock))
+        vm = common.Background(qemu_cmd(ram, sock, files))
         q = common.qmp_connect(sock)
         vm.wait_for(FIRST_LINE, BOOT_TIMEOUT)
         first = time.perf_counter() - t0
@@ -171,6 +189,8 @@ def qemu_cycle(ram: int, low: int) -> dict:
         out["driver_ok"] = time.perf_counter() - t0
         vm.wait_for(INIT_LINE, BOOT_TIMEOUT)
         out["init"] = time.perf_counter() - t0
+        if not steps:
+            return out
         pid = vm.proc.pid
         out |= _balloon_steps(q, ram, low, lambda: common.smaps_rss(pid)["ram_rss"])
         return out
@@ -182,20 +202,28 @@ def qemu_cycle(ram: int, low: int) -> dict:
             os.unlink(sock)
 
 
-def run(repeats: int = ROUNDS, ram_mib: int = RAM_MIB, low_mib: int = LOW_MIB) -> Result:
-    """Boot the minimal Linux guest, balloon ram -> low -> ram; pyvmm and QEMU interleaved."""
+def run(repeats: int = ROUNDS, ram_mib: int = RAM_MIB, low_mib: int = LOW_MIB, variant: str | None = None) -> Result:
+    """Boot the minimal Linux guest, balloon ram -> low -> ram; pyvmm and QEMU interleaved (a variant
+    kernel: boot only)."""
     if not 0 < low_mib < ram_mib:
         raise ValueError(f"--low {low_mib} must be between 0 and --ram {ram_mib}")
     ram, low = ram_mib * MIB, low_mib * MIB
-    res = Result("linux", f"Linux guest: boot to the virtio-mmio probe and DRIVER_OK, balloon {ram_mib} -> "
-                 f"{low_mib} -> {ram_mib} MiB with Linux's virtio_balloon")
+    steps = variant is None
+    if steps:
+        res = Result("linux", f"Linux guest: boot to the virtio-mmio probe and DRIVER_OK, balloon {ram_mib} -> "
+                     f"{low_mib} -> {ram_mib} MiB with Linux's virtio_balloon")
+    else:
+        res = Result(f"linux_{variant}", f"Linux guest, kernel of another config ({variant}: "
+                     f"{VARIANTS[variant].name} on top of guest.config): boot, {ram_mib} MiB")
     common.need_kvm()
-    linux_files()
+    files = linux_files(variant)
     common.need_pyvmm("pyvmm.virtio.balloon", "pyvmm.hoststat", "pyvmm.monitor.qmp")
     common.need_qmp()
     qemu_missing = common.have(common.need_qemu)
-    runners, failures = common.reference_runners(res, pyvmm_cycle, qemu_cycle, qemu_missing, ram, low)
-    got = common.interleave(runners, repeats, f"linux {ram_mib} -> {low_mib} MiB")
+    runners, failures = common.reference_runners(res, pyvmm_cycle, qemu_cycle, qemu_missing, ram, low, files,
+                                                steps)
+    got = common.interleave(runners, repeats, f"linux {variant} boot" if variant else
+                            f"linux {ram_mib} -> {low_mib} MiB")
 
     def series(engine: str, key: str, scale: float = 1.0) -> list[float | None]:
         return [(r[key] * scale if r.get(key) is not None else None) if r else None
@@ -216,6 +244,8 @@ def run(repeats: int = ROUNDS, ram_mib: int = RAM_MIB, low_mib: int = LOW_MIB) -
                 clean(series(engine, "probe_guest")))
         res.add(f"{engine} boot to the driver's DRIVER_OK", "s", clean(series(engine, "driver_ok")))
         res.add(f"{engine} boot to `Run /init`", "s", clean(series(engine, "init")))
+        if not steps:
+            continue
         res.add(f"{engine} inflate (time to `actual`)", "s", clean(series(engine, "inflate")))
         res.add(f"{engine} deflate (time to `actual`)", "s", clean(series(engine, "deflate")))
         res.add(f"{engine} inflate, per 4 KiB page", "ms",
@@ -227,13 +257,18 @@ def run(repeats: int = ROUNDS, ram_mib: int = RAM_MIB, low_mib: int = LOW_MIB) -
     if "QEMU" in runners:
         for key, what in (("first", "boot to the first message"), ("probe", "boot to probe"),
                           ("driver_ok", "boot to DRIVER_OK"), ("init", "boot to Run /init"),
-                          ("inflate", "inflate time"), ("deflate", "deflate time")):
+                          ("inflate", "inflate time"), ("deflate", "deflate time"))[:None if steps else 4]:
             pairs = [(a, b) for a, b in zip(series("pyvmm", key), series("QEMU", key), strict=False) if a and b]
             res.ratio(f"pyvmm / QEMU, {what}", [a for a, _ in pairs], [b for _, b in pairs], goal="<= 1.0")
         pairs = [(a, b) for a, b in zip(drop("pyvmm"), drop("QEMU"), strict=False) if a and b]
-        res.ratio("pyvmm / QEMU, RSS drop", [a for a, _ in pairs], [b for _, b in pairs])
+        if steps:
+            res.ratio("pyvmm / QEMU, RSS drop", [a for a, _ in pairs], [b for _, b in pairs])
     for name, why in failures.items():
         res.notes.append(f"{name}: some runs failed ({why})")
+    if not steps:
+        res.notes.append(f"The kernel: `linux/build.sh --variant {variant} {VARIANTS[variant].relative_to(ROOT)}`, "
+                         "the minimal kernel's config with that fragment on top, the same source, patches and "
+                         "initramfs.")
     res.notes.append(
         f"Same vmlinux, initramfs (a /init that spins) and command line (`{linux_append()}`), {ram_mib} MiB "
         "preallocated, 1 vCPU, ACPI off (the device announced with `virtio_mmio.device=`). Boot times run "
@@ -242,12 +277,13 @@ def run(repeats: int = ROUNDS, ram_mib: int = RAM_MIB, low_mib: int = LOW_MIB) -
         "console registers), to `virtio-mmio: Registering device`, to DRIVER_OK "
         f"(pyvmm: the transport's Status register; QEMU: QMP `x-query-virtio-status`), polled every "
         f"{POLL * 1000:.0f} ms, and to `Run /init`; the guest-clock row is the probe line's printk timestamp.")
-    res.notes.append(
-        "Once the console shows `Run /init`, both are driven alike over QMP: `balloon` to the low size, "
-        "`query-balloon` polled until `actual` matches, then back. Linux's driver moves 256 pages per "
-        "request and the spinning /init shares the one vCPU with it, all emulated on this host, so both "
-        "VMMs are bound by the guest. Guest-RAM RSS: pyvmm by mincore(2) over its RAM mappings "
-        "(pyvmm.hoststat), QEMU from /proc/PID/smaps (its largest anonymous mapping).")
+    if steps:
+        res.notes.append(
+            "Once the console shows `Run /init`, both are driven alike over QMP: `balloon` to the low size, "
+            "`query-balloon` polled until `actual` matches, then back. Linux's driver moves 256 pages per "
+            "request and the spinning /init shares the one vCPU with it, all emulated on this host, so both "
+            "VMMs are bound by the guest. Guest-RAM RSS: pyvmm by mincore(2) over its RAM mappings "
+            "(pyvmm.hoststat), QEMU from /proc/PID/smaps (its largest anonymous mapping).")
     return res
 
 
@@ -256,10 +292,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=ROUNDS, help=f"rounds of interleaved runs ({ROUNDS})")
     p.add_argument("--ram", type=int, default=RAM_MIB, help=f"guest RAM in MiB ({RAM_MIB})")
     p.add_argument("--low", type=int, default=LOW_MIB, help=f"balloon target in MiB ({LOW_MIB})")
+    p.add_argument("--variant", choices=sorted(VARIANTS), help="boot a kernel of another config instead")
     args = p.parse_args(argv)
     t0 = time.monotonic()
     try:
-        result = run(repeats=args.repeats, ram_mib=args.ram, low_mib=args.low)
+        result = run(repeats=args.repeats, ram_mib=args.ram, low_mib=args.low, variant=args.variant)
     except Unavailable as e:
         print(f"benchmark not run: {e}")
         return 0
@@ -272,11 +309,11 @@ def profile(out_dir: Path = common.RESULTS, ram_mib: int = 512, low_mib: int = 4
     """cProfile (every pyvmm thread) of one in-process Linux cycle: boot, inflate and deflate; shows how
     little of a Linux balloon step is pyvmm's own work.  Not part of `make bench` (about 90 s more)."""
     common.need_kvm()
-    linux_files()
+    files = linux_files()
     profiles: list = []
     t0 = time.monotonic()
     with common.profile_threads(profiles):
-        r = pyvmm_cycle(ram_mib * MIB, low_mib * MIB)
+        r = pyvmm_cycle(ram_mib * MIB, low_mib * MIB, files)
     took = time.monotonic() - t0
     path = out_dir / "profile_linux.txt"
     common.write_profile(profiles, path, f"pyvmm Linux profile: {ram_mib} -> {low_mib} -> {ram_mib} MiB "

@@ -65,6 +65,7 @@ def benchmarks(quick: bool):
         ("smp", lambda: smp.run(repeats=r(smp.ROUNDS, 1))),
         ("balloon_device", lambda: device_balloon(repeats=r(BALLOON_DEVICE_ROUNDS, 1))),
         ("linux", lambda: linux.run(repeats=r(linux.ROUNDS, 1))),
+        ("linux_nopci", lambda: linux.run(repeats=r(linux.ROUNDS, 1), variant="nopci")),
     ]
 
 
@@ -177,6 +178,15 @@ HEADLINE = [
      "QEMU deflate (time to `actual`)", "pyvmm / QEMU, deflate time"),
     ("linux", "Linux guest, host RSS given back by the inflate (MiB)", "pyvmm RSS drop on inflate",
      "QEMU RSS drop on inflate", "pyvmm / QEMU, RSS drop"),
+    ("linux_nopci", "Linux of another config (no PCI), boot to the first kernel message (s)",
+     "pyvmm boot to the first kernel message", "QEMU boot to the first kernel message",
+     "pyvmm / QEMU, boot to the first message"),
+    ("linux_nopci", "the same kernel, boot to the virtio-mmio probe (s)", "pyvmm boot to the virtio-mmio probe",
+     "QEMU boot to the virtio-mmio probe", "pyvmm / QEMU, boot to probe"),
+    ("linux_nopci", "the same kernel, boot to DRIVER_OK (s)", "pyvmm boot to the driver's DRIVER_OK",
+     "QEMU boot to the driver's DRIVER_OK", "pyvmm / QEMU, boot to DRIVER_OK"),
+    ("linux_nopci", "the same kernel, boot to `Run /init` (s)", "pyvmm boot to `Run /init`",
+     "QEMU boot to `Run /init`", "pyvmm / QEMU, boot to Run /init"),
 ]
 
 
@@ -241,7 +251,12 @@ def performance_section(info: dict, results: list[Result]) -> str:
               "DRIVER_OK (pyvmm: the transport's Status; QEMU: QMP `x-query-virtio-status`); after `Run "
               "/init` both are driven over QMP (`balloon`, `query-balloon` polled until `actual` matches). "
               "Guest code runs emulated here, so these times are mostly the guest's own; "
-              "`bench/linux.py --ram 1024 --low 256` is the full-size run.")]
+              "`bench/linux.py --ram 1024 --low 256` is the full-size run. The first-message row is the "
+              "console's first line (`Linux version`, replayed when the serial console registers)."),
+              ("- **Linux of another config**: the same source, patches and initramfs, built by `linux/build.sh "
+              "--variant nopci` with `bench/linux-nopci.config` (no PCI) on top of the minimal kernel's "
+              "config, booted the same way to `Run /init` (`bench/linux.py --variant nopci`); boot only, "
+              "since the balloon rows measure the same driver.")]
     return "\n".join(lines) + "\n"
 
 
@@ -275,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="fewer rounds (to try the harness, not to quote)")
     ap.add_argument("--only", default="", help="comma-separated benchmarks: boot,exits,balloon_e2e,memory,smp,"
-                    "balloon_device,linux")
+                    "balloon_device,linux,linux_nopci")
     ap.add_argument("--no-profile", action="store_true", help="skip the cProfile runs")
     args = ap.parse_args(argv)
     only = {x.strip() for x in args.only.split(",") if x.strip()}

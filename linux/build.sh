@@ -8,29 +8,43 @@
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-CACHE="${PYVMM_CACHE:-$HOME/.cache/pyvmm}/linux"
+ROOT_CACHE="${PYVMM_CACHE:-$HOME/.cache/pyvmm}"
+CACHE="$ROOT_CACHE/linux"
+DEB_DIR="$ROOT_CACHE/linux"      # downloaded .debs, shared with the variants
 SRC_PKG="linux-source-6.1"
 JOBS="${PYVMM_JOBS:-2}"
 FRAGMENT="$HERE/guest.config"
+EXTRA_FRAGMENT=()
+VARIANT=""
+# --variant NAME FRAGMENT: the same kernel with one more config fragment on top of guest.config, into
+# ~/.cache/pyvmm/linux-NAME (vmlinux, bzImage, the quiet initramfs; no shell initramfs).  bench/ builds
+# one to measure a kernel of another config.
+if [ "${1:-}" = "--variant" ]; then
+    [ $# -eq 3 ] || { echo "usage: build.sh [--variant NAME FRAGMENT]" >&2; exit 2; }
+    VARIANT="$2"
+    EXTRA_FRAGMENT=("$(cd "$(dirname "$3")" && pwd)/$(basename "$3")")
+    [ -f "${EXTRA_FRAGMENT[0]}" ] || { echo "linux-guest: error: no config fragment $3" >&2; exit 2; }
+    CACHE="$ROOT_CACHE/linux-$VARIANT"
+fi
 PATCHES=("$HERE"/patches/*.patch)
 INIT_SRC="$HERE/init.c"
 SHELL_INIT="$HERE/init.sh"
 USER_SRCS=("$HERE/memhog.c" "$HERE/sysrate.c")   # each one /bin/<name> of the shell initramfs
 BB_PKG="busybox-static"
 
-say() { echo "linux-guest: $*"; }
+say() { echo "linux-guest${VARIANT:+ ($VARIANT)}: $*"; }
 die() { trap - EXIT; echo "linux-guest: error: $*" >&2; exit 1; }
 
 # download_deb PKG VERSION ARCH: the .deb in the cache (fetched once; an older version's file removed),
 # its path left in DEB_PATH.  Packages are fetched with apt-get download and unpacked with dpkg-deb,
 # never installed.
 download_deb() {
-    DEB_PATH="$CACHE/${1}_${2//:/%3a}_$3.deb"
+    DEB_PATH="$DEB_DIR/${1}_${2//:/%3a}_$3.deb"
     if [ ! -f "$DEB_PATH" ]; then
-        rm -f "$CACHE/${1}"_*.deb
+        rm -f "$DEB_DIR/${1}"_*.deb
         say "apt-get download $1 ($2)"
         # The cache lives in root's home, which apt's sandbox user cannot enter: download as the caller.
-        (cd "$CACHE" && apt-get download -q -o APT::Sandbox::User="$(id -un)" "$1=$2") \
+        (cd "$DEB_DIR" && apt-get download -q -o APT::Sandbox::User="$(id -un)" "$1=$2") \
             || die "apt-get download $1 failed"
     fi
 }
@@ -39,7 +53,7 @@ download_deb() {
 STEP="start"
 trap 'rc=$?; [ $rc -ne 0 ] && echo "linux-guest: error: step \"$STEP\" failed (exit $rc); see output above" >&2' EXIT
 
-mkdir -p "$CACHE"
+mkdir -p "$CACHE" "$DEB_DIR"
 
 # One build at a time per cache: test workers, a lab and `make linux-guest` may start this together, and a
 # second build would unpack the source over the first one's tree.  A waiter then finds the stamps fresh.
@@ -70,7 +84,7 @@ fi
 BB_VERSION="$(pkg_version "$BB_PKG")" || die "Debian package $BB_PKG not found by apt-cache"
 # Two stamps, so that changing a user-space program does not rebuild the kernel: the kernel's inputs
 # (config fragment, patches, source version) and the initramfs's (its sources, busybox's version).
-KSTAMP="$(cat "$FRAGMENT" "${PATCHES[@]}" | sha256sum | cut -c1-16)-$SRC_PKG-$VERSION"
+KSTAMP="$(cat "$FRAGMENT" "${EXTRA_FRAGMENT[@]}" "${PATCHES[@]}" | sha256sum | cut -c1-16)-$SRC_PKG-$VERSION"
 USTAMP="$(cat "$INIT_SRC" "$SHELL_INIT" "${USER_SRCS[@]}" | sha256sum | cut -c1-16)-$BB_PKG-$BB_VERSION"
 STAMP="$KSTAMP+$USTAMP"
 kernel_fresh() {
@@ -78,7 +92,7 @@ kernel_fresh() {
         && [ -f "$CACHE/vmlinux" ] && [ -f "$CACHE/bzImage" ] && [ -f "$CACHE/src/Makefile" ]
 }
 if kernel_fresh && [ -f "$CACHE/stamp" ] && [ "$(cat "$CACHE/stamp")" = "$STAMP" ] \
-   && [ -f "$CACHE/initramfs.cpio.gz" ] && [ -f "$CACHE/initramfs-shell.cpio" ]; then
+   && [ -f "$CACHE/initramfs.cpio.gz" ] && { [ -n "$VARIANT" ] || [ -f "$CACHE/initramfs-shell.cpio" ]; }; then
     say "up to date in $CACHE (stamp $STAMP)"
     exit 0
 fi
@@ -126,17 +140,21 @@ build_kernel() {
 
     # --- configuration: tinyconfig + our fragment, every option checked ------------------------------------
     STEP="configure"
-    say "make tinyconfig + guest.config"
+    say "make tinyconfig + guest.config${VARIANT:+ + $(basename "${EXTRA_FRAGMENT[0]}")}"
     make -C "$SRC" -s tinyconfig >/dev/null
-    "$SRC/scripts/kconfig/merge_config.sh" -m -O "$SRC" "$SRC/.config" "$FRAGMENT" >/dev/null
+    "$SRC/scripts/kconfig/merge_config.sh" -m -O "$SRC" "$SRC/.config" "$FRAGMENT" "${EXTRA_FRAGMENT[@]}" >/dev/null
     make -C "$SRC" -s olddefconfig >/dev/null
     missing=()
+    # What the last fragment sets wins: check each option's last word over both fragments.
     while IFS= read -r line; do
         case "$line" in
             CONFIG_*=*) grep -qxF "$line" "$SRC/.config" || missing+=("$line") ;;
             "# CONFIG_"*" is not set") grep -qxF "$line" "$SRC/.config" || missing+=("${line#\# }") ;;
         esac
-    done < "$FRAGMENT"
+    done < <(cat "$FRAGMENT" "${EXTRA_FRAGMENT[@]}" | awk '
+        /^CONFIG_/ { split($0, kv, "="); last[kv[1]] = $0; order[++n] = kv[1] }
+        /^# CONFIG_.* is not set$/ { last[$2] = $0; order[++n] = $2 }
+        END { for (i = 1; i <= n; i++) if (!(order[i] in seen)) { seen[order[i]] = 1; print last[order[i]] } }')
     [ ${#missing[@]} -eq 0 ] || die "kconfig dropped: ${missing[*]} (a dependency is missing from guest.config)"
 
     # --- the kernel -----------------------------------------------------------------------------------------
@@ -172,6 +190,16 @@ file /init $WORK/init 0755 0 0
 EOF
 [ -x "$SRC/usr/gen_init_cpio" ] || make -C "$SRC" -s usr/gen_init_cpio
 "$SRC/usr/gen_init_cpio" "$WORK/list" | gzip -9 -n > "$WORK/initramfs.cpio.gz"
+
+if [ -n "$VARIANT" ]; then
+    STEP="install results"
+    rm -f "$CACHE/stamp"
+    mv "$WORK/initramfs.cpio.gz" "$CACHE/initramfs.cpio.gz"
+    rm -rf "$WORK"
+    echo "$STAMP" > "$CACHE/stamp"
+    say "done in $((SECONDS - START)) s: $CACHE/{vmlinux,bzImage,initramfs.cpio.gz}"
+    exit 0
+fi
 
 # --- the shell initramfs: Debian's busybox-static, a shell /init, the memory-pressure program ---------
 STEP="download busybox"
