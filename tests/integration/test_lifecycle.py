@@ -180,3 +180,19 @@ def test_a_process_that_exits_without_close_stops_its_machine():
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert res.returncode == 0 and res.stdout == "up\n" and "Traceback" not in res.stderr, res.stderr
     assert time.monotonic() - t0 < 30
+
+
+def test_a_reset_writes_the_firmware_tables_again():
+    """A guest may scribble over the EBDA and the ACPI area; a machine reset writes both back as built."""
+    from pyvmm.arch.x86 import layout
+
+    areas = [(layout.EBDA_START, 0xA_0000 - layout.EBDA_START), (layout.ACPI_START, 0x1000)]
+    with machine("scenario=demo dirty=8M", memory=64 * MiB, smp=2) as m:
+        m.wait_for_console(r"balloon: version 2 features", 60)
+        built = [m.memory.read(gpa, size) for gpa, size in areas]
+        assert built[0][:4] == b"_MP_" and built[1][:8] == b"RSD PTR "
+        for gpa, size in areas:
+            m.memory.write(gpa, bytes(size))
+        m.reset()
+        assert [m.memory.read(gpa, size) for gpa, size in areas] == built
+        m.stop(0, "test")
