@@ -5,6 +5,9 @@
 # clone, with a stamp holding a hash of our inputs (config fragment, patches, /init source, source package
 # version): an unchanged tree reuses the cache, a change rebuilds.  Nothing is installed into the system
 # but build tools.  See linux/README.md for why each piece is there.
+#
+# `build.sh --variant NAME FRAGMENT` builds the same kernel with one more config fragment into
+# ~/.cache/pyvmm/linux-NAME instead (bench/ measures one).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -22,6 +25,7 @@ VARIANT=""
 if [ "${1:-}" = "--variant" ]; then
     [ $# -eq 3 ] || { echo "usage: build.sh [--variant NAME FRAGMENT]" >&2; exit 2; }
     VARIANT="$2"
+    [[ "$VARIANT" =~ ^[A-Za-z0-9_-]+$ ]] || { echo "linux-guest: error: variant name '$VARIANT': letters, digits, - and _ only" >&2; exit 2; }
     EXTRA_FRAGMENT=("$(cd "$(dirname "$3")" && pwd)/$(basename "$3")")
     [ -f "${EXTRA_FRAGMENT[0]}" ] || { echo "linux-guest: error: no config fragment $3" >&2; exit 2; }
     CACHE="$ROOT_CACHE/linux-$VARIANT"
@@ -40,6 +44,9 @@ die() { trap - EXIT; echo "linux-guest: error: $*" >&2; exit 1; }
 # never installed.
 download_deb() {
     DEB_PATH="$DEB_DIR/${1}_${2//:/%3a}_$3.deb"
+    # The directory is shared with the variants, whose builds hold their own cache's lock, not this one.
+    exec 8>"$DEB_DIR/.download.lock"
+    flock 8
     if [ ! -f "$DEB_PATH" ]; then
         rm -f "$DEB_DIR/${1}"_*.deb
         say "apt-get download $1 ($2)"
@@ -47,6 +54,7 @@ download_deb() {
         (cd "$DEB_DIR" && apt-get download -q -o APT::Sandbox::User="$(id -un)" "$1=$2") \
             || die "apt-get download $1 failed"
     fi
+    flock -u 8
 }
 
 # Any unexpected failure still ends with one line saying which step failed.
@@ -155,7 +163,7 @@ build_kernel() {
         /^CONFIG_/ { split($0, kv, "="); last[kv[1]] = $0; order[++n] = kv[1] }
         /^# CONFIG_.* is not set$/ { last[$2] = $0; order[++n] = $2 }
         END { for (i = 1; i <= n; i++) if (!(order[i] in seen)) { seen[order[i]] = 1; print last[order[i]] } }')
-    [ ${#missing[@]} -eq 0 ] || die "kconfig dropped: ${missing[*]} (a dependency is missing from guest.config)"
+    [ ${#missing[@]} -eq 0 ] || die "kconfig dropped: ${missing[*]} (a dependency is missing from guest.config${VARIANT:+ or $(basename "${EXTRA_FRAGMENT[0]}")})"
 
     # --- the kernel -----------------------------------------------------------------------------------------
     STEP="build kernel"

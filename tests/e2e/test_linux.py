@@ -146,7 +146,7 @@ def test_bzimage_with_command_line_devices_and_the_mp_table():
 
         pin5 = next(line for line in run_hmp(m, "info pic").splitlines() if line.strip().startswith("pin 5 "))
     assert "Linux version 6.1" in out
-    assert "found SMP MP-table at [mem 0x0009fc00-0x0009fc0f]" in out
+    assert re.search(r"found SMP MP-table at \[mem 0x0009fc00-0x0009fc0f\]\r?$", out, re.MULTILINE), out
     assert "IOAPIC[0]: apic_id 0, version 17, address 0xfec00000, GSI 0-23" in out
     assert "APIC: Switch to symmetric I/O mode setup" in out
     # The table's level/active-high entry for the balloon's IRQ, as Linux programmed KVM's IOAPIC pin.

@@ -182,15 +182,18 @@ def test_a_process_that_exits_without_close_stops_its_machine():
     assert time.monotonic() - t0 < 30
 
 
-def test_a_reset_writes_the_firmware_tables_again():
-    """A guest may scribble over the EBDA and the ACPI area; a machine reset writes both back as built."""
+@pytest.mark.parametrize("smp", [2, 38])          # 38: the MP table no longer fits the EBDA, it goes to 0xF0000
+def test_a_reset_writes_the_firmware_tables_again(smp):
+    """A guest may scribble over the EBDA and the BIOS area; a machine reset writes back what was built
+    there (the MP table's pointer and table, the ACPI tables)."""
     from pyvmm.arch.x86 import layout
 
-    areas = [(layout.EBDA_START, 0xA_0000 - layout.EBDA_START), (layout.ACPI_START, 0x1000)]
-    with machine("scenario=demo dirty=8M", memory=64 * MiB, smp=2) as m:
+    areas = [(layout.EBDA_START, 0xA_0000 - layout.EBDA_START), (layout.ACPI_START, 0x2_0000)]
+    with machine("scenario=demo dirty=8M", memory=64 * MiB, smp=smp) as m:
         m.wait_for_console(r"balloon: version 2 features", 60)
         built = [m.memory.read(gpa, size) for gpa, size in areas]
         assert built[0][:4] == b"_MP_" and built[1][:8] == b"RSD PTR "
+        assert (b"PCMP" in built[0]) == (smp < 38) and (b"PCMP" in built[1]) == (smp >= 38)
         for gpa, size in areas:
             m.memory.write(gpa, bytes(size))
         m.reset()

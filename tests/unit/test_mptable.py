@@ -106,7 +106,7 @@ def test_the_ebda_holds_37_vcpus_and_larger_tables_go_to_the_bios_area() -> None
 def test_the_pieces_lie_in_reserved_memory() -> None:
     """Both pieces are where the e820 map says reserved, so Linux never hands them out as RAM."""
     reserved = [(a, a + n) for a, n, kind in layout.e820_map(64 << 20) if kind == layout.E820_RESERVED]
-    for cpus in (1, 254):
+    for cpus in range(1, 255):
         for gpa, piece in mptable.build_mp_table(cpus, VIRTIO_IRQS):
             assert any(lo <= gpa and gpa + len(piece) <= hi for lo, hi in reserved), (cpus, hex(gpa))
 

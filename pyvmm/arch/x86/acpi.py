@@ -266,8 +266,8 @@ IOAPIC_ID = 0
 
 # --- tables ------------------------------------------------------------------------------------------------
 
-def _checksum(data: bytes | bytearray) -> int:
-    """The byte that makes data sum to zero modulo 256."""
+def checksum(data: bytes | bytearray) -> int:
+    """The byte that makes data sum to zero modulo 256 (ACPI's and the MP table's checksums)."""
     return (-sum(data)) & 0xFF
 
 
@@ -288,7 +288,7 @@ def _finish(table: bytes | bytearray) -> bytes:
     """Set the checksum byte (offset 9 of the common header) of a complete table."""
     out = bytearray(table)
     out[9] = 0
-    out[9] = _checksum(out)
+    out[9] = checksum(out)
     return bytes(out)
 
 
@@ -401,8 +401,8 @@ def build_rsdp(xsdt_gpa: int) -> bytes:
                            rsdt_physical_address=0, length=ctypes.sizeof(acpi_table_rsdp),
                            xsdt_physical_address=xsdt_gpa)
     raw = bytearray(rsdp)
-    raw[8] = _checksum(raw[:20])
-    raw[32] = _checksum(raw)
+    raw[8] = checksum(raw[:20])
+    raw[32] = checksum(raw)
     return bytes(raw)
 
 
