@@ -33,8 +33,11 @@ DRIVER_OK = 4               # device status bit (virtio spec: "Device Status Fie
 QEMU_BALLOON = "/machine/peripheral/balloon0"
 # Kernels of another config: NAME -> the fragment `linux/build.sh --variant NAME` adds to guest.config.
 # Measured for boot only (the balloon rows are the driver's, the same code in both).
-ROOT = Path(__file__).resolve().parent.parent
-VARIANTS = {"nopci": ROOT / "bench" / "linux-nopci.config"}
+VARIANTS = {"nopci": common.BENCH / "linux-nopci.config"}
+# (result key, ratio name): the boot marks every run has, then the balloon steps of a full cycle.
+BOOT_MARKS = (("first", "boot to the first message"), ("probe", "boot to probe"), ("driver_ok", "boot to DRIVER_OK"),
+              ("init", "boot to Run /init"))
+STEP_MARKS = (("inflate", "inflate time"), ("deflate", "deflate time"))
 
 
 def target_timeout(pages: int) -> float:
@@ -51,7 +54,7 @@ def linux_files(variant: str | None = None) -> tuple[Path, Path]:
         raise Unavailable(f"pyvmm.config cannot be imported ({e})") from None
     cache = linux_cache()
     if variant is not None:
-        script = ROOT / "linux" / "build.sh"
+        script = common.ROOT / "linux" / "build.sh"
         print(f"  linux --variant {variant}: linux/build.sh (builds once, then up to date)", file=sys.stderr,
               flush=True)
         # The script's cache root is pyvmm's (linux_cache() may follow XDG_CACHE_HOME).
@@ -258,18 +261,17 @@ def run(repeats: int = ROUNDS, ram_mib: int = RAM_MIB, low_mib: int = LOW_MIB, v
             res.add(f"{engine} guest-RAM RSS {what}", "MiB", clean(series(engine, key, 1 / MIB)))
         res.add(f"{engine} RSS drop on inflate", "MiB", clean(drop(engine)))
     if "QEMU" in runners:
-        for key, what in (("first", "boot to the first message"), ("probe", "boot to probe"),
-                          ("driver_ok", "boot to DRIVER_OK"), ("init", "boot to Run /init"),
-                          ("inflate", "inflate time"), ("deflate", "deflate time"))[:None if steps else 4]:
+        for key, what in BOOT_MARKS + (STEP_MARKS if steps else ()):
             pairs = [(a, b) for a, b in zip(series("pyvmm", key), series("QEMU", key), strict=False) if a and b]
             res.ratio(f"pyvmm / QEMU, {what}", [a for a, _ in pairs], [b for _, b in pairs], goal="<= 1.0")
-        pairs = [(a, b) for a, b in zip(drop("pyvmm"), drop("QEMU"), strict=False) if a and b]
         if steps:
+            pairs = [(a, b) for a, b in zip(drop("pyvmm"), drop("QEMU"), strict=False) if a and b]
             res.ratio("pyvmm / QEMU, RSS drop", [a for a, _ in pairs], [b for _, b in pairs])
     for name, why in failures.items():
         res.notes.append(f"{name}: some runs failed ({why})")
     if not steps:
-        res.notes.append(f"The kernel: `linux/build.sh --variant {variant} {VARIANTS[variant].relative_to(ROOT)}`, "
+        fragment = VARIANTS[variant].relative_to(common.ROOT)
+        res.notes.append(f"The kernel: `linux/build.sh --variant {variant} {fragment}`, "
                          "the minimal kernel's config with that fragment on top, the same source, patches and "
                          "initramfs.")
     res.notes.append(

@@ -46,10 +46,7 @@ def boot(with_table: bool, smp: int) -> dict:
         m.start()
         m.wait_for_console(linux.PROBE_LINE, linux.BOOT_TIMEOUT)
         probe = time.perf_counter() - t0
-        while not m.balloon_transport.status & linux.DRIVER_OK:
-            if time.perf_counter() - t0 > linux.BOOT_TIMEOUT:
-                raise RuntimeError("the driver never reached DRIVER_OK")
-            time.sleep(0.05)
+        linux._until(lambda: m.balloon_transport.status & linux.DRIVER_OK, linux.BOOT_TIMEOUT - probe)
         driver_ok = time.perf_counter() - t0
         text = m.console_text()
         m.stop(0, "probe done")

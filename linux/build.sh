@@ -19,10 +19,7 @@ JOBS="${PYVMM_JOBS:-2}"
 FRAGMENT="$HERE/guest.config"
 EXTRA_FRAGMENT=()
 VARIANT=""
-# --variant NAME FRAGMENT: the same kernel with one more config fragment on top of guest.config, into
-# ~/.cache/pyvmm/linux-NAME (vmlinux, bzImage, the quiet initramfs; no shell initramfs).  bench/ builds
-# one to measure a kernel of another config.
-if [ "${1:-}" = "--variant" ]; then
+if [ "${1:-}" = "--variant" ]; then          # see the header: vmlinux, bzImage, the quiet initramfs
     [ $# -eq 3 ] || { echo "usage: build.sh [--variant NAME FRAGMENT]" >&2; exit 2; }
     VARIANT="$2"
     [[ "$VARIANT" =~ ^[A-Za-z0-9_-]+$ ]] || { echo "linux-guest: error: variant name '$VARIANT': letters, digits, - and _ only" >&2; exit 2; }
@@ -199,52 +196,50 @@ EOF
 [ -x "$SRC/usr/gen_init_cpio" ] || make -C "$SRC" -s usr/gen_init_cpio
 "$SRC/usr/gen_init_cpio" "$WORK/list" | gzip -9 -n > "$WORK/initramfs.cpio.gz"
 
-if [ -n "$VARIANT" ]; then
-    STEP="install results"
-    rm -f "$CACHE/stamp"
-    mv "$WORK/initramfs.cpio.gz" "$CACHE/initramfs.cpio.gz"
-    rm -rf "$WORK"
-    echo "$STAMP" > "$CACHE/stamp"
-    say "done in $((SECONDS - START)) s: $CACHE/{vmlinux,bzImage,initramfs.cpio.gz}"
-    exit 0
-fi
-
 # --- the shell initramfs: Debian's busybox-static, a shell /init, the memory-pressure program ---------
-STEP="download busybox"
-download_deb "$BB_PKG" "$BB_VERSION" amd64
-BB_DEB="$DEB_PATH"
-STEP="build shell initramfs"
-say "shell initramfs: $(basename "$BB_DEB"), init.sh, ${USER_SRCS[*]##*/}"
-dpkg-deb -x "$BB_DEB" "$WORK/bb"
-BB="$WORK/bb/bin/busybox"
-[ -x "$BB" ] || die "$(basename "$BB_DEB") has no bin/busybox"
-for src in "${USER_SRCS[@]}"; do
-    name="$(basename "$src" .c)"
-    gcc -Os -static -Wall -o "$WORK/$name" "$src" || die "gcc $(basename "$src") failed"
-done
-{
-    for d in /bin /sbin /usr /usr/bin /usr/sbin /dev /proc /sys /tmp /root; do echo "dir $d 0755 0 0"; done
-    echo "nod /dev/console 0600 0 0 c 5 1"
-    echo "file /init $SHELL_INIT 0755 0 0"
-    echo "file /bin/busybox $BB 0755 0 0"
+# (not for a --variant, which bench/ boots with the quiet initramfs only)
+build_shell_initramfs() {
+    STEP="download busybox"
+    download_deb "$BB_PKG" "$BB_VERSION" amd64
+    BB_DEB="$DEB_PATH"
+    STEP="build shell initramfs"
+    say "shell initramfs: $(basename "$BB_DEB"), init.sh, ${USER_SRCS[*]##*/}"
+    dpkg-deb -x "$BB_DEB" "$WORK/bb"
+    BB="$WORK/bb/bin/busybox"
+    [ -x "$BB" ] || die "$(basename "$BB_DEB") has no bin/busybox"
     for src in "${USER_SRCS[@]}"; do
         name="$(basename "$src" .c)"
-        echo "file /bin/$name $WORK/$name 0755 0 0"
+        gcc -Os -static -Wall -o "$WORK/$name" "$src" || die "gcc $(basename "$src") failed"
     done
-    # One symlink per applet, listed by the host-runnable static busybox itself.
-    "$BB" --list-full | while read -r applet; do
-        [ "$applet" = bin/busybox ] || echo "slink /$applet /bin/busybox 0777 0 0"
-    done
-} > "$WORK/shell.list"
-# Left uncompressed: the kernel's inflate runs emulated here (over a minute for 1.3 MB of gzip), while
-# pyvmm loads 3 MB of plain cpio in no time.
-"$SRC/usr/gen_init_cpio" "$WORK/shell.list" > "$WORK/initramfs-shell.cpio"
+    {
+        for d in /bin /sbin /usr /usr/bin /usr/sbin /dev /proc /sys /tmp /root; do echo "dir $d 0755 0 0"; done
+        echo "nod /dev/console 0600 0 0 c 5 1"
+        echo "file /init $SHELL_INIT 0755 0 0"
+        echo "file /bin/busybox $BB 0755 0 0"
+        for src in "${USER_SRCS[@]}"; do
+            name="$(basename "$src" .c)"
+            echo "file /bin/$name $WORK/$name 0755 0 0"
+        done
+        # One symlink per applet, listed by the host-runnable static busybox itself.
+        "$BB" --list-full | while read -r applet; do
+            [ "$applet" = bin/busybox ] || echo "slink /$applet /bin/busybox 0777 0 0"
+        done
+    } > "$WORK/shell.list"
+    # Left uncompressed: the kernel's inflate runs emulated here (over a minute for 1.3 MB of gzip), while
+    # pyvmm loads 3 MB of plain cpio in no time.
+    "$SRC/usr/gen_init_cpio" "$WORK/shell.list" > "$WORK/initramfs-shell.cpio"
+}
+RESULTS="vmlinux,bzImage,initramfs.cpio.gz"
+if [ -z "$VARIANT" ]; then
+    build_shell_initramfs
+    RESULTS="$RESULTS,initramfs-shell.cpio"
+fi
 
 # --- results, then the stamp (last, so an interrupted build never looks complete) ----------------------
 STEP="install results"
 rm -f "$CACHE/stamp"
 mv "$WORK/initramfs.cpio.gz" "$CACHE/initramfs.cpio.gz"
-mv "$WORK/initramfs-shell.cpio" "$CACHE/initramfs-shell.cpio"
+[ -n "$VARIANT" ] || mv "$WORK/initramfs-shell.cpio" "$CACHE/initramfs-shell.cpio"
 rm -rf "$WORK"
 echo "$STAMP" > "$CACHE/stamp"
-say "done in $((SECONDS - START)) s: $CACHE/{vmlinux,bzImage,initramfs.cpio.gz,initramfs-shell.cpio}"
+say "done in $((SECONDS - START)) s: $CACHE/{$RESULTS}"

@@ -92,8 +92,7 @@ def build_vm(cfg: VmConfig) -> Machine:
         serial, i8042 = attach_platform(vmfd, pio, control, console)
         notify_eventfds: dict[str, NotifyEventfds] = {}
         virtio = attach_virtio(vmfd, mmio, memory, cfg, tracer, event_loop, res, notify_eventfds)
-        rsdp = write_acpi(memory, cfg, virtio)
-        write_mp_table(memory, cfg, virtio)
+        rsdp = write_boot_tables(memory, cfg, virtio)
         kernel = load_kernel(memory, cfg, virtio, rsdp)
         kernel.load(memory)
         vga = attach_vga(pio, memory, cfg, kernel)
@@ -273,6 +272,14 @@ def _attach_one(vm: VmFd, mmio: MmioBus, mem: GuestMemory, cfg: VmConfig, tracer
         if notify_eventfds is not None:
             notify_eventfds[transport.name] = fds
     return transport
+
+
+def write_boot_tables(mem: GuestMemory, cfg: VmConfig, virtio: list[VirtioMmio]) -> int:
+    """What a PC's firmware leaves in RAM for the OS, at build and at every reset: the ACPI tables
+    (unless --no-acpi) and the MP table.  Returns the RSDP's gpa (0: none)."""
+    rsdp = write_acpi(mem, cfg, virtio)
+    write_mp_table(mem, cfg, virtio)
+    return rsdp
 
 
 def write_acpi(mem: GuestMemory, cfg: VmConfig, virtio: list[VirtioMmio]) -> int:

@@ -82,11 +82,17 @@ class GuestOutput:
         self._write_locked(data)
         return len(data)
 
+    def _status_over(self) -> StatusLine | None:
+        """The status line drawn on this output's terminal, if there is one (under the lock)."""
+        status = _status
+        if status is not None and status.tty and _same_file(self.fd, status.fd):
+            return status
+        return None
+
     def _write_locked(self, data: bytes) -> None:
         with _lock:
-            status = _status
-            over_status = status is not None and status.tty and _same_file(self.fd, status.fd)
-            if self.tty and not over_status:
+            status = self._status_over()
+            if self.tty and status is None:
                 if self._partial:
                     data, self._partial = bytes(self._partial) + data, bytearray()
                 self._to_screen(data)
@@ -96,7 +102,7 @@ class GuestOutput:
             if cut:
                 lines = bytes(self._partial[:cut])
                 del self._partial[:cut]
-                if over_status and status is not None:
+                if status is not None:
                     status.above(lines)
                     self._on_screen.clear()      # its start, if still shown, is ended by these lines
                 else:
@@ -106,15 +112,15 @@ class GuestOutput:
                     self._partial_since = time.monotonic()
                 if len(self._partial) >= 4096:
                     self._flush_partial()
-                elif not over_status:
+                elif status is None:
                     self._start_flusher()
             else:
                 self._partial_since = 0.0
 
     def _flush_partial(self) -> None:
         if self._partial:
-            status = _status
-            if status is not None and status.tty and _same_file(self.fd, status.fd):
+            status = self._status_over()
+            if status is not None:
                 status.above(bytes(self._partial) + b"\n")   # it cannot stay beside the status line
                 self._on_screen.clear()
             elif self.tty:
@@ -158,8 +164,7 @@ class GuestOutput:
             with _lock:
                 if self._closed or not self._partial:
                     return
-                status = _status
-                if status is not None and status.tty and _same_file(self.fd, status.fd):
+                if self._status_over() is not None:
                     continue          # held above the status line until its newline
                 if time.monotonic() - self._partial_since >= PARTIAL_WAIT:
                     self._flush_partial()

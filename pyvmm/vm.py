@@ -291,7 +291,7 @@ class Machine:
         the reset vector, the APs waiting for INIT/SIPI), the PIC, IOAPIC and PIT as at power-on, every
         device reset, the kernel, its boot information, the ACPI tables and the MP table written into RAM
         again, and the BSP's entry state set as at boot; then a RESET event (QEMU's)."""
-        from .builder import write_acpi, write_mp_table
+        from .builder import write_boot_tables
 
         with self._reset_lock:
             if self.control.stop_requested:
@@ -311,8 +311,7 @@ class Machine:
                 self.post.reset()
                 for t in self.virtio_devices:
                     t.reset()
-                write_acpi(self.memory, self.config, self.virtio_devices)
-                write_mp_table(self.memory, self.config, self.virtio_devices)
+                write_boot_tables(self.memory, self.config, self.virtio_devices)
                 self.kernel.load(self.memory)
                 self.kernel.enter(self.vcpus[0].fd, self.memory, firmware=self.firmware is not None,
                                   tracer=self.tracer)
