@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from .errors import ConfigError
+from .termout import emit_line
 
 RUN_DESCRIPTION = """\
 Boot a kernel (PVH ELF, Multiboot or bzImage) in a new VM. With no KERNEL, boots the bundled tiny
@@ -295,12 +296,12 @@ def run_machine(cfg, *, demo: bool = False, pidfile: Path | None = None, plot: P
         if pid_written and pidfile is not None:
             _remove_pidfile(pidfile)
         if machine.crash_report and not machine.report_crashes:
-            sys.stderr.write(machine.crash_report + "\n")
+            emit_line(machine.crash_report + "\n")
     if machine.emulation_fixups:
         done = ", ".join(f"{k} x{v}" for k, v in sorted(machine.emulation_fixups.items()))
-        sys.stderr.write(f"pyvmm: finished for the guest what this host's emulator could not: {done}\n")
+        emit_line(f"pyvmm: finished for the guest what this host's emulator could not: {done}\n")
     if machine.stop_reason and not machine.crash_report and not machine.stop_reason.startswith("the guest exited"):
-        sys.stderr.write(f"pyvmm: {machine.stop_reason}\n")
+        emit_line(f"pyvmm: {machine.stop_reason}\n")
     return 0 if code is None else code
 
 

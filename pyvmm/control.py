@@ -9,12 +9,12 @@ debugger and the tests steer the same object.  Nothing here knows KVM: a vCPU is
 from __future__ import annotations
 
 import logging
-import sys
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from .errors import GuestCrash
+from .termout import emit_line
 
 log = logging.getLogger("pyvmm")
 
@@ -314,8 +314,7 @@ class RunControl:
     def _report(self, text: str) -> None:
         self.crash_report = text
         if self.report_crashes:
-            sys.stderr.write(text + "\n")
-            sys.stderr.flush()
+            emit_line(text + "\n")
 
 
 def _dump(vcpu: ControlledVcpu) -> str:

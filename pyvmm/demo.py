@@ -49,7 +49,7 @@ def drive_demo(machine, *, low: int = 64 * MiB, plot=None) -> None:
     timeline = None
     try:
         if machine.balloon is None:
-            sys.stderr.write("pyvmm: the demo needs the balloon (drop --balloon off)\n")
+            emit_line("pyvmm: the demo needs the balloon (drop --balloon off)\n")
             machine.stop(2, "demo needs a balloon")
             return
         machine.balloon.stats_interval = 1
@@ -78,10 +78,10 @@ def drive_demo(machine, *, low: int = 64 * MiB, plot=None) -> None:
         _table(machine, rows, stats_low, low)
         machine.stop(0 if ok_in and ok_out else 1, "demo finished")
     except TimeoutError as e:
-        sys.stderr.write(f"pyvmm: demo: {e}\n")
+        emit_line(f"pyvmm: demo: {e}\n")
         machine.stop(1, "demo failed")
     except PyvmmError as e:         # the picture could not be written
-        sys.stderr.write(f"pyvmm: demo: {e}\n")
+        emit_line(f"pyvmm: demo: {e}\n")
         machine.stop(1, "demo failed")
     finally:
         if timeline is not None:

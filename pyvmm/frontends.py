@@ -68,10 +68,9 @@ def attach_frontends(machine: Machine, *, terminal: bool) -> None:
 def attach_gdbstub(machine: Machine, address: str) -> None:
     """The gdbstub (docs/gdb.md): listening at address, steering the machine's debugger; the line
     saying where goes to stderr."""
-    import sys
-
     from .debug.gdbstub import GdbServer, parse_gdb_address
     from .monitor.hmp import run_hmp
+    from .termout import emit_line
 
     host, port = parse_gdb_address(address)
     debugger = machine.debugger
@@ -84,6 +83,5 @@ def attach_gdbstub(machine: Machine, address: str) -> None:
     machine.gdb_server = server
     machine.resources.add(server.close)
     where = f"[{server.host}]:{server.port}" if ":" in server.host else f"{server.host}:{server.port}"
-    sys.stderr.write(f"pyvmm: gdbstub listening on tcp:{where} (in gdb: target remote {where})\n")
-    sys.stderr.flush()
+    emit_line(f"pyvmm: gdbstub listening on tcp:{where} (in gdb: target remote {where})\n")
 

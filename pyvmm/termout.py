@@ -32,6 +32,9 @@ PARTIAL_WAIT = 0.3           # seconds a piped partial line waits for its newlin
 _lock = threading.RLock()
 _status: StatusLine | None = None   # the status line on the terminal now, if any
 _terminals: weakref.WeakSet[GuestOutput] = weakref.WeakSet()   # guest outputs to a terminal
+# Files (st_dev, st_ino) whose last bytes are an unfinished guest line (a prompt, a line the VM's stop
+# cut), with the output that wrote it: one of pyvmm's lines there starts with a newline.
+_open_lines: dict[tuple[int, int], GuestOutput] = {}
 
 
 def _is_tty(fd: int) -> bool:
@@ -46,6 +49,14 @@ def _same_file(a: int, b: int) -> bool:
         return os.path.samestat(os.fstat(a), os.fstat(b))
     except OSError:
         return False
+
+
+def _file_key(fd: int) -> tuple[int, int] | None:
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _write(fd: int, data: bytes) -> None:
@@ -67,11 +78,12 @@ class GuestOutput:
         self.tty = _is_tty(fd)
         self._partial = bytearray()
         self._partial_since = 0.0
-        self._on_screen = bytearray()   # to a terminal: the unfinished line written out so far
+        self._on_screen = bytearray()   # the unfinished line written out so far (a prompt, a cut line)
         self._flusher: threading.Thread | None = None
         self._closed = False
         # When the terminal is in raw mode a status line must end its own lines with CR LF.
         self.raw_terminal = raw_terminal or (lambda: False)
+        self._key = _file_key(fd)
         if self.tty:
             _terminals.add(self)
 
@@ -91,11 +103,13 @@ class GuestOutput:
 
     def _write_locked(self, data: bytes) -> None:
         with _lock:
+            if self._closed:
+                return            # a vCPU outlived the machine's close: its fd may be gone or reused
             status = self._status_over()
             if self.tty and status is None:
                 if self._partial:
                     data, self._partial = bytes(self._partial) + data, bytearray()
-                self._to_screen(data)
+                self._out(data)
                 return
             self._partial += data
             cut = self._partial.rfind(b"\n") + 1
@@ -106,7 +120,7 @@ class GuestOutput:
                     status.above(lines)
                     self._on_screen.clear()      # its start, if still shown, is ended by these lines
                 else:
-                    _write(self.fd, lines)
+                    self._out(lines)
             if self._partial:
                 if not self._partial_since:
                     self._partial_since = time.monotonic()
@@ -123,14 +137,13 @@ class GuestOutput:
             if status is not None:
                 status.above(bytes(self._partial) + b"\n")   # it cannot stay beside the status line
                 self._on_screen.clear()
-            elif self.tty:
-                self._to_screen(bytes(self._partial))
             else:
-                _write(self.fd, bytes(self._partial))
+                self._out(bytes(self._partial))
             self._partial.clear()
         self._partial_since = 0.0
 
-    def _to_screen(self, data: bytes) -> None:
+    def _out(self, data: bytes) -> None:
+        """Written to the fd, remembering what of an unfinished line is out there."""
         _write(self.fd, data)
         nl = data.rfind(b"\n")
         if nl >= 0:
@@ -139,6 +152,14 @@ class GuestOutput:
             self._on_screen += data
         if len(self._on_screen) > 4096:        # a guest that never ends its line: keep its tail
             del self._on_screen[:-4096]
+        self._note_open_line()
+
+    def _note_open_line(self) -> None:
+        if self._key is not None:
+            if self._on_screen:
+                _open_lines[self._key] = self
+            elif _open_lines.get(self._key) is self:
+                del _open_lines[self._key]
 
     def _covered(self) -> None:
         """A status line is drawn over this terminal's last line: what of an unfinished guest line
@@ -146,6 +167,7 @@ class GuestOutput:
         if self._on_screen:
             self._partial[:0] = self._on_screen
             self._on_screen.clear()
+            self._note_open_line()
             self._partial_since = self._partial_since or time.monotonic()
 
     def _uncovered(self) -> None:
@@ -233,7 +255,7 @@ class StatusLine:
                     self._shown = True
             elif self.every and time.monotonic() - self._last_piped >= self.every:
                 self._last_piped = time.monotonic()
-                _write(self.fd, text.encode("utf-8", "replace") + b"\n")
+                _write(self.fd, _end_guest_line(self.fd) + text.encode("utf-8", "replace") + b"\n")
 
     def above(self, lines: bytes) -> None:
         """Whole lines (ending in a newline) printed above the status line, which is drawn again."""
@@ -258,7 +280,8 @@ class StatusLine:
                 if self._shown:
                     _write(self.fd, b"\r\x1b[K")
                     self._shown = False
-            _write(self.fd, final)
+            if final:
+                _write(self.fd, _end_guest_line(self.fd) + final)
             if mine:
                 self._each_output(GuestOutput._uncovered)
 
@@ -267,16 +290,29 @@ class StatusLine:
         self.stop(text.encode("utf-8", "replace") + (b"\r\n" if self.raw else b"\n"))
 
 
+def _end_guest_line(fd: int) -> bytes:
+    """The newline that puts one of pyvmm's lines on its own line when the last thing written to
+    ``fd``'s file is an unfinished guest line (a prompt, a line cut by the VM's stop), or b"" (under
+    the lock).  The guest's next bytes then go on after it, on the new line."""
+    if not _open_lines:
+        return b""
+    out = _open_lines.pop(_file_key(fd), None)      # type: ignore[arg-type]
+    if out is None:
+        return b""
+    out._on_screen.clear()
+    return b"\r\n" if out.tty and out.raw_terminal() else b"\n"
+
+
 def emit_line(text: str, fd: int = 2) -> None:
     """One of pyvmm's own lines on ``fd`` (a log record, a trace line): above a status line on that
-    terminal, else as one write so it does not land inside a guest line."""
+    terminal, else as one write, on a line of its own, so it does not land inside a guest line."""
     data = text.encode("utf-8", "replace")
     with _lock:
         status = _status
         if status is not None and _same_file(fd, status.fd):
             status.above(data if data.endswith(b"\n") else data + b"\n")
         else:
-            _write(fd, data)
+            _write(fd, _end_guest_line(fd) + data)
 
 
 class LineStream:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from .config import VmConfig
 from .errors import GuestMemoryError
+from .termout import emit_line
 
 if TYPE_CHECKING:
     from .arch.x86.poweron import PlatformPowerOn
@@ -709,5 +710,4 @@ def _weak_reset(machine: Machine) -> Callable[[str], None]:
     return reset
 
 def _stderr_lines(text: str) -> None:
-    sys.stderr.write("".join(f"pyvmm: {line}\n" for line in text.splitlines()))
-    sys.stderr.flush()
+    emit_line("".join(f"pyvmm: {line}\n" for line in text.splitlines()))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import select
+import tty as termios_tty
 
 import pytest
 
@@ -66,3 +67,59 @@ def test_a_line_finished_before_the_status_line_is_drawn_is_written_once(tty):
     guest.write(b"next\n")
     status.stop()
     assert screen(master) == ["memmap: 0x0-0x9fc00", "next", ""]
+
+
+def _drain(fd: int) -> bytes:
+    out = b""
+    while select.select([fd], [], [], 0.05)[0]:
+        out += os.read(fd, 65536)
+    return out
+
+
+def test_pyvmms_line_after_a_guest_line_cut_by_the_stop_starts_on_its_own_line():
+    """`pyvmm run --demo 2>&1 | cat`: the VM stopped while the guest was in the middle of a line; that
+    start goes out at the close, and pyvmm's closing line after it must not be glued to it."""
+    r, w = os.pipe()
+    try:
+        guest = termout.GuestOutput(w)
+        guest.write(b"balloon: config num_pages=0\nba")
+        guest.close()
+        termout.emit_line("pyvmm: demo finished\n", fd=w)
+        termout.emit_line("pyvmm: and a second line\n", fd=w)
+        assert _drain(r) == b"balloon: config num_pages=0\nba\npyvmm: demo finished\npyvmm: and a second line\n"
+        guest.write(b"late bytes from a vCPU after the close\n")      # dropped: the fd may be gone
+        assert _drain(r) == b""
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_a_log_line_beside_a_prompt_goes_on_the_next_line_and_typing_goes_on_after_it(tty):
+    master, slave = tty
+    guest = termout.GuestOutput(slave)
+    guest.write(b"login ok\n# ")
+    termout.emit_line("pyvmm: balloon target 64 MiB\n", fd=slave)
+    guest.write(b"ls\n")
+    assert screen(master) == ["login ok", "# ", "pyvmm: balloon target 64 MiB", "ls", ""]
+
+
+def test_in_raw_mode_the_newline_before_pyvmms_line_is_cr_lf(tty):
+    master, slave = tty
+    termios_tty.setraw(slave)                          # as the interactive console puts it
+    guest = termout.GuestOutput(slave, raw_terminal=lambda: True)
+    guest.write(b"# ")
+    termout.emit_line("pyvmm: stopped\r\n", fd=slave)
+    assert _drain(master).endswith(b"# \r\npyvmm: stopped\r\n")
+
+
+def test_a_whole_guest_line_needs_no_newline_before_pyvmms():
+    r, w = os.pipe()
+    try:
+        guest = termout.GuestOutput(w)
+        guest.write(b"done\n")
+        termout.emit_line("pyvmm: finished\n", fd=w)
+        assert _drain(r) == b"done\npyvmm: finished\n"
+    finally:
+        guest.close()
+        os.close(r)
+        os.close(w)
