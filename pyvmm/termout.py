@@ -13,7 +13,9 @@ line in the middle of a guest line.  Everything here goes through one lock:
   goes out once it has waited PARTIAL_WAIT seconds (a prompt), or when the VM stops.
 * ``StatusLine`` is one live line at the bottom of a terminal (rewritten in place, cleared when
   done); piped, it is a plain line at most every ``every`` seconds.
-* ``emit_line`` writes one of pyvmm's own lines (logging, the trace) where it does not cut either.
+* ``emit_line`` writes one of pyvmm's own lines (logging, the trace, the reason the VM stopped) where
+  it does not cut either: above a status line, and after a newline of its own when an unfinished
+  guest line is the last thing on that terminal or pipe (a prompt, or a line the VM's stop cut).
 
 rich's Live display does the same for Python-level writes, but the guest's bytes reach fd 1 from a
 vCPU thread and the console may be a terminal in raw mode (no newline translation), which Live does
