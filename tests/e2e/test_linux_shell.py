@@ -294,13 +294,13 @@ def test_deflate_on_oom_lets_the_program_survive(shell, figure):
     shell.balloon_to(256)
 
 
-# Not strict: the crash is frequent but not certain (4 of the 17 boots on record, none of the last 8), and a
+# Not strict: the crash is frequent but not certain (4 of the 21 boots on record, none of the last 12), and a
 # boot where the pipeline comes out right shows as XPASS.  raises=AssertionError: only the wrong answer is the
 # known defect; a boot that fails, or a shell that stops answering, is an error of its own.
 @pytest.mark.xfail(strict=False, raises=AssertionError,
                    reason="open defect (issue 18): at the end of this module (after inflates, reporting and a "
                    "deflate on OOM) a pipeline fed by `seq 1 1000` has a stage segfault (sort, or busybox "
-                   "re-exec'd as exe) in 4 of the 17 boots on record; right after a plain boot it passes "
+                   "re-exec'd as exe) in 4 of the 21 boots on record; right after a plain boot it passes "
                    "(bench/linux_cycle.py --probe-only)")
 def test_sort_in_a_pipeline(shell):
     assert shell.run("seq 1 1000 | sort -n -r | head -1") == "1000"
