@@ -11,6 +11,7 @@ from typing import NoReturn
 from . import __version__
 from .cli_run import add_run_parser, cmd_run, config_from_args, run_machine, run_option_strings
 from .errors import PyvmmError
+from .termout import LineStream
 
 __all__ = ["build_parser", "config_from_args", "entry", "main", "run_machine"]
 
@@ -120,8 +121,9 @@ def main(argv: list[str] | None = None) -> int:
             sys.stderr.write(f"pyvmm: {e}\n")
             return e.exit_code
     args = parser.parse_args(argv)
+    # Log records go out as pyvmm's other lines do: above a status line, never inside a guest line.
     logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
-                        format="pyvmm: %(name)s: %(message)s")
+                        format="pyvmm: %(name)s: %(message)s", stream=LineStream(2))
     if sys.stderr.isatty():
         # The console may be in raw mode while the guest runs (no newline translation there).
         for handler in logging.getLogger().handlers:

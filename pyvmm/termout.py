@@ -25,6 +25,7 @@ not draw for; the few escape sequences needed here are two (CR, erase line).
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 import weakref
@@ -305,9 +306,22 @@ def _end_guest_line(fd: int) -> bytes:
     return b"\r\n" if out.tty and out.raw_terminal() else b"\n"
 
 
+def _stderr_elsewhere() -> bool:
+    """sys.stderr is not this process's fd 2 (a notebook cell, a test capturing it)."""
+    try:
+        return sys.stderr.fileno() != 2
+    except (AttributeError, OSError, ValueError):
+        return True
+
+
 def emit_line(text: str, fd: int = 2) -> None:
-    """One of pyvmm's own lines on ``fd`` (a log record, a trace line): above a status line on that
-    terminal, else as one write, on a line of its own, so it does not land inside a guest line."""
+    """One of pyvmm's own lines on ``fd`` (a log record, a trace line, why the VM stopped): above a
+    status line on that terminal, else as one write, on a line of its own, so it does not land inside
+    a guest line.  For fd 2 with sys.stderr put elsewhere (a notebook cell) it goes there."""
+    if fd == 2 and _stderr_elsewhere():
+        sys.stderr.write(text)
+        sys.stderr.flush()
+        return
     data = text.encode("utf-8", "replace")
     with _lock:
         status = _status

@@ -123,3 +123,37 @@ def test_a_whole_guest_line_needs_no_newline_before_pyvmms():
         guest.close()
         os.close(r)
         os.close(w)
+
+
+def test_a_log_record_through_linestream_after_a_flushed_prompt_starts_on_its_own_line():
+    """The CLI's logging writes through LineStream(2): a record after a prompt that went out must not
+    be glued to it."""
+    import logging
+
+    r, w = os.pipe()
+    log = logging.getLogger("pyvmm.test.termout")
+    handler = logging.StreamHandler(termout.LineStream(w))
+    handler.setFormatter(logging.Formatter("pyvmm: %(message)s"))
+    log.addHandler(handler)
+    log.propagate = False
+    try:
+        guest = termout.GuestOutput(w)
+        guest.write(b"login: ")
+        guest.flush()                                   # a prompt waits for no newline
+        log.warning("guest deflated 10 pages below the target")
+        assert _drain(r) == b"login: \npyvmm: guest deflated 10 pages below the target\n"
+    finally:
+        log.removeHandler(handler)
+        guest.close()
+        os.close(r)
+        os.close(w)
+
+
+def test_pyvmms_lines_for_stderr_go_to_sys_stderr_when_it_is_not_fd_2(monkeypatch):
+    """In a notebook sys.stderr is the cell's stream, not fd 2: the reason the VM stopped shows there."""
+    import io
+
+    cell = io.StringIO()
+    monkeypatch.setattr("sys.stderr", cell)
+    termout.emit_line("pyvmm: internal error on vCPU 0\n")
+    assert cell.getvalue() == "pyvmm: internal error on vCPU 0\n"
