@@ -23,9 +23,11 @@ class ConsoleLog:
         self._buf = bytearray()
         self._cond = threading.Condition()
         self.closed = False        # set when the VM stops: waiters give up
+        self.written = 0           # bytes the guest wrote in all (a mark for wait_for's since)
 
     def write(self, data: bytes) -> None:
         with self._cond:
+            self.written += len(data)
             self._buf += data
             if len(self._buf) > self.keep:
                 del self._buf[: len(self._buf) - self.keep]
@@ -43,8 +45,10 @@ class ConsoleLog:
             self.closed = True
             self._cond.notify_all()
 
-    def wait_for(self, pattern: str, timeout: float = 30.0) -> re.Match:
+    def wait_for(self, pattern: str, timeout: float = 30.0, since: int = 0) -> re.Match:
         """Wait until the output matches the regex; TimeoutError otherwise (or once the VM stopped).
+        With ``since`` (an earlier ``written``) only what the guest wrote after that mark counts;
+        the match's offsets are then from the mark.
 
         Each wake-up searches only what arrived since the last look (plus an overlap of 4 KiB for a
         match that straddles it), and waits at least 20 ms between looks, so a chatty guest does not
@@ -56,7 +60,8 @@ class ConsoleLog:
         while True:
             with self._cond:
                 seen = len(self._buf)
-                text = self._buf.decode("utf-8", "replace")
+                begin = max(0, since - (self.written - seen))    # the mark's place in what is kept
+                text = self._buf[begin:].decode("utf-8", "replace")
             m = rx.search(text, max(0, start - 4096))
             if m:
                 first = rx.search(text) if start else m     # the first match, as re.search gives

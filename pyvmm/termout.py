@@ -76,7 +76,7 @@ def _write(fd: int, data: bytes) -> None:
 class GuestOutput:
     """The guest's console bytes on ``fd`` (default 1); a ConsoleLog sink (callable with bytes)."""
 
-    def __init__(self, fd: int = 1, *, raw_terminal: Callable[[], bool] | None = None) -> None:
+    def __init__(self, fd: int = 1) -> None:
         self.fd = fd
         self.tty = _is_tty(fd)
         self._partial = bytearray()
@@ -84,8 +84,6 @@ class GuestOutput:
         self._on_screen = bytearray()   # the unfinished line written out so far (a prompt, a cut line)
         self._flusher: threading.Thread | None = None
         self._closed = False
-        # When the terminal is in raw mode a status line must end its own lines with CR LF.
-        self.raw_terminal = raw_terminal or (lambda: False)
         self._key = _file_key(fd)
         if self.tty:
             _terminals.add(self)
@@ -122,6 +120,7 @@ class GuestOutput:
                 if status is not None:
                     status.above(lines)
                     self._on_screen.clear()      # its start, if still shown, is ended by these lines
+                    self._note_open_line()
                 else:
                     self._out(lines)
             if self._partial:
@@ -140,6 +139,7 @@ class GuestOutput:
             if status is not None:
                 status.above(bytes(self._partial) + b"\n")   # it cannot stay beside the status line
                 self._on_screen.clear()
+                self._note_open_line()
             else:
                 self._out(bytes(self._partial))
             self._partial.clear()
@@ -158,11 +158,13 @@ class GuestOutput:
         self._note_open_line()
 
     def _note_open_line(self) -> None:
+        """Whether this output's last bytes leave a line open on its file (whoever wrote the one
+        before: a finished line ends an older machine's cut line too)."""
         if self._key is not None:
             if self._on_screen:
                 _open_lines[self._key] = self
-            elif _open_lines.get(self._key) is self:
-                del _open_lines[self._key]
+            else:
+                _open_lines.pop(self._key, None)
 
     def _covered(self) -> None:
         """A status line is drawn over this terminal's last line: what of an unfinished guest line
@@ -204,6 +206,7 @@ class GuestOutput:
         with _lock:
             self._flush_partial()
             self._closed = True
+            _terminals.discard(self)    # a later status line has nothing of this one to hold
 
 
 class StatusLine:
@@ -296,20 +299,24 @@ class StatusLine:
 def _end_guest_line(fd: int) -> bytes:
     """The newline that puts one of pyvmm's lines on its own line when the last thing written to
     ``fd``'s file is an unfinished guest line (a prompt, a line cut by the VM's stop), or b"" (under
-    the lock).  The guest's next bytes then go on after it, on the new line."""
+    the lock).  The guest's next bytes then go on after it, on the new line.  On a terminal it is
+    CR LF: in raw mode (the interactive console) a bare LF would not go back to the first column."""
     if not _open_lines:
         return b""
     out = _open_lines.pop(_file_key(fd), None)      # type: ignore[arg-type]
     if out is None:
         return b""
     out._on_screen.clear()
-    return b"\r\n" if out.tty and out.raw_terminal() else b"\n"
+    return b"\r\n" if out.tty else b"\n"
 
 
 def _stderr_elsewhere() -> bool:
-    """sys.stderr is not this process's fd 2 (a notebook cell, a test capturing it)."""
+    """sys.stderr is not this process's fd 2 (a notebook cell; a test capturing it in memory)."""
+    stream = sys.stderr
+    if stream is None:
+        return False
     try:
-        return sys.stderr.fileno() != 2
+        return not _same_file(stream.fileno(), 2)
     except (AttributeError, OSError, ValueError):
         return True
 
@@ -319,14 +326,18 @@ def emit_line(text: str, fd: int = 2) -> None:
     status line on that terminal, else as one write, on a line of its own, so it does not land inside
     a guest line.  For fd 2 with sys.stderr put elsewhere (a notebook cell) it goes there."""
     if fd == 2 and _stderr_elsewhere():
-        sys.stderr.write(text)
-        sys.stderr.flush()
+        try:
+            sys.stderr.write(text)
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass             # the cell or the capture went away; the VM goes on
         return
     data = text.encode("utf-8", "replace")
     with _lock:
         status = _status
         if status is not None and _same_file(fd, status.fd):
-            status.above(data if data.endswith(b"\n") else data + b"\n")
+            # A status line started but not yet drawn leaves a prompt in place: end it first.
+            status.above(_end_guest_line(fd) + (data if data.endswith(b"\n") else data + b"\n"))
         else:
             _write(fd, _end_guest_line(fd) + data)
 

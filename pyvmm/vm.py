@@ -231,9 +231,10 @@ class Machine:
     def console_text(self) -> str:
         return self.console.text()
 
-    def wait_for_console(self, pattern: str, timeout: float = 30.0) -> re.Match:
-        """Wait until the guest's console output matches the regex; TimeoutError otherwise."""
-        return self.console.wait_for(pattern, timeout)
+    def wait_for_console(self, pattern: str, timeout: float = 30.0, since: int = 0) -> re.Match:
+        """Wait until the guest's console output matches the regex; TimeoutError otherwise.  With
+        ``since`` (an earlier ``machine.console.written``) only output after that mark counts."""
+        return self.console.wait_for(pattern, timeout, since)
 
     # --- events -------------------------------------------------------------------------------------------
 

@@ -45,9 +45,12 @@ class _Machine:
         self.memory = GuestMemory.from_bytearray(1 * MiB)
         self.stopped = threading.Event()
         self.stopped_with: tuple[int, str] | None = None
+        self.console = SimpleNamespace(written=0)
+        self.waits: list[tuple[str, int]] = []
 
-    def wait_for_console(self, pattern: str, timeout: float) -> None:
-        pass
+    def wait_for_console(self, pattern: str, timeout: float, since: int = 0) -> None:
+        self.waits.append((pattern, since))
+        self.console.written += 100           # the guest goes on writing
 
     def stop(self, code: int, why: str) -> None:
         self.stopped_with = (code, why)
@@ -93,3 +96,15 @@ def test_summary_names_the_low_point_and_rss_comes_from_hoststat(monkeypatch, ca
     assert "64.0 MiB" not in err
     assert "42.0 MiB" in err and seen
     assert machine.stopped_with == (0, "demo finished")
+
+
+def test_the_table_waits_for_the_guests_own_line_after_the_deflate(monkeypatch):
+    """The guest prints its deflated state a moment after the device sees it: the demo waits for that
+    line, written after the mark it took before the deflate (the same line was printed at boot too)."""
+    machine = _Machine(_Balloon(256 * MiB))
+    monkeypatch.setattr(hoststat, "mapping_rss", lambda mem: 0)
+    monkeypatch.setattr(demo.time, "sleep", lambda s: None)
+    demo.drive_demo(machine, low=128 * MiB)
+    (first, since0), (last, since) = machine.waits
+    assert first.startswith("dirty") and since0 == 0
+    assert last.startswith("balloon: target=0 actual=0") and since == 100

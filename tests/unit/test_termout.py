@@ -17,6 +17,7 @@ from tests.support.terminal import render_terminal
 def tty():
     """A pty's two ends: pyvmm writes the slave, the test reads what the terminal got from the master."""
     master, slave = os.openpty()
+    termout._open_lines.clear()      # a pty reuses an earlier one's inode: start with no open line
     yield master, slave
     assert termout._status is None
     os.close(slave)
@@ -103,10 +104,10 @@ def test_a_log_line_beside_a_prompt_goes_on_the_next_line_and_typing_goes_on_aft
     assert screen(master) == ["login ok", "# ", "pyvmm: balloon target 64 MiB", "ls", ""]
 
 
-def test_in_raw_mode_the_newline_before_pyvmms_line_is_cr_lf(tty):
+def test_on_a_terminal_in_raw_mode_the_newline_before_pyvmms_line_is_cr_lf(tty):
     master, slave = tty
     termios_tty.setraw(slave)                          # as the interactive console puts it
-    guest = termout.GuestOutput(slave, raw_terminal=lambda: True)
+    guest = termout.GuestOutput(slave)
     guest.write(b"# ")
     termout.emit_line("pyvmm: stopped\r\n", fd=slave)
     assert _drain(master).endswith(b"# \r\npyvmm: stopped\r\n")
@@ -157,3 +158,42 @@ def test_pyvmms_lines_for_stderr_go_to_sys_stderr_when_it_is_not_fd_2(monkeypatc
     monkeypatch.setattr("sys.stderr", cell)
     termout.emit_line("pyvmm: internal error on vCPU 0\n")
     assert cell.getvalue() == "pyvmm: internal error on vCPU 0\n"
+
+
+def test_a_prompt_beside_a_status_line_not_yet_drawn_is_ended_before_pyvmms_line(tty):
+    master, slave = tty
+    guest = termout.GuestOutput(slave)
+    guest.write(b"# ")
+    status = termout.StatusLine(fd=slave)
+    status.start()                                     # started, not yet drawn
+    termout.emit_line("pyvmm: balloon target 64 MiB\n", fd=slave)
+    status.stop()
+    assert screen(master) == ["# ", "pyvmm: balloon target 64 MiB", ""]
+
+
+def test_a_line_gone_above_the_status_line_leaves_no_open_line_behind(tty):
+    master, slave = tty
+    guest = termout.GuestOutput(slave)
+    guest.write(b"memmap: ")
+    status = termout.StatusLine(fd=slave)
+    status.start()
+    guest.write(b"0x0-0x9fc00\n")                      # above the status line: the line is ended
+    status.stop()
+    termout.emit_line("pyvmm: next\n", fd=slave)
+    assert screen(master) == ["memmap: 0x0-0x9fc00", "pyvmm: next", ""]
+
+
+def test_a_later_machines_whole_lines_end_an_earlier_machines_cut_line():
+    r, w = os.pipe()
+    try:
+        first = termout.GuestOutput(w)
+        first.write(b"ba")
+        first.close()                                  # its VM stopped mid-line
+        second = termout.GuestOutput(w)
+        second.write(b"hello\n")
+        termout.emit_line("pyvmm: z\n", fd=w)
+        assert _drain(r) == b"bahello\npyvmm: z\n"
+        second.close()
+    finally:
+        os.close(r)
+        os.close(w)
