@@ -47,19 +47,21 @@ def _is_tty(fd: int) -> bool:
         return False
 
 
-def _same_file(a: int, b: int) -> bool:
-    try:
-        return os.path.samestat(os.fstat(a), os.fstat(b))
-    except OSError:
-        return False
-
-
 def _file_key(fd: int) -> tuple[int, int] | None:
+    """The open file behind fd, (st_dev, st_ino): two fds on one terminal or pipe have the same key."""
     try:
         st = os.fstat(fd)
     except OSError:
         return None
     return st.st_dev, st.st_ino
+
+
+def _same_key(a: tuple[int, int] | None, b: tuple[int, int] | None) -> bool:
+    return a is not None and a == b
+
+
+def _same_file(a: int, b: int) -> bool:
+    return _same_key(_file_key(a), _file_key(b))
 
 
 def _write(fd: int, data: bytes) -> None:
@@ -84,7 +86,7 @@ class GuestOutput:
         self._on_screen = bytearray()   # the unfinished line written out so far (a prompt, a cut line)
         self._flusher: threading.Thread | None = None
         self._closed = False
-        self._key = _file_key(fd)
+        self._key = _file_key(fd)       # its file: a status line or one of pyvmm's lines may share it
         if self.tty:
             _terminals.add(self)
 
@@ -98,9 +100,15 @@ class GuestOutput:
     def _status_over(self) -> StatusLine | None:
         """The status line drawn on this output's terminal, if there is one (under the lock)."""
         status = _status
-        if status is not None and status.tty and _same_file(self.fd, status.fd):
+        if status is not None and status.tty and _same_key(status._key, self._key):
             return status
         return None
+
+    def _above(self, status: StatusLine, lines: bytes) -> None:
+        """Whole lines above the status line: the unfinished line's start, if still shown, ends with them."""
+        status.above(lines)
+        self._on_screen.clear()
+        self._note_open_line()
 
     def _write_locked(self, data: bytes) -> None:
         with _lock:
@@ -118,9 +126,7 @@ class GuestOutput:
                 lines = bytes(self._partial[:cut])
                 del self._partial[:cut]
                 if status is not None:
-                    status.above(lines)
-                    self._on_screen.clear()      # its start, if still shown, is ended by these lines
-                    self._note_open_line()
+                    self._above(status, lines)
                 else:
                     self._out(lines)
             if self._partial:
@@ -137,9 +143,7 @@ class GuestOutput:
         if self._partial:
             status = self._status_over()
             if status is not None:
-                status.above(bytes(self._partial) + b"\n")   # it cannot stay beside the status line
-                self._on_screen.clear()
-                self._note_open_line()
+                self._above(status, bytes(self._partial) + b"\n")   # it cannot stay beside the status line
             else:
                 self._out(bytes(self._partial))
             self._partial.clear()
@@ -218,6 +222,7 @@ class StatusLine:
     def __init__(self, fd: int = 2, *, every: float = 1.0, raw: bool = False) -> None:
         self.fd = fd
         self.tty = _is_tty(fd)
+        self._key = _file_key(fd)    # its file, to tell which guest outputs share its terminal
         self.every = every
         self.raw = raw               # the terminal is in raw mode: lines end with CR LF
         self.text = ""
@@ -272,7 +277,7 @@ class StatusLine:
 
     def _each_output(self, step: Callable[[GuestOutput], None]) -> None:
         for out in list(_terminals):
-            if _same_file(out.fd, self.fd):
+            if _same_key(out._key, self._key):
                 step(out)
 
     def stop(self, final: bytes = b"") -> None:
@@ -301,9 +306,8 @@ def _end_guest_line(fd: int) -> bytes:
     ``fd``'s file is an unfinished guest line (a prompt, a line cut by the VM's stop), or b"" (under
     the lock).  The guest's next bytes then go on after it, on the new line.  On a terminal it is
     CR LF: in raw mode (the interactive console) a bare LF would not go back to the first column."""
-    if not _open_lines:
-        return b""
-    out = _open_lines.pop(_file_key(fd), None)      # type: ignore[arg-type]
+    key = _file_key(fd) if _open_lines else None
+    out = _open_lines.pop(key, None) if key is not None else None
     if out is None:
         return b""
     out._on_screen.clear()
@@ -335,7 +339,7 @@ def emit_line(text: str, fd: int = 2) -> None:
     data = text.encode("utf-8", "replace")
     with _lock:
         status = _status
-        if status is not None and _same_file(fd, status.fd):
+        if status is not None and _same_key(status._key, _file_key(fd)):
             # A status line started but not yet drawn leaves a prompt in place: end it first.
             status.above(_end_guest_line(fd) + (data if data.endswith(b"\n") else data + b"\n"))
         else:

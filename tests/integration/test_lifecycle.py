@@ -188,7 +188,7 @@ def test_a_reset_writes_the_firmware_tables_again(smp):
     there (the MP table's pointer and table, the ACPI tables)."""
     from pyvmm.arch.x86 import layout
 
-    areas = [(layout.EBDA_START, 0xA_0000 - layout.EBDA_START), (layout.ACPI_START, 0x2_0000)]
+    areas = [(layout.EBDA_START, layout.EBDA_END - layout.EBDA_START), (layout.ACPI_START, 0x2_0000)]
     with machine("scenario=demo dirty=8M", memory=64 * MiB, smp=smp) as m:
         m.wait_for_console(r"balloon: version 2 features", 60)
         built = [m.memory.read(gpa, size) for gpa, size in areas]

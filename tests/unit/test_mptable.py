@@ -100,7 +100,7 @@ def test_the_ebda_holds_37_vcpus_and_larger_tables_go_to_the_bios_area() -> None
     full = parse(write(254))
     assert len(full["cpus"]) == 254 and [f for _, _, f in full["cpus"]].count(3) == 1
     for gpa, piece in mptable.build_mp_table(37, VIRTIO_IRQS):
-        assert gpa + len(piece) <= mptable.EBDA_END       # the EBDA e820 reserves, nothing past it
+        assert gpa + len(piece) <= layout.EBDA_END       # the EBDA e820 reserves, nothing past it
 
 
 def test_the_pieces_lie_in_reserved_memory() -> None:

@@ -21,6 +21,7 @@ BOOT_MODULES_END = 0x1_0000        # pages as the Linux path's page tables: one 
 VGA_TEXT_BUFFER = 0xB_8000         # the colour text mode's 80x25 character/attribute cells (guest RAM)
 ACPI_START = 0xE_0000              # ACPI tables (RSDP must lie in 0xE0000-0xFFFFF for legacy scan)
 EBDA_START = 0x9_FC00
+EBDA_END = 0xA_0000                # the end of base memory: the EBDA is its last KiB
 KERNEL_START = 0x10_0000           # 1 MiB
 
 # The 32-bit MMIO hole.
@@ -72,7 +73,7 @@ def e820_map(ram_size: int) -> list[tuple[int, int, int]]:
     """
     entries = [
         (0, EBDA_START, E820_RAM),
-        (EBDA_START, 0xA_0000 - EBDA_START, E820_RESERVED),
+        (EBDA_START, EBDA_END - EBDA_START, E820_RESERVED),
         (ACPI_START, KERNEL_START - ACPI_START, E820_RESERVED),
     ]
     for gpa, size in ram_layout(ram_size):

@@ -48,7 +48,6 @@ ISA_BUS_ID = 0
 # the BIOS area, reserved in the e820 map and unused by pyvmm (the ROM itself sits below 4 GiB).
 HIGH_TABLE_GPA = 0xF_0000
 HIGH_TABLE_END = layout.KERNEL_START
-EBDA_END = 0xA_0000
 
 
 class mpf_intel(ctypes.LittleEndianStructure):
@@ -218,7 +217,7 @@ def build_mp_table(num_cpus: int, level_irqs: Iterable[int]) -> list[tuple[int, 
     length = ctypes.sizeof(mpc_table) + len(body)
     pointer_gpa = layout.EBDA_START
     table_gpa = pointer_gpa + ctypes.sizeof(mpf_intel)
-    if table_gpa + length > EBDA_END:
+    if table_gpa + length > layout.EBDA_END:
         table_gpa = HIGH_TABLE_GPA
     if table_gpa + length > HIGH_TABLE_END:
         raise ValueError(f"an MP table of {length} bytes does not fit below {HIGH_TABLE_END:#x}")
